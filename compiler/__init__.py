@@ -1,0 +1,79 @@
+"""JAX function -> graph IR -> passes -> static schedule -> a Program for the simulator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from compiler.codegen.emit import emit
+from compiler.frontend.jaxpr import UnsupportedPrimitive, trace
+from compiler.ir.graph import Graph, prune, verify
+from compiler.passes.decompose import decompose
+from compiler.passes.place import ModelTooLarge, check_fits, place_static
+from compiler.passes.relayout import fold_relayouts
+from compiler.passes.tile import tile
+from compiler.schedule.listsched import schedule as list_schedule
+from sim.errors import LpuError
+from sim.hardware import HardwareConfig, load_hardware
+from sim.program import Program
+
+__all__ = ["compile", "compile_graph", "lower", "ModelTooLarge", "UnsupportedPrimitive"]
+
+# LPUSIM_VERIFY=1 checks the IR's invariants after every pass.
+DEBUG = os.environ.get("LPUSIM_VERIFY", "") not in ("", "0")
+
+
+def lower(fn: Callable, args: dict, params: frozenset = frozenset()) -> Graph:
+    """Trace and run the graph passes: the IR the scheduler's tiling starts from."""
+    graph = trace(fn, args, params)  # jaxpr -> graph IR, constants folded
+    for p in (decompose, fold_relayouts, prune):
+        graph = p(graph)  # div/logistic/lane reductions; fold data movement; drop dead nodes
+        if DEBUG:
+            verify(graph)
+    return graph
+
+
+def compile_graph(graph: Graph, hw: HardwareConfig, *, chips: int = 1, meta=None) -> Program:
+    check_fits(graph, hw, chips)  # fail before any work if the model cannot fit
+    vp = tile(graph, hw.lanes)  # tensors -> vectors, ops -> VXM/SXM/MXM vops
+    placement = place_static(vp, hw)  # weights, inputs, constants: fixed SRAM homes
+    sched = list_schedule(vp, hw, placement)  # list scheduler over the chip's resources
+    return emit(vp, sched, hw, placement, meta or {})  # addresses by liveness, instructions
+
+
+def compile(
+    target,
+    hw: str | HardwareConfig = "teaching",
+    *,
+    args: dict | None = None,
+    params: tuple[str, ...] = ("params",),
+    chips: int = 1,
+    phase: str = "decode",
+    pos: int | None = None,
+    context: int | None = None,
+) -> Program:
+    """Compile a function (with `args`: argument name -> pytree of arrays or ShapeDtypeStructs)
+    or a model (a name from `models.list_models()` or a ModelConfig) for `hw`.
+
+    A model compiles one decode step at position `pos` (default: the last of `context`, which
+    defaults to the model's max_seq_len) with its KV cache in SRAM.
+    """
+    hw = load_hardware(hw)
+    if chips != 1:
+        raise LpuError(
+            f"chips={chips}: multi-chip compilation is not implemented yet; use chips=1"
+        )
+    if phase not in ("decode", "prefill"):
+        raise LpuError(f"phase={phase!r}; valid phases: 'decode', 'prefill'")
+    if callable(target) and not isinstance(target, str):
+        if args is None:
+            raise LpuError("compiling a function needs args=: argument name -> example pytree")
+        graph = lower(target, args, frozenset(params))
+        return compile_graph(graph, hw, chips=chips, meta={"function": target.__name__})
+    if phase == "prefill":
+        raise LpuError("phase='prefill' is not implemented yet for models; use phase='decode'")
+    from compiler.frontend.model import decode_target
+
+    fn, fn_args, meta = decode_target(target, pos=pos, context=context)
+    graph = lower(fn, fn_args, frozenset({"params"}))
+    return compile_graph(graph, hw, chips=chips, meta=meta)

@@ -1,0 +1,1 @@
+"""lpusim: the application face."""

@@ -1,0 +1,243 @@
+"""The chip as a frozen, validated configuration, its floorplan, and the named presets.
+
+Every field carries its unit in its name. A config is built from a preset, a TOML file or keyword
+arguments, and validated on construction: a bad value raises `ConfigError` naming the field, the
+value and what would be valid. Nothing is clamped.
+
+Floorplan (one row of functional units; data flows east-west, one position per cycle):
+
+    MXM_W  SXM_W  MEM_W[h-1] ... MEM_W[0]  VXM  MEM_E[0] ... MEM_E[h-1]  SXM_E  MXM_E
+
+mirrored around the VXM as on the TSP (shared/REFERENCE.md, "layout" row). `h` is half the MEM
+slices. MEM slice `i < h` is west slice `i`, slice `h + i` is east slice `i`; slice 0 of each
+hemisphere is nearest the VXM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from functools import cached_property
+from pathlib import Path
+
+from sim.errors import ConfigError
+
+# The widest element a vector holds: the VXM computes in FP32 (REFERENCE.md, "VXM" row), so every
+# stream direction must carry a 4-byte-per-lane vector in one cycle.
+MAX_ELEMENT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """One LPU chip. A *word* is one byte per lane (`lanes` bytes); an element of b bytes makes a
+    vector b words wide, stored in b adjacent MEM slices and carried by b adjacent streams (the
+    TSP's stream groups)."""
+
+    name: str = "custom"
+    clock_hz: float = 900e6
+    lanes: int = 320
+    mem_slices: int = 88
+    mem_slice_bytes: int = 2_621_440
+    streams_per_direction: int = 32
+    mem_read_latency_cycles: int = 1
+    mem_write_latency_cycles: int = 1
+    mxm_planes: int = 4
+    mxm_install_vectors_per_cycle: int = 8
+    mxm_install_latency_cycles: int = 4
+    mxm_latency_cycles: int = 20
+    vxm_alus: int = 16
+    vxm_small_latency_cycles: int = 2
+    vxm_large_latency_cycles: int = 8
+    sxm_units_per_hemisphere: int = 2
+    sxm_latency_cycles: int = 4
+    c2c_links: int = 16
+    c2c_bytes_per_cycle: float = 14.3
+    c2c_latency_cycles: int = 216
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name == "name":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{f.name}={value!r} is not a number")
+            if f.type == "int" and not isinstance(value, int):
+                raise ConfigError(f"{f.name}={value!r} must be an integer")
+            if value <= 0:
+                raise ConfigError(f"{f.name}={value!r} must be > 0")
+        if self.mem_slices % (2 * MAX_ELEMENT_BYTES):
+            raise ConfigError(
+                f"mem_slices={self.mem_slices} must be a multiple of {2 * MAX_ELEMENT_BYTES}: two "
+                f"hemispheres, each holding whole {MAX_ELEMENT_BYTES}-slice groups for FP32 vectors"
+            )
+        if self.streams_per_direction < MAX_ELEMENT_BYTES or self.streams_per_direction % 4:
+            raise ConfigError(
+                f"streams_per_direction={self.streams_per_direction}: a float32 vector is "
+                f"{MAX_ELEMENT_BYTES} bytes per lane and needs a group of {MAX_ELEMENT_BYTES} "
+                f"one-byte streams; use a multiple of {MAX_ELEMENT_BYTES}"
+            )
+        if self.mxm_planes % 2:
+            raise ConfigError(f"mxm_planes={self.mxm_planes} must be even (one half per side)")
+        if self.mem_slice_bytes % self.lanes:
+            raise ConfigError(
+                f"mem_slice_bytes={self.mem_slice_bytes} must be a multiple of lanes={self.lanes} "
+                "(a slice holds whole one-byte-per-lane words)"
+            )
+
+    # --- derived quantities -------------------------------------------------------------------
+
+    @property
+    def words_per_slice(self) -> int:
+        return self.mem_slice_bytes // self.lanes
+
+    @property
+    def sram_bytes(self) -> int:
+        return self.mem_slices * self.mem_slice_bytes
+
+    @property
+    def half_slices(self) -> int:
+        return self.mem_slices // 2
+
+    @property
+    def vxm_position(self) -> int:
+        return 2 + self.half_slices
+
+    @property
+    def width_positions(self) -> int:
+        """Positions from the west MXM to the east MXM; a vector crosses one per cycle."""
+        return self.mem_slices + 5
+
+    def slice_position(self, s: int) -> int:
+        h = self.half_slices
+        return self.vxm_position - 1 - s if s < h else self.vxm_position + 1 + (s - h)
+
+    def sxm_position(self, hemisphere: int) -> int:
+        return 1 if hemisphere == 0 else self.width_positions - 2
+
+    def mxm_position(self, plane: int) -> int:
+        return 0 if plane < self.mxm_planes // 2 else self.width_positions - 1
+
+    def slice_hemisphere(self, s: int) -> int:
+        return 0 if s < self.half_slices else 1
+
+    @cached_property
+    def hash(self) -> str:
+        """Content hash of every field: a Program compiled for one config refuses another."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # --- construction -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> HardwareConfig:
+        _check_field_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> HardwareConfig:
+        values = dict(values)
+        base = values.pop("base", None)
+        _check_field_names(values)
+        if base is not None:
+            return preset(base).replace(**values)
+        return cls(**values)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> HardwareConfig:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"hardware file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"hardware file {str(path)!r} is not valid TOML: {e}") from None
+        values.setdefault("name", path.stem)
+        return cls.from_dict(values)
+
+
+def _check_field_names(values: dict) -> None:
+    valid = {f.name for f in fields(HardwareConfig)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown hardware field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}"
+        )
+
+
+# --- presets --------------------------------------------------------------------------------------
+# Sources are rows of shared/REFERENCE.md. Instruction latencies are not published (row
+# "instruction latencies", conf U): they are free parameters, marked U below.
+
+PRESETS: dict[str, HardwareConfig] = {
+    "groq-tsp-v1": HardwareConfig(
+        name="groq-tsp-v1",
+        clock_hz=900e6,  # "clock" row: ISCA 2020, GroqFlow groqmodel.py
+        lanes=320,  # "lanes" row: 20 superlanes x 16 lanes, one byte each
+        mem_slices=88,  # "SRAM" row: 88 slices x 2.5 MiB = 220 MiB, 44 per hemisphere
+        mem_slice_bytes=2_621_440,
+        streams_per_direction=32,  # "streams" row: 32 east + 32 west, 1 byte per lane
+        mem_read_latency_cycles=1,  # U
+        mem_write_latency_cycles=1,  # U
+        mxm_planes=4,  # "MXM" row: 4 planes of 320x320
+        mxm_install_vectors_per_cycle=8,  # "MXM" row: install < 40 cycles for 320 rows (U)
+        mxm_install_latency_cycles=4,  # U
+        mxm_latency_cycles=20,  # U
+        vxm_alus=16,  # "VXM" row: 16 ALUs per lane, each a whole vector op per cycle
+        vxm_small_latency_cycles=2,  # U: add, mul, max
+        vxm_large_latency_cycles=8,  # U: exp, rsqrt
+        sxm_units_per_hemisphere=2,  # U
+        sxm_latency_cycles=4,  # U
+        c2c_links=16,  # "C2C links" row
+        c2c_bytes_per_cycle=14.3,  # 12.9 GB/s per link per direction / 0.9 GHz
+        c2c_latency_cycles=216,  # "C2C latency" row (U)
+    ),
+    # A chip small enough that a whole decoder layer's schedule fits on a screen. Nothing here is a
+    # measured figure: it keeps the TSP's shape (mirrored hemispheres, stream groups) at toy size.
+    "teaching": HardwareConfig(
+        name="teaching",
+        clock_hz=1e9,
+        lanes=16,
+        mem_slices=16,
+        mem_slice_bytes=16 * 1024,  # 1024 words per slice, 256 KiB per chip
+        streams_per_direction=8,  # two FP32 vectors per direction per cycle
+        mem_read_latency_cycles=1,
+        mem_write_latency_cycles=1,
+        mxm_planes=2,
+        mxm_install_vectors_per_cycle=2,
+        mxm_install_latency_cycles=1,
+        mxm_latency_cycles=2,
+        vxm_alus=4,
+        vxm_small_latency_cycles=1,
+        vxm_large_latency_cycles=2,
+        sxm_units_per_hemisphere=1,
+        sxm_latency_cycles=2,
+        c2c_links=4,
+        c2c_bytes_per_cycle=4.0,
+        c2c_latency_cycles=20,
+    ),
+}
+
+
+def preset(name: str) -> HardwareConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown hardware preset {name!r}; presets: {', '.join(sorted(PRESETS))}"
+        ) from None
+
+
+def load_hardware(spec: str | HardwareConfig) -> HardwareConfig:
+    """A preset name, a path to a TOML file of config fields, or a config as it is."""
+    if isinstance(spec, HardwareConfig):
+        return spec
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.endswith(".toml") or Path(spec).exists():
+        return HardwareConfig.from_toml(spec)
+    return preset(spec)

@@ -1,0 +1,309 @@
+"""The instruction set: opcodes, element types, the instruction record, and the queues.
+
+Grammar of one instruction (every field explicit; NOP padding between issue cycles is implied):
+
+    instr  := cycle chip queue op dtype flags repeat  slice addr stride  s0 s1 s2 sd
+              plane row count table imm vid aux src
+    stream := dir * streams_per_direction + s      dir 0 = eastward, 1 = westward; -1 = none
+
+An instruction with `repeat = n` acts n times, at cycles cycle+j (j = 0..n-1), on address
+addr + j*stride, with vid + j (and MXM row + j): the ICU's Repeat. Semantics of each opcode, for
+repetition j at cycle t = cycle + j, at the position p of the queue's unit:
+
+    READ   slice addr         : the vector at (slice group, addr) must be `vid`; it enters stream
+                                group sd at p at t + mem_read_latency
+    WRITE  slice addr         : takes the vector passing p on stream group s0 at t (it must be
+                                `vid`); it is readable from t + mem_write_latency
+    VXM op s0 [s1|imm] [s2]   : operands pass p at t; result (rounded to dtype) enters sd at
+                                t + latency(op)
+    SXM REDUCE_SUM/MAX count  : lanes [0, count) of s0 reduced, broadcast to every lane of sd
+    SXM PERMUTE table         : out[i] = in[table[i]], or 0 where table[i] < 0
+    MXM INSTALL plane row     : the vector on s0 becomes row `row` (column, if flags & TRANSPOSED)
+                                of the plane's weight tile `aux`; usable from t + install latency
+    MXM MATMUL plane count    : y = x[:count] @ W[:count, :] with W the installed tile `aux`
+                                (float64 accumulation, float32 result) enters sd at t + mxm latency
+
+A vector of b-byte elements is b words wide: it uses b adjacent slices (from `slice`, aligned to
+b) at one address, and b adjacent streams (from the operand, aligned to b).
+
+`vid` names the logical vector an instruction writes or expects; `aux` the weight tile. They do not
+change what the hardware computes: the executors use them to check that what arrives is what the
+compiler meant (see sim/reference.py).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import ml_dtypes
+import numpy as np
+
+from sim.hardware import HardwareConfig
+
+
+class Unit(IntEnum):
+    MEM = 0
+    VXM = 1
+    SXM = 2
+    MXM = 3
+
+
+class Op(IntEnum):
+    READ = 0
+    WRITE = 1
+    ADD = 10
+    SUB = 11
+    MUL = 12
+    MAX = 13
+    MIN = 14
+    NEG = 15
+    EXP = 16
+    RSQRT = 17
+    CONVERT = 18
+    SELECT = 19
+    REDUCE_SUM = 30
+    REDUCE_MAX = 31
+    PERMUTE = 32
+    INSTALL = 40
+    MATMUL = 41
+
+
+# Per-op behaviour as tables: adding an op is a row in each.
+OP_UNIT = {
+    Op.READ: Unit.MEM,
+    Op.WRITE: Unit.MEM,
+    **{
+        op: Unit.VXM
+        for op in (
+            Op.ADD,
+            Op.SUB,
+            Op.MUL,
+            Op.MAX,
+            Op.MIN,
+            Op.NEG,
+            Op.EXP,
+            Op.RSQRT,
+            Op.CONVERT,
+            Op.SELECT,
+        )
+    },
+    Op.REDUCE_SUM: Unit.SXM,
+    Op.REDUCE_MAX: Unit.SXM,
+    Op.PERMUTE: Unit.SXM,
+    Op.INSTALL: Unit.MXM,
+    Op.MATMUL: Unit.MXM,
+}
+
+# Stream operands each VXM op reads (s0, s1, s2); a binary op whose s1 is -1 uses `imm` instead.
+VXM_ARITY = {
+    Op.ADD: 2,
+    Op.SUB: 2,
+    Op.MUL: 2,
+    Op.MAX: 2,
+    Op.MIN: 2,
+    Op.NEG: 1,
+    Op.EXP: 1,
+    Op.RSQRT: 1,
+    Op.CONVERT: 1,
+    Op.SELECT: 3,
+}
+
+# The VXM's "large" ALUs do transcendental functions (REFERENCE.md, "VXM" row).
+VXM_LARGE = frozenset({Op.EXP, Op.RSQRT})
+
+FLAG_TRANSPOSED = 1
+
+
+def latency(hw: HardwareConfig, op: Op) -> int:
+    """Cycles from issue to result on the output stream (or to commit, for WRITE/INSTALL)."""
+    unit = OP_UNIT[op]
+    if op == Op.READ:
+        return hw.mem_read_latency_cycles
+    if op == Op.WRITE:
+        return hw.mem_write_latency_cycles
+    if unit == Unit.VXM:
+        return hw.vxm_large_latency_cycles if op in VXM_LARGE else hw.vxm_small_latency_cycles
+    if unit == Unit.SXM:
+        return hw.sxm_latency_cycles
+    if op == Op.INSTALL:
+        return hw.mxm_install_latency_cycles
+    return hw.mxm_latency_cycles
+
+
+# --- element types --------------------------------------------------------------------------------
+
+
+class DType(IntEnum):
+    FLOAT32 = 0
+    FLOAT16 = 1
+    BFLOAT16 = 2
+    BOOL = 3
+
+
+DTYPE_BYTES = {DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.BOOL: 1}
+DTYPE_NUMPY = {
+    DType.FLOAT32: np.dtype(np.float32),
+    DType.FLOAT16: np.dtype(np.float16),
+    DType.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
+    DType.BOOL: np.dtype(np.bool_),
+}
+DTYPE_BY_NAME = {np.dtype(v).name: k for k, v in DTYPE_NUMPY.items()}
+
+
+def dtype_code(dtype) -> DType:
+    """The on-chip element type of a NumPy/JAX dtype, or a clear error."""
+    name = np.dtype(dtype).name
+    if name not in DTYPE_BY_NAME:
+        raise TypeError(
+            f"element type {name!r} cannot live on the chip; supported: {', '.join(DTYPE_BY_NAME)}"
+        )
+    return DTYPE_BY_NAME[name]
+
+
+def round_to(values: np.ndarray, code: int) -> np.ndarray:
+    """Round float32 values to the element type `code`, returned as float32 (storage format)."""
+    if code == DType.FLOAT32:
+        return values.astype(np.float32)
+    if code == DType.BOOL:
+        return (values != 0).astype(np.float32)
+    return values.astype(np.float32).astype(DTYPE_NUMPY[DType(code)]).astype(np.float32)
+
+
+# --- the instruction record -------------------------------------------------------------------------
+
+INSTR_DTYPE = np.dtype(
+    [
+        ("cycle", np.int64),
+        ("chip", np.int16),
+        ("queue", np.int16),
+        ("op", np.uint8),
+        ("dtype", np.uint8),
+        ("flags", np.uint8),
+        ("repeat", np.int32),
+        ("slice", np.int16),
+        ("addr", np.int32),
+        ("stride", np.int32),
+        ("s0", np.int16),
+        ("s1", np.int16),
+        ("s2", np.int16),
+        ("sd", np.int16),
+        ("plane", np.int16),
+        ("row", np.int16),
+        ("count", np.int16),
+        ("table", np.int32),
+        ("imm", np.float64),
+        ("vid", np.int64),
+        ("aux", np.int64),
+        ("src", np.int32),
+    ]
+)
+
+# Defaults of an instruction record: -1 marks an unused stream/slice/plane/table operand.
+INSTR_DEFAULTS = dict(
+    cycle=0,
+    chip=0,
+    queue=0,
+    op=0,
+    dtype=0,
+    flags=0,
+    repeat=1,
+    slice=-1,
+    addr=0,
+    stride=0,
+    s0=-1,
+    s1=-1,
+    s2=-1,
+    sd=-1,
+    plane=-1,
+    row=0,
+    count=0,
+    table=-1,
+    imm=0.0,
+    vid=-1,
+    aux=-1,
+    src=-1,
+)
+
+
+def make_instrs(records: list[dict]) -> np.ndarray:
+    out = np.zeros(len(records), dtype=INSTR_DTYPE)
+    for name, default in INSTR_DEFAULTS.items():
+        out[name] = [r.get(name, default) for r in records]
+    return out
+
+
+# --- queues: one per functional unit instance -----------------------------------------------------
+# MEM slice i -> queue i; then the VXM, the two SXMs (west, east), the MXM planes.
+
+
+def queue_vxm(hw: HardwareConfig) -> int:
+    return hw.mem_slices
+
+
+def queue_sxm(hw: HardwareConfig, hemisphere: int) -> int:
+    return hw.mem_slices + 1 + hemisphere
+
+
+def queue_mxm(hw: HardwareConfig, plane: int) -> int:
+    return hw.mem_slices + 3 + plane
+
+
+def n_queues(hw: HardwareConfig) -> int:
+    return hw.mem_slices + 3 + hw.mxm_planes
+
+
+def queue_name(hw: HardwareConfig, q: int) -> str:
+    if q < hw.mem_slices:
+        return f"MEM{'WE'[hw.slice_hemisphere(q)]}{q % hw.half_slices}"
+    if q == queue_vxm(hw):
+        return "VXM"
+    if q in (queue_sxm(hw, 0), queue_sxm(hw, 1)):
+        return f"SXM{'WE'[q - queue_sxm(hw, 0)]}"
+    return f"MXM{q - queue_mxm(hw, 0)}"
+
+
+def queue_position(hw: HardwareConfig, q: int) -> int:
+    if q < hw.mem_slices:
+        return hw.slice_position(q)
+    if q == queue_vxm(hw):
+        return hw.vxm_position
+    if q in (queue_sxm(hw, 0), queue_sxm(hw, 1)):
+        return hw.sxm_position(q - queue_sxm(hw, 0))
+    return hw.mxm_position(q - queue_mxm(hw, 0))
+
+
+def stream_name(hw: HardwareConfig, s: int) -> str:
+    return f"{'EW'[s // hw.streams_per_direction]}{s % hw.streams_per_direction}"
+
+
+def disassemble_one(hw: HardwareConfig, ins) -> str:
+    """One instruction as readable text, e.g. `READ.f16 MEMW3[12] -> E4 vid=88`."""
+    op = Op(int(ins["op"]))
+    dt = DType(int(ins["dtype"])).name.lower().replace("float", "f").replace("bfloat", "bf")
+    rep = f" x{int(ins['repeat'])}" if ins["repeat"] > 1 else ""
+
+    def st(field):
+        return stream_name(hw, int(ins[field]))
+
+    if op == Op.READ:
+        body = f"{queue_name(hw, int(ins['slice']))}[{int(ins['addr'])}] -> {st('sd')}"
+    elif op == Op.WRITE:
+        body = f"{st('s0')} -> {queue_name(hw, int(ins['slice']))}[{int(ins['addr'])}]"
+    elif op in VXM_ARITY:
+        ins_ = [st("s0")]
+        if VXM_ARITY[op] >= 2:
+            ins_.append(st("s1") if ins["s1"] >= 0 else f"#{float(ins['imm']):.6g}")
+        if VXM_ARITY[op] == 3:
+            ins_.append(st("s2"))
+        body = f"{', '.join(ins_)} -> {st('sd')}"
+    elif op in (Op.REDUCE_SUM, Op.REDUCE_MAX):
+        body = f"{st('s0')}[:{int(ins['count'])}] -> {st('sd')}"
+    elif op == Op.PERMUTE:
+        body = f"{st('s0')} table{int(ins['table'])} -> {st('sd')}"
+    elif op == Op.INSTALL:
+        t = "T" if ins["flags"] & FLAG_TRANSPOSED else ""
+        body = f"{st('s0')} -> tile{int(ins['aux'])} row{t} {int(ins['row'])}"
+    else:
+        body = f"{st('s0')}[:{int(ins['count'])}] @ tile{int(ins['aux'])} -> {st('sd')}"
+    stride = f" stride {int(ins['stride'])}" if ins["repeat"] > 1 and ins["stride"] else ""
+    return f"{op.name}.{dt}{rep} {body}{stride} vid={int(ins['vid'])}"

@@ -1,0 +1,249 @@
+"""A Program: everything a chip needs to run, in one object that saves to and loads from one file.
+
+    Program := hw, instructions (one structured array; a view per chip and queue),
+               permute tables, symbols (where each input/param/const/output vector lives),
+               constant values, source descriptions, predicted cycles, metadata
+
+Tensor layout on chip (the machine's convention, shared by compiler and host): a tensor of shape
+(..., n) is rows = prod(...) rows of ceil(n / lanes) vectors, row-major; element (r, c) is lane
+c % lanes of vector r * tiles + c // lanes. A tensor whose last dim is 1 (or a scalar) is *splat*:
+each row is one vector with the value in every lane, so broadcasting it along lanes is free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sim.errors import ProgramFormatError
+from sim.hardware import HardwareConfig
+from sim.isa import INSTR_DTYPE, disassemble_one, n_queues, queue_name
+
+FORMAT_MAGIC = "lpusim-program"
+FORMAT_VERSION = 1
+
+
+# --- tensor layout --------------------------------------------------------------------------------
+
+
+def tensor_layout(shape: tuple[int, ...], lanes: int) -> tuple[int, int, bool]:
+    """(rows, vectors per row, splat) of a tensor of `shape` on a chip with `lanes` lanes."""
+    n = shape[-1] if shape else 1
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    if n == 1:
+        return rows, 1, True
+    return rows, -(-n // lanes), False
+
+
+def pack_tensor(values: np.ndarray, lanes: int) -> np.ndarray:
+    """Host -> chip: (vectors, lanes) float32 in the tensor layout; padding lanes are 0."""
+    values = np.asarray(values)
+    rows, tiles, splat = tensor_layout(values.shape, lanes)
+    flat = values.astype(np.float32).reshape(rows, -1)
+    if splat:
+        return np.repeat(flat, lanes, axis=1)
+    out = np.zeros((rows, tiles * lanes), np.float32)
+    out[:, : flat.shape[1]] = flat
+    return out.reshape(rows * tiles, lanes)
+
+
+def unpack_tensor(vectors: np.ndarray, shape: tuple[int, ...], lanes: int) -> np.ndarray:
+    """Chip -> host: the inverse of `pack_tensor` (float32)."""
+    rows, tiles, splat = tensor_layout(shape, lanes)
+    if splat:
+        return vectors[:, 0].reshape(shape)
+    n = shape[-1]
+    return vectors.reshape(rows, tiles * lanes)[:, :n].reshape(shape)
+
+
+# --- the program --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A tensor the host loads or reads back: where each of its vectors lives."""
+
+    name: str
+    kind: str  # "param" | "input" | "const" | "output"
+    shape: tuple[int, ...]
+    dtype: str  # NumPy dtype name of the element type on chip
+    slices: np.ndarray  # (vectors,) int32: base slice of each vector's slice group
+    addrs: np.ndarray  # (vectors,) int32: address in those slices
+    vids: np.ndarray  # (vectors,) int64: the logical vector id the checker expects there
+
+
+@dataclass(frozen=True)
+class Program:
+    hw: HardwareConfig
+    instrs: np.ndarray  # INSTR_DTYPE, sorted by (chip, cycle, queue)
+    tables: np.ndarray  # (tables, lanes) int32 lane permutations for SXM PERMUTE
+    symbols: tuple[Symbol, ...]
+    consts: dict[str, np.ndarray]  # values of the "const" symbols
+    sources: tuple[str, ...]  # instruction `src` -> the graph op it came from
+    predicted_cycles: int
+    words_used: int  # highest address used in any slice, plus one
+    chips: int = 1
+    meta: dict = field(default_factory=dict)
+
+    def symbol(self, name: str) -> Symbol:
+        for s in self.symbols:
+            if s.name == name:
+                return s
+        raise KeyError(f"no symbol {name!r}; symbols: {', '.join(s.name for s in self.symbols)}")
+
+    def symbols_of(self, kind: str) -> list[Symbol]:
+        return [s for s in self.symbols if s.kind == kind]
+
+    def queue(self, chip: int, q: int) -> np.ndarray:
+        """The instruction queue of one functional unit, in issue order."""
+        sel = (self.instrs["chip"] == chip) & (self.instrs["queue"] == q)
+        return self.instrs[sel]
+
+    def source(self, src: int) -> str:
+        return self.sources[src] if 0 <= src < len(self.sources) else "?"
+
+    @property
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(self.hw.hash.encode())
+        h.update(self.instrs.tobytes())
+        h.update(self.tables.tobytes())
+        for s in self.symbols:
+            h.update(f"{s.name}{s.kind}{s.shape}{s.dtype}".encode())
+            h.update(s.slices.tobytes() + s.addrs.tobytes())
+        return h.hexdigest()[:16]
+
+    # --- listing -----------------------------------------------------------------------------
+
+    def disassemble(self, limit: int | None = None) -> str:
+        """Readable listing: one line per instruction, grouped by chip and queue."""
+        hw = self.hw
+        lines = [
+            f"; program {self.content_hash} for {hw.name} (hw {hw.hash}), {self.chips} chip(s)",
+            f"; predicted cycles {self.predicted_cycles}, {len(self.instrs)} instructions",
+        ]
+        for s in self.symbols:
+            lines.append(f"; {s.kind:6s} {s.name} {s.dtype}{list(s.shape)} {len(s.addrs)} vectors")
+        shown = 0
+        for chip in range(self.chips):
+            for q in range(n_queues(hw)):
+                queue = self.queue(chip, q)
+                if not len(queue):
+                    continue
+                lines.append(f"chip{chip}.{queue_name(hw, q)}:")
+                for ins in queue:
+                    if limit is not None and shown >= limit:
+                        lines.append(f"; ... {len(self.instrs) - shown} more")
+                        return "\n".join(lines)
+                    text = disassemble_one(hw, ins)
+                    lines.append(
+                        f"  {int(ins['cycle']):>8d}  {text:<60s} ; {self.source(int(ins['src']))}"
+                    )
+                    shown += 1
+        return "\n".join(lines)
+
+    # --- one file ----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        header = {
+            "magic": FORMAT_MAGIC,
+            "version": FORMAT_VERSION,
+            "hw": self.hw.to_dict(),
+            "hw_hash": self.hw.hash,
+            "sources": list(self.sources),
+            "predicted_cycles": self.predicted_cycles,
+            "words_used": self.words_used,
+            "chips": self.chips,
+            "meta": self.meta,
+            "symbols": [
+                {"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype}
+                for s in self.symbols
+            ],
+            "content_hash": self.content_hash,
+        }
+        arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
+        arrays["instrs"] = self.instrs
+        arrays["tables"] = self.tables
+        for i, s in enumerate(self.symbols):
+            arrays[f"sym{i}_slices"], arrays[f"sym{i}_addrs"] = s.slices, s.addrs
+            arrays[f"sym{i}_vids"] = s.vids
+        for i, s in enumerate(self.symbols):
+            if s.kind == "const":
+                arrays[f"const{i}"] = self.consts[s.name]
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        Path(path).write_bytes(buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, hw: HardwareConfig | None = None) -> Program:
+        """Load a Program; refuses truncated, foreign or mismatched files with a clear error."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ProgramFormatError(f"program file {str(path)!r} does not exist") from None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+            raise ProgramFormatError(
+                f"{str(path)!r} is not an lpusim Program file (truncated or foreign: {e})"
+            ) from None
+        if "header" not in arrays:
+            raise ProgramFormatError(f"{str(path)!r} is not an lpusim Program file (no header)")
+        try:
+            header = json.loads(arrays["header"].tobytes().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ProgramFormatError(f"{str(path)!r} has a corrupt header") from None
+        if header.get("magic") != FORMAT_MAGIC:
+            raise ProgramFormatError(f"{str(path)!r} is not an lpusim Program file (bad magic)")
+        if header.get("version") != FORMAT_VERSION:
+            raise ProgramFormatError(
+                f"{str(path)!r} is Program format version {header.get('version')}; "
+                f"this lpusim reads version {FORMAT_VERSION}"
+            )
+        file_hw = HardwareConfig.from_dict(header["hw"])
+        if hw is not None and hw.hash != file_hw.hash:
+            raise ProgramFormatError(
+                f"{str(path)!r} was compiled for hardware {file_hw.name} ({file_hw.hash}), "
+                f"not {hw.name} ({hw.hash}); recompile it for this hardware"
+            )
+        if arrays["instrs"].dtype != INSTR_DTYPE:
+            raise ProgramFormatError(f"{str(path)!r} has instructions of an unknown layout")
+        symbols = []
+        consts = {}
+        for i, s in enumerate(header["symbols"]):
+            symbols.append(
+                Symbol(
+                    s["name"],
+                    s["kind"],
+                    tuple(s["shape"]),
+                    s["dtype"],
+                    arrays[f"sym{i}_slices"],
+                    arrays[f"sym{i}_addrs"],
+                    arrays[f"sym{i}_vids"],
+                )
+            )
+            if s["kind"] == "const":
+                consts[s["name"]] = arrays[f"const{i}"]
+        program = cls(
+            hw=file_hw,
+            instrs=arrays["instrs"],
+            tables=arrays["tables"],
+            symbols=tuple(symbols),
+            consts=consts,
+            sources=tuple(header["sources"]),
+            predicted_cycles=int(header["predicted_cycles"]),
+            words_used=int(header["words_used"]),
+            chips=int(header["chips"]),
+            meta=header["meta"],
+        )
+        if program.content_hash != header["content_hash"]:
+            raise ProgramFormatError(f"{str(path)!r} is corrupt: its content hash does not match")
+        return program

@@ -1,0 +1,388 @@
+"""The reference interpreter: the living specification of the ISA, in plain Python.
+
+Slow, short and meant to be obviously right. The Numba engine (sim/engine) implements the same
+semantics and must agree with it bit for bit and cycle for cycle.
+
+Execution model. Every repetition of every instruction is an *event* at one cycle; events run in
+cycle order (ties in program order). Nothing inside one cycle depends on another event of that
+cycle, because every latency is at least one cycle.
+
+- Streams. A vector entering eastward stream s at position p0 at cycle t0 is at position p0 + k at
+  cycle t0 + k; westward, at p0 - k. So a vector is identified by its stream, direction and
+  *diagonal* d = t0 - p0 (east) or t0 + p0 (west), and it flows to the chip's edge. A second vector
+  on the same diagonal would overlap it: a conflict. A consumer at position p at cycle t takes
+  the vector on diagonal t - p (t + p), which must exist and have entered upstream of p.
+- Memory. A WRITE commits `mem_write_latency` cycles after issue; a READ sees commits up to its
+  cycle. Each word remembers the vector id it holds, so a READ of a vector that is not (yet, or any
+  more) there is caught.
+- Resources. Per cycle: one read and one write per MEM slice, `vxm_alus` VXM ops,
+  `sxm_units_per_hemisphere` SXM ops per hemisphere, `mxm_install_vectors_per_cycle` installs and
+  one matmul per MXM plane.
+- Arithmetic. VXM/SXM/MXM compute in float64, round to float32, then to the instruction's element
+  type. Sums run sequentially in lane/row order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.errors import ScheduleViolation
+from sim.isa import (
+    DTYPE_BY_NAME,
+    DTYPE_BYTES,
+    FLAG_TRANSPOSED,
+    OP_UNIT,
+    VXM_ARITY,
+    DType,
+    Op,
+    Unit,
+    disassemble_one,
+    latency,
+    queue_name,
+    queue_position,
+    queue_sxm,
+    stream_name,
+)
+from sim.program import Program, pack_tensor, unpack_tensor
+
+
+@dataclass
+class RawResult:
+    """What an executor measured; `sim.result.SimResult` adds derived figures."""
+
+    cycles: int
+    outputs: dict[str, np.ndarray]
+    counts: dict[str, int]  # events per resource kind (see COUNT_KEYS)
+    bytes_read: int
+    bytes_written: int
+    instructions: int
+    events: int
+    trace: list[tuple[int, int, int]] = field(default_factory=list)  # (cycle, instr, rep)
+
+
+COUNT_KEYS = ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul", "stream_hops")
+
+
+def _vxm(op: Op, a, b, c):
+    """One VXM op on float64 operands (None where unused)."""
+    if op == Op.ADD:
+        return a + b
+    if op == Op.SUB:
+        return a - b
+    if op == Op.MUL:
+        return a * b
+    if op in (Op.MAX, Op.MIN):
+        pick = a >= b if op == Op.MAX else a <= b
+        return np.where(np.isnan(a) | np.isnan(b), np.nan, np.where(pick, a, b))
+    if op == Op.NEG:
+        return -a
+    if op == Op.EXP:
+        return np.exp(a)
+    if op == Op.RSQRT:
+        return 1.0 / np.sqrt(a)
+    if op == Op.CONVERT:
+        return a
+    if op == Op.SELECT:
+        return np.where(a != 0, b, c)
+    raise AssertionError(op)
+
+
+def _round(values64: np.ndarray, code: int) -> np.ndarray:
+    out = values64.astype(np.float32)
+    if code == DType.FLOAT16:
+        return out.astype(np.float16).astype(np.float32)
+    if code == DType.BFLOAT16:
+        import ml_dtypes
+
+        return out.astype(ml_dtypes.bfloat16).astype(np.float32)
+    if code == DType.BOOL:
+        return (out != 0).astype(np.float32)
+    return out
+
+
+def run_reference(
+    program: Program,
+    inputs: dict[str, np.ndarray] | None = None,
+    *,
+    functional: bool = True,
+    trace: bool = False,
+) -> RawResult:
+    hw = program.hw
+    lanes, S = hw.lanes, hw.streams_per_direction
+    ins = program.instrs
+    inputs = inputs or {}
+
+    def violation(i: int, t: int, conflict: str) -> ScheduleViolation:
+        return ScheduleViolation(
+            chip=int(ins[i]["chip"]),
+            unit=queue_name(hw, int(ins[i]["queue"])),
+            cycle=t,
+            index=i,
+            instr=disassemble_one(hw, ins[i]),
+            source=program.source(int(ins[i]["src"])),
+            conflict=conflict,
+        )
+
+    # --- state ---------------------------------------------------------------------------------
+    mem_vid: dict[tuple, int] = {}  # (chip, slice, addr) -> vid held by that word
+    mem_val: dict[tuple, np.ndarray] = {}  # (chip, base slice, addr) -> (lanes,) float32
+    pending: list[tuple[int, tuple, int, int, np.ndarray]] = []  # commits (cycle, key, w, vid, v)
+    streams: dict[tuple, tuple] = {}  # (chip, dir, s, diag) -> (vid, values, p0, width, instr)
+    busy: dict[tuple, int] = {}  # (resource..., cycle) -> uses
+    planes: dict[tuple, dict] = {}  # (chip, plane) -> tile state
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    bytes_read = bytes_written = 0
+    events_trace = []
+
+    # Preload: parameters, inputs and constants sit in SRAM before cycle 0.
+    for sym in program.symbols:
+        if sym.kind == "output":
+            continue
+        width = DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]]
+        if sym.kind == "const":
+            values = program.consts[sym.name]
+        elif sym.name in inputs:
+            values = np.asarray(inputs[sym.name])
+            if tuple(values.shape) != tuple(sym.shape):
+                raise ValueError(
+                    f"input {sym.name!r} has shape {values.shape}; the program needs {sym.shape}"
+                )
+        elif functional:
+            raise ValueError(
+                f"functional simulation needs input {sym.name!r} {sym.dtype}{list(sym.shape)}"
+            )
+        else:
+            values = None
+        vecs = pack_tensor(values, lanes) if values is not None else None
+        for k in range(len(sym.addrs)):
+            s, a = int(sym.slices[k]), int(sym.addrs[k])
+            for m in range(width):
+                mem_vid[(0, s + m, a)] = int(sym.vids[k])
+            if vecs is not None:
+                mem_val[(0, s, a)] = _round(vecs[k].astype(np.float64), DTYPE_BY_NAME[sym.dtype])
+
+    def claim(i: int, t: int, resource: tuple, capacity: int, what: str) -> None:
+        key = (*resource, t)
+        busy[key] = busy.get(key, 0) + 1
+        if busy[key] > capacity:
+            raise violation(i, t, f"{what} is already in use in this cycle (capacity {capacity})")
+
+    def put(i, chip, st, p0, t0, vid, values, width):
+        d, s = divmod(st, S)
+        if s % width or s + width > S:
+            raise violation(i, t0, f"stream group {stream_name(hw, st)} x{width} is misaligned")
+        diag = t0 - p0 if d == 0 else t0 + p0
+        for m in range(width):
+            key = (chip, d, s + m, diag)
+            if key in streams:
+                other = streams[key]
+                raise violation(
+                    i,
+                    t0,
+                    f"stream {stream_name(hw, st + m)} already carries vector {other[0]} "
+                    f"(from instruction #{other[4]}) on this slot",
+                )
+            streams[key] = (vid, values, p0, width, i)
+
+    def take(i, chip, st, p, t):
+        d, s = divmod(st, S)
+        diag = t - p if d == 0 else t + p
+        entry = streams.get((chip, d, s, diag))
+        if entry is None or (p < entry[2] if d == 0 else p > entry[2]):
+            raise violation(
+                i, t, f"reads stream {stream_name(hw, st)} but no vector arrives there at cycle {t}"
+            )
+        vid, values, p0, width, src = entry
+        for m in range(1, width):
+            other = streams.get((chip, d, s + m, diag))
+            if other is None or other[4] != src:
+                raise violation(i, t, f"stream group {stream_name(hw, st)} x{width} is torn")
+        counts["stream_hops"] += abs(p - p0) * width
+        return vid, values
+
+    # --- events --------------------------------------------------------------------------------
+    reps = ins["repeat"].astype(np.int64)
+    order = sorted(
+        ((int(ins[i]["cycle"]) + j, i, j) for i in range(len(ins)) for j in range(int(reps[i]))),
+    )
+    end = 0
+    for t, i, j in order:
+        while pending and pending[0][0] <= t:
+            _, (chip, s, a), width, vid, values = pending.pop(0)
+            for m in range(width):
+                mem_vid[(chip, s + m, a)] = vid
+            if values is not None:
+                mem_val[(chip, s, a)] = values
+        if trace:
+            events_trace.append((t, i, j))
+        r = ins[i]
+        op, chip, q = Op(int(r["op"])), int(r["chip"]), int(r["queue"])
+        unit = OP_UNIT[op]
+        code = int(r["dtype"])
+        width = DTYPE_BYTES[DType(code)]
+        vid = int(r["vid"]) + j
+        p = queue_position(hw, q)
+        lat = latency(hw, op)
+        end = max(end, t + lat)
+
+        if unit == Unit.MEM:
+            s, a = int(r["slice"]), int(r["addr"]) + j * int(r["stride"])
+            if s % width or s + width > hw.mem_slices or q != s:
+                raise violation(i, t, f"slice group {s} x{width} is misaligned or not this queue")
+            if a < 0 or a >= hw.words_per_slice:
+                raise violation(i, t, f"address {a} is outside 0..{hw.words_per_slice - 1}")
+            port = "rd" if op == Op.READ else "wr"
+            for m in range(width):
+                claim(i, t, (chip, port, s + m), 1, f"{queue_name(hw, s + m)} {port} port")
+            if op == Op.READ:
+                for m in range(width):
+                    held = mem_vid.get((chip, s + m, a), -1)
+                    if held != vid:
+                        raise violation(
+                            i,
+                            t,
+                            f"expects vector {vid} at {queue_name(hw, s + m)}[{a}] but it holds "
+                            + (f"vector {held} (overwritten before its last reader)" if held >= 0
+                               else "nothing yet (read before the write arrives)"),
+                        )
+                values = mem_val.get((chip, s, a)) if functional else None
+                put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
+                counts["mem_read"] += width
+                bytes_read += width * lanes
+            else:
+                got, values = take(i, chip, int(r["s0"]), p, t)
+                if got != vid:
+                    raise violation(i, t, f"stream carries vector {got}, not {vid}")
+                pending.append((t + lat, (chip, s, a), width, vid, values))
+                counts["mem_write"] += width
+                bytes_written += width * lanes
+
+        elif unit == Unit.VXM:
+            claim(i, t, (chip, "vxm"), hw.vxm_alus, "every VXM ALU")
+            arity = VXM_ARITY[op]
+            _, a = take(i, chip, int(r["s0"]), p, t)
+            b = c = None
+            if arity >= 2:
+                b = take(i, chip, int(r["s1"]), p, t)[1] if r["s1"] >= 0 else float(r["imm"])
+            if arity == 3:
+                c = take(i, chip, int(r["s2"]), p, t)[1]
+            values = None
+            if functional:
+                with np.errstate(all="ignore"):
+                    f = [None if v is None else np.asarray(v, np.float64) for v in (a, b, c)]
+                    values = _round(np.broadcast_to(_vxm(op, *f), (lanes,)), code)
+            put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
+            counts["vxm"] += 1
+
+        elif unit == Unit.SXM:
+            hemi = q - queue_sxm(hw, 0)
+            claim(i, t, (chip, "sxm", hemi), hw.sxm_units_per_hemisphere, "every SXM unit")
+            _, a = take(i, chip, int(r["s0"]), p, t)
+            values = None
+            if functional:
+                if op == Op.PERMUTE:
+                    table = program.tables[int(r["table"])]
+                    values = np.where(table >= 0, a[np.maximum(table, 0)], 0.0).astype(np.float32)
+                else:
+                    acc = 0.0 if op == Op.REDUCE_SUM else -math.inf
+                    for x in a[: int(r["count"])]:
+                        x = float(x)
+                        if op == Op.REDUCE_SUM:
+                            acc += x
+                        elif math.isnan(x) or math.isnan(acc):
+                            acc = math.nan
+                        elif x > acc:
+                            acc = x
+                    values = _round(np.full(lanes, acc), code)
+            put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
+            counts["sxm"] += 1
+
+        else:  # MXM
+            plane = int(r["plane"])
+            st = planes.setdefault(
+                (chip, plane),
+                {"tile": -1, "ready": 0, "rows": 0, "used": False, "w": np.zeros((lanes, lanes))},
+            )
+            tile = int(r["aux"])
+            if op == Op.INSTALL:
+                claim(
+                    i, t, (chip, "mxi", plane), hw.mxm_install_vectors_per_cycle, "the install port"
+                )
+                _, v = take(i, chip, int(r["s0"]), p, t)
+                if st["tile"] != tile:
+                    st.update(tile=tile, rows=0, used=False, ready=0)
+                elif st["used"]:
+                    raise violation(i, t, f"installs into tile {tile} after a matmul used it")
+                row = int(r["row"]) + j
+                if functional:
+                    if r["flags"] & FLAG_TRANSPOSED:
+                        st["w"][:, row] = v
+                    else:
+                        st["w"][row, :] = v
+                st["rows"] += 1
+                st["ready"] = max(st["ready"], t + lat)
+                counts["mxm_install"] += 1
+            else:
+                claim(i, t, (chip, "mxc", plane), 1, "the plane's compute port")
+                _, x = take(i, chip, int(r["s0"]), p, t)
+                k = int(r["count"])
+                if st["tile"] != tile:
+                    raise violation(
+                        i, t, f"needs tile {tile} but the plane holds tile {st['tile']} "
+                        "(overwritten before its last reader, or never installed)"
+                    )
+                if t < st["ready"]:
+                    raise violation(i, t, f"tile {tile} is not installed until cycle {st['ready']}")
+                if not r["flags"] & FLAG_TRANSPOSED and st["rows"] < k:
+                    raise violation(i, t, f"uses {k} rows of tile {tile}; {st['rows']} installed")
+                st["used"] = True
+                values = None
+                if functional:
+                    acc = np.zeros(lanes, np.float64)
+                    w = st["w"].astype(np.float64)
+                    for kk in range(k):
+                        acc += float(x[kk]) * w[kk]
+                    values = _round(acc, DType.FLOAT32)
+                put(i, chip, int(r["sd"]), p, t + lat, vid, values, DTYPE_BYTES[DType.FLOAT32])
+                counts["mxm_matmul"] += 1
+
+    for _, (chip, s, a), width, vid, values in pending:
+        for m in range(width):
+            mem_vid[(chip, s + m, a)] = vid
+        if values is not None:
+            mem_val[(chip, s, a)] = values
+
+    outputs = {}
+    for sym in program.symbols_of("output"):
+        width = DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]]
+        vecs = np.zeros((len(sym.addrs), lanes), np.float32)
+        for k in range(len(sym.addrs)):
+            s, a, want = int(sym.slices[k]), int(sym.addrs[k]), int(sym.vids[k])
+            held = mem_vid.get((0, s, a), -1)
+            if held != want:
+                raise ScheduleViolation(
+                    chip=0,
+                    unit=queue_name(hw, s),
+                    cycle=end,
+                    index=-1,
+                    instr=f"output {sym.name}[{k}]",
+                    source="program end",
+                    conflict=f"output vector {want} is not at [{a}] (it holds {held})",
+                )
+            if functional:
+                vecs[k] = mem_val[(0, s, a)]
+        if functional:
+            outputs[sym.name] = unpack_tensor(vecs, sym.shape, lanes)
+    return RawResult(
+        cycles=end,
+        outputs=outputs,
+        counts=counts,
+        bytes_read=bytes_read,
+        bytes_written=bytes_written,
+        instructions=len(ins),
+        events=len(order),
+        trace=events_trace,
+    )

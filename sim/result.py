@@ -1,0 +1,61 @@
+"""SimResult: what a simulation measured, with the figures a researcher asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.hardware import HardwareConfig
+
+# Per-cycle capacity of each resource kind, to turn event counts into utilisation.
+def capacities(hw: HardwareConfig) -> dict[str, float]:
+    return {
+        "mem_read": hw.mem_slices,
+        "mem_write": hw.mem_slices,
+        "vxm": hw.vxm_alus,
+        "sxm": 2 * hw.sxm_units_per_hemisphere,
+        "mxm_install": hw.mxm_planes * hw.mxm_install_vectors_per_cycle,
+        "mxm_matmul": hw.mxm_planes,
+        "stream_hops": 2 * hw.streams_per_direction * hw.width_positions,
+    }
+
+
+@dataclass(frozen=True)
+class SimResult:
+    hw: HardwareConfig
+    cycles: int
+    predicted_cycles: int
+    mode: str  # "functional" | "timing"
+    engine: str  # "numba" | "reference"
+    outputs: dict[str, np.ndarray]
+    busy: dict[str, int]  # events per resource kind (MEM counts words: one per slice used)
+    bytes_read: int
+    bytes_written: int
+    instructions: int
+    vector_ops: int  # events: every repetition of every instruction
+    trace: list = field(default_factory=list, repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / self.hw.clock_hz
+
+    @property
+    def utilisation(self) -> dict[str, float]:
+        cap = capacities(self.hw)
+        return {k: (v / (cap[k] * self.cycles) if self.cycles else 0.0)
+                for k, v in self.busy.items()}
+
+    def summary(self) -> dict:
+        return {
+            "cycles": self.cycles,
+            "predicted_cycles": self.predicted_cycles,
+            "seconds": self.seconds,
+            "mode": self.mode,
+            "engine": self.engine,
+            "instructions": self.instructions,
+            "vector_ops": self.vector_ops,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "unit_utilisation": self.utilisation,
+        }
