@@ -304,7 +304,14 @@ def run_reference(
             plane = int(r["plane"])
             st = planes.setdefault(
                 (chip, plane),
-                {"tile": -1, "ready": 0, "rows": 0, "used": False, "w": np.zeros((lanes, lanes))},
+                {
+                    "tile": -1,
+                    "ready": 0,
+                    "rows": 0,
+                    "used": False,
+                    "transposed": False,
+                    "w": np.zeros((lanes, lanes)),
+                },
             )
             tile = int(r["aux"])
             if op == Op.INSTALL:
@@ -314,6 +321,7 @@ def run_reference(
                 _, v = take(i, chip, int(r["s0"]), p, t)
                 if st["tile"] != tile:
                     st.update(tile=tile, rows=0, used=False, ready=0)
+                    st["transposed"] = bool(r["flags"] & FLAG_TRANSPOSED)
                 elif st["used"]:
                     raise violation(i, t, f"installs into tile {tile} after a matmul used it")
                 row = int(r["row"]) + j
@@ -336,7 +344,7 @@ def run_reference(
                     )
                 if t < st["ready"]:
                     raise violation(i, t, f"tile {tile} is not installed until cycle {st['ready']}")
-                if not r["flags"] & FLAG_TRANSPOSED and st["rows"] < k:
+                if not st["transposed"] and st["rows"] < k:
                     raise violation(i, t, f"uses {k} rows of tile {tile}; {st['rows']} installed")
                 st["used"] = True
                 values = None

@@ -67,21 +67,33 @@ class _Resources:
             "mxc": 1,
         }
         self.pending: dict[tuple, int] = defaultdict(int)
+        self.log: list[tuple] = []  # tentative claims in order, so they can be undone
 
     def free(self, key: tuple, t: int) -> bool:
         k = (*key, t)
         return self.busy[k] + self.pending[k] < self.cap[key[0]]
 
     def take(self, key: tuple, t: int) -> None:
-        self.pending[(*key, t)] += 1
+        k = (*key, t)
+        self.pending[k] += 1
+        self.log.append(k)
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def undo(self, mark: int) -> None:
+        """Forget the tentative claims made since `mark`."""
+        while len(self.log) > mark:
+            self.pending[self.log.pop()] -= 1
 
     def rollback(self) -> None:
         self.pending.clear()
+        self.log.clear()
 
     def commit(self) -> None:
         for k, v in self.pending.items():
             self.busy[k] += v
-        self.pending.clear()
+        self.rollback()
 
 
 class _Scheduler:
@@ -295,11 +307,12 @@ class _Scheduler:
             c = max(t, self.earliest(v, pos))
             while True:
                 assert c - t < LIMIT_CYCLES, f"cannot place vop {op.id}: scheduler bug"
-                mark = len(pend)
+                mark, res_mark = len(pend), self.res.mark()
                 if self.res.free(("mxi", plane), c) and self.read(v, c, pos, op.src, pend):
                     self.res.take(("mxi", plane), c)
                     break
-                self._undo(pend, mark)
+                del pend[mark:]
+                self.res.undo(res_mark)
                 c += 1
             flags = FLAG_TRANSPOSED if op.transposed else 0
             pend.append(dict(op=Op.INSTALL, cycle=c, queue=q, plane=plane, s0=pend[-1]["sd"],
@@ -310,54 +323,19 @@ class _Scheduler:
         for x, y in zip(op.ins, op.outs, strict=True):
             c = max(c, self.earliest(x, pos))
             while True:
-                mark = len(pend)
+                mark, res_mark = len(pend), self.res.mark()
                 if (self.res.free(("mxc", plane), c) and self.read(x, c, pos, op.src, pend)
                         and self.write(y, c + ml, pos, op.src, pend)):
                     self.res.take(("mxc", plane), c)
                     break
-                self._undo(pend, mark)
+                del pend[mark:]
+                self.res.undo(res_mark)
                 c += 1
             pend.append(dict(op=Op.MATMUL, cycle=c, queue=q, plane=plane, s0=pend[-2]["sd"],
                              sd=pend[-1]["s0"], count=op.count, aux=op.id, dtype=DType.FLOAT32,
                              vid=y, src=op.src))
             c += 1
         return c - 1, pend
-
-    def _undo(self, pend: list, mark: int) -> None:
-        """Forget the tentative claims made since `pend` had `mark` records."""
-        del pend[mark:]
-        self.res.pending.clear()
-        for r in pend:
-            self._claim(r, tentative=True)
-
-    def _claim(self, r: dict, tentative: bool) -> None:
-        """Re-derive a record's resource claims (used to rebuild the tentative set)."""
-        hw = self.hw
-        w = DTYPE_BYTES[DType(r["dtype"])] if r["op"] in (Op.READ, Op.WRITE) else 0
-        if r["op"] == Op.READ:
-            for m in range(w):
-                self.res.take(("rd", r["slice"] + m), r["cycle"])
-            self._stream_claim(r["sd"], w, hw.slice_position(r["slice"]), r["cycle"] + self.rl)
-        elif r["op"] == Op.WRITE:
-            for m in range(w):
-                self.res.take(("wr", r["slice"] + m), r["cycle"])
-            p = hw.slice_position(r["slice"])
-            d = r["s0"] // self.S
-            # the stream entered at the producer: diag is invariant along the way
-            self._stream_claim_diag(r["s0"], w, r["cycle"] - p if d == 0 else r["cycle"] + p)
-        elif r["op"] == Op.INSTALL:
-            self.res.take(("mxi", r["plane"]), r["cycle"])
-        elif r["op"] == Op.MATMUL:
-            self.res.take(("mxc", r["plane"]), r["cycle"])
-
-    def _stream_claim(self, st: int, w: int, p0: int, t0: int) -> None:
-        d = st // self.S
-        self._stream_claim_diag(st, w, t0 - p0 if d == 0 else t0 + p0)
-
-    def _stream_claim_diag(self, st: int, w: int, diag: int) -> None:
-        d, s = divmod(st, self.S)
-        for m in range(w):
-            self.res.take(("st", d, s + m), diag)
 
     def commit(self, records: list[dict]) -> None:
         self.res.commit()

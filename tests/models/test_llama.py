@@ -110,6 +110,10 @@ def test_bad_inputs_name_the_value(tiny_params):
         generate(tiny_params, TINY, [1, 2], 3, context=3)
     with pytest.raises(ValueError, match=r"n_new=0"):
         generate(tiny_params, TINY, [1, 2], 0)
+    with pytest.raises(ValueError, match=r"prompt tokens \[-1, 200\]"):
+        generate(tiny_params, TINY, [-1, 3, 200], 2)
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        prefill(tiny_params, [[1, 2], [3, 4]], cfg=TINY)
 
 
 def test_unwritten_cache_positions_are_not_read():
