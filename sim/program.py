@@ -188,6 +188,8 @@ class Program:
             data = path.read_bytes()
         except FileNotFoundError:
             raise ProgramFormatError(f"program file {str(path)!r} does not exist") from None
+        if not data.startswith(b"PK\x03\x04"):
+            raise ProgramFormatError(f"{str(path)!r} is not an lpusim Program file (foreign)")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}

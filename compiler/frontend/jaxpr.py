@@ -324,6 +324,15 @@ def _path_name(prefix: str, path) -> str:
     return "/".join(parts)
 
 
+def flatten_named(tree, prefix: str = "") -> dict:
+    """name -> leaf for a pytree, with the names `trace` gives inputs and outputs
+    (e.g. "params/layers/0/wq")."""
+    return {
+        _path_name(prefix, path) or "out": leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
 def trace(fn: Callable, args: dict, param_args: frozenset = frozenset()) -> Graph:
     """Trace `fn(**args)` into a Graph. `args` maps argument names to pytrees of arrays or
     `jax.ShapeDtypeStruct`s; leaves under a name in `param_args` become parameters."""
