@@ -3,7 +3,7 @@
 Grammar of one instruction (every field explicit; NOP padding between issue cycles is implied):
 
     instr  := cycle chip queue op dtype flags repeat  slice addr stride  s0 s1 s2 sd
-              plane row count table imm vid aux src
+              plane row count table imm vid in0 in1 in2 aux src
     stream := dir * streams_per_direction + s      dir 0 = eastward, 1 = westward; -1 = none
 
 An instruction with `repeat = n` acts n times, at cycles cycle+j (j = 0..n-1), on address
@@ -26,8 +26,9 @@ repetition j at cycle t = cycle + j, at the position p of the queue's unit:
 A vector of b-byte elements is b words wide: it uses b adjacent slices (from `slice`, aligned to
 b) at one address, and b adjacent streams (from the operand, aligned to b).
 
-`vid` names the logical vector an instruction writes or expects; `aux` the weight tile. They do not
-change what the hardware computes: the executors use them to check that what arrives is what the
+`vid` names the logical vector an instruction writes (or, for READ, expects at its address);
+`in0..in2` the vectors it expects on s0..s2 (-1: unchecked); `aux` the weight tile. None of them
+changes what the hardware computes: the executors use them to check that what arrives is what the
 compiler meant (see sim/reference.py).
 """
 
@@ -193,6 +194,9 @@ INSTR_DTYPE = np.dtype(
         ("table", np.int32),
         ("imm", np.float64),
         ("vid", np.int64),
+        ("in0", np.int64),
+        ("in1", np.int64),
+        ("in2", np.int64),
         ("aux", np.int64),
         ("src", np.int32),
     ]
@@ -220,6 +224,9 @@ INSTR_DEFAULTS = dict(
     table=-1,
     imm=0.0,
     vid=-1,
+    in0=-1,
+    in1=-1,
+    in2=-1,
     aux=-1,
     src=-1,
 )

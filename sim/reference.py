@@ -187,7 +187,7 @@ def run_reference(
                 )
             streams[key] = (vid, values, p0, width, i)
 
-    def take(i, chip, st, p, t):
+    def take(i, chip, st, p, t, expect=-1):
         d, s = divmod(st, S)
         diag = t - p if d == 0 else t + p
         entry = streams.get((chip, d, s, diag))
@@ -200,6 +200,11 @@ def run_reference(
             other = streams.get((chip, d, s + m, diag))
             if other is None or other[4] != src:
                 raise violation(i, t, f"stream group {stream_name(hw, st)} x{width} is torn")
+        if expect >= 0 and vid != expect:
+            raise violation(
+                i, t, f"expects vector {expect} on stream {stream_name(hw, st)} but vector {vid} "
+                "passes at this cycle (its operand is not there yet, or no longer)"
+            )
         counts["stream_hops"] += abs(p - p0) * width
         return vid, values
 
@@ -224,6 +229,7 @@ def run_reference(
         code = int(r["dtype"])
         width = DTYPE_BYTES[DType(code)]
         vid = int(r["vid"]) + j
+        expect = [int(r[f"in{k}"]) + j if r[f"in{k}"] >= 0 else -1 for k in range(3)]
         p = queue_position(hw, q)
         lat = latency(hw, op)
         end = max(end, t + lat)
@@ -263,12 +269,13 @@ def run_reference(
         elif unit == Unit.VXM:
             claim(i, t, (chip, "vxm"), hw.vxm_alus, "every VXM ALU")
             arity = VXM_ARITY[op]
-            _, a = take(i, chip, int(r["s0"]), p, t)
+            _, a = take(i, chip, int(r["s0"]), p, t, expect[0])
             b = c = None
             if arity >= 2:
-                b = take(i, chip, int(r["s1"]), p, t)[1] if r["s1"] >= 0 else float(r["imm"])
+                b = (take(i, chip, int(r["s1"]), p, t, expect[1])[1] if r["s1"] >= 0
+                     else float(r["imm"]))
             if arity == 3:
-                c = take(i, chip, int(r["s2"]), p, t)[1]
+                c = take(i, chip, int(r["s2"]), p, t, expect[2])[1]
             values = None
             if functional:
                 with np.errstate(all="ignore"):
@@ -280,7 +287,7 @@ def run_reference(
         elif unit == Unit.SXM:
             hemi = q - queue_sxm(hw, 0)
             claim(i, t, (chip, "sxm", hemi), hw.sxm_units_per_hemisphere, "every SXM unit")
-            _, a = take(i, chip, int(r["s0"]), p, t)
+            _, a = take(i, chip, int(r["s0"]), p, t, expect[0])
             values = None
             if functional:
                 if op == Op.PERMUTE:
@@ -318,7 +325,7 @@ def run_reference(
                 claim(
                     i, t, (chip, "mxi", plane), hw.mxm_install_vectors_per_cycle, "the install port"
                 )
-                _, v = take(i, chip, int(r["s0"]), p, t)
+                _, v = take(i, chip, int(r["s0"]), p, t, expect[0])
                 if st["tile"] != tile:
                     st.update(tile=tile, rows=0, used=False, ready=0)
                     st["transposed"] = bool(r["flags"] & FLAG_TRANSPOSED)
@@ -335,7 +342,7 @@ def run_reference(
                 counts["mxm_install"] += 1
             else:
                 claim(i, t, (chip, "mxc", plane), 1, "the plane's compute port")
-                _, x = take(i, chip, int(r["s0"]), p, t)
+                _, x = take(i, chip, int(r["s0"]), p, t, expect[0])
                 k = int(r["count"])
                 if st["tile"] != tile:
                     raise violation(

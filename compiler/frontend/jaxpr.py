@@ -9,6 +9,7 @@ RELAYOUT node whose index map is computed by running the primitive itself on ind
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import jax
@@ -27,12 +28,14 @@ Value = int | np.ndarray  # a graph node id, or a compile-time constant
 
 
 def _source(eqn) -> str:
+    """The user's source line of an equation, as `file.py:line:col (function)`."""
     try:
         from jax._src import source_info_util
 
-        return source_info_util.summarize(eqn.source_info)
+        where = source_info_util.summarize(eqn.source_info)
     except (ImportError, AttributeError):
         return "?"
+    return os.path.basename(where)
 
 
 def _aval(v):

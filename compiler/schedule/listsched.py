@@ -267,8 +267,8 @@ class _Scheduler:
         streams = self.try_simple(op, t, pos, unit_key, lat, pend)
         rec = dict(op=op.op, cycle=t, queue=q, dtype=op.dtype, vid=op.outs[0], src=op.src,
                    sd=pend[-1]["s0"], count=op.count, table=op.table)
-        for name, st in zip(("s0", "s1", "s2"), streams, strict=False):
-            rec[name] = st
+        for k, (st, v) in enumerate(zip(streams, op.ins, strict=True)):
+            rec[f"s{k}"], rec[f"in{k}"] = st, v
         if op.imm is not None:
             rec["imm"] = op.imm
         self.commit(pend + [rec])
@@ -316,7 +316,7 @@ class _Scheduler:
                 c += 1
             flags = FLAG_TRANSPOSED if op.transposed else 0
             pend.append(dict(op=Op.INSTALL, cycle=c, queue=q, plane=plane, s0=pend[-1]["sd"],
-                             row=k, flags=flags, aux=op.id, dtype=self.vp.dtypes[v], vid=v,
+                             in0=v, row=k, flags=flags, aux=op.id, dtype=self.vp.dtypes[v], vid=v,
                              src=op.src))
             ready = max(ready, c + il)
         c = ready
@@ -332,7 +332,7 @@ class _Scheduler:
                 self.res.undo(res_mark)
                 c += 1
             pend.append(dict(op=Op.MATMUL, cycle=c, queue=q, plane=plane, s0=pend[-2]["sd"],
-                             sd=pend[-1]["s0"], count=op.count, aux=op.id, dtype=DType.FLOAT32,
+                             in0=x, sd=pend[-1]["s0"], count=op.count, aux=op.id, dtype=DType.FLOAT32,
                              vid=y, src=op.src))
             c += 1
         return c - 1, pend
