@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import jax
+import numpy as np
+
 from compiler.codegen.emit import emit
 from compiler.frontend.jaxpr import UnsupportedPrimitive, trace
 from compiler.ir.graph import Graph, prune, verify
 from compiler.passes.decompose import decompose
-from compiler.passes.place import ModelTooLarge, check_fits, place_static
+from compiler.passes.place import ModelTooLarge, check_args_fit, check_fits, place_static
 from compiler.passes.relayout import fold_relayouts
 from compiler.passes.tile import tile
 from compiler.schedule.listsched import schedule as list_schedule
@@ -21,6 +24,15 @@ __all__ = ["compile", "compile_graph", "lower", "ModelTooLarge", "UnsupportedPri
 
 # LPUSIM_VERIFY=1 checks the IR's invariants after every pass.
 DEBUG = os.environ.get("LPUSIM_VERIFY", "") not in ("", "0")
+
+
+def _check_args_fit(args: dict, params: frozenset, hw: HardwareConfig, chips: int) -> None:
+    specs: dict[str, list] = {"param": [], "input": []}
+    for name, tree in args.items():
+        for leaf in jax.tree_util.tree_leaves(tree):
+            kind = "param" if name in params else "input"
+            specs[kind].append((np.shape(leaf), np.dtype(leaf.dtype).name))
+    check_args_fit(specs, hw, chips)
 
 
 def lower(fn: Callable, args: dict, params: frozenset = frozenset()) -> Graph:
@@ -68,6 +80,7 @@ def compile(
     if callable(target) and not isinstance(target, str):
         if args is None:
             raise LpuError("compiling a function needs args=: argument name -> example pytree")
+        _check_args_fit(args, frozenset(params), hw, chips)  # before spending time on tracing
         graph = lower(target, args, frozenset(params))
         return compile_graph(graph, hw, chips=chips, meta={"function": target.__name__})
     if phase == "prefill":
@@ -75,5 +88,6 @@ def compile(
     from compiler.frontend.model import decode_target
 
     fn, fn_args, meta = decode_target(target, pos=pos, context=context)
+    _check_args_fit(fn_args, frozenset({"params"}), hw, chips)
     graph = lower(fn, fn_args, frozenset({"params"}))
     return compile_graph(graph, hw, chips=chips, meta=meta)

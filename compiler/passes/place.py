@@ -23,20 +23,35 @@ class ModelTooLarge(LpuError, ValueError):
     """The model's SRAM needs exceed the chip: says how many bytes it needs and the chip has."""
 
 
+def stored_bytes(shape, dtype_name: str, hw: HardwareConfig) -> int:
+    """SRAM bytes of a tensor, padded to whole vectors as stored."""
+    rows, tiles, _ = tensor_layout(tuple(shape), hw.lanes)
+    return rows * tiles * hw.lanes * DTYPE_BYTES[DTYPE_BY_NAME[dtype_name]]
+
+
 def static_bytes(graph: Graph, hw: HardwareConfig) -> dict[str, int]:
-    """SRAM bytes of parameters, inputs and constants, padded to whole vectors as stored."""
+    """SRAM bytes of parameters, inputs and constants."""
     out = {"param": 0, "input": 0, "const": 0}
     for n in graph.nodes.values():
-        if n.kind not in (Kind.INPUT, Kind.CONST):
-            continue
-        rows, tiles, _ = tensor_layout(n.shape, hw.lanes)
-        size = rows * tiles * hw.lanes * DTYPE_BYTES[DTYPE_BY_NAME[n.dtype]]
-        out[n.attrs["kind"] if n.kind == Kind.INPUT else "const"] += size
+        if n.kind in (Kind.INPUT, Kind.CONST):
+            kind = n.attrs["kind"] if n.kind == Kind.INPUT else "const"
+            out[kind] += stored_bytes(n.shape, n.dtype, hw)
     return out
 
 
 def check_fits(graph: Graph, hw: HardwareConfig, chips: int = 1) -> None:
-    need = static_bytes(graph, hw)
+    fits(static_bytes(graph, hw), hw, chips)
+
+
+def check_args_fit(leaves: dict[str, tuple], hw: HardwareConfig, chips: int = 1) -> None:
+    """The same check on the arguments alone (kind -> [(shape, dtype name)]), before tracing."""
+    need = {"param": 0, "input": 0, "const": 0}
+    for kind, specs in leaves.items():
+        need[kind] += sum(stored_bytes(shape, dtype, hw) for shape, dtype in specs)
+    fits(need, hw, chips)
+
+
+def fits(need: dict[str, int], hw: HardwareConfig, chips: int) -> None:
     total = sum(need.values())
     have = hw.sram_bytes * chips
     if total > have:

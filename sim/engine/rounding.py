@@ -1,0 +1,94 @@
+"""Rounding to the chip's element types, by bit manipulation, inside compiled code.
+
+The reference rounds with NumPy (`astype(np.float16)`) and ml_dtypes (`astype(bfloat16)`); these
+helpers reproduce those conversions bit for bit, round to nearest even included, so the engine
+needs no NumPy casts of exotic dtypes in its kernels. Arithmetic is on int64 copies of the bits
+(Numba would turn mixed uint32/int64 arithmetic into float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+from sim.engine.flags import njit
+from sim.isa import DType
+
+FLOAT16 = int(DType.FLOAT16)
+BFLOAT16 = int(DType.BFLOAT16)
+BOOL = int(DType.BOOL)
+
+
+@njit
+def _round_half_even(mantissa, shift):
+    """mantissa / 2**shift rounded to the nearest integer, ties to even (shift >= 1)."""
+    q = mantissa >> shift
+    rest = mantissa & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if rest > half or (rest == half and q & 1):
+        q += 1
+    return q
+
+
+@njit
+def f32_bits_to_f16_bits(f):
+    """IEEE binary32 bits -> binary16 bits, as NumPy's float32 -> float16 cast."""
+    sign = (f >> 16) & 0x8000
+    a = f & 0x7FFFFFFF
+    if a > 0x7F800000:  # NaN: keep the top 10 payload bits, but stay a NaN (NumPy's rule)
+        payload = (a >> 13) & 0x3FF
+        return sign | 0x7C00 | (payload if payload else 1)
+    if a >= 0x477FF000:  # inf, or >= 65520 which rounds past the largest half (65504)
+        return sign | 0x7C00
+    exponent = a >> 23
+    if exponent >= 113:  # a normal half: rebias the exponent, round 23 -> 10 mantissa bits
+        return sign | _round_half_even(((exponent - 112) << 23) | (a & 0x7FFFFF), 13)
+    if exponent < 102:  # below 2**-25 (half the smallest subnormal): a signed zero
+        return sign
+    # A subnormal half counts units of 2**-24; the float is mantissa * 2**(exponent - 150).
+    return sign | _round_half_even((a & 0x7FFFFF) | 0x800000, 126 - exponent)
+
+
+@njit
+def f16_bits_to_f32_bits(h):
+    """binary16 bits -> binary32 bits (exact; NaN payloads kept, as NumPy)."""
+    sign = (h & 0x8000) << 16
+    exponent = (h >> 10) & 0x1F
+    mantissa = h & 0x3FF
+    if exponent == 0x1F:
+        return sign | 0x7F800000 | (mantissa << 13)
+    if exponent:
+        return sign | ((exponent + 112) << 23) | (mantissa << 13)
+    if mantissa == 0:
+        return sign
+    exponent = 113  # normalise the subnormal: mantissa * 2**-24
+    while not mantissa & 0x400:
+        mantissa <<= 1
+        exponent -= 1
+    return sign | (exponent << 23) | ((mantissa & 0x3FF) << 13)
+
+
+@njit
+def f32_bits_to_bf16_bits(f):
+    """binary32 bits -> bfloat16 bits, as ml_dtypes: round to nearest even, canonical NaN."""
+    if (f & 0x7FFFFFFF) > 0x7F800000:
+        return ((f >> 16) & 0x8000) | 0x7FC0
+    return (f + 0x7FFF + ((f >> 16) & 1)) >> 16  # a carry into the exponent is right, up to inf
+
+
+@njit
+def round_vector(v, code):
+    """Round the float32 vector `v` in place to element type `code`, kept as float32 (the storage
+    format of every vector, as `sim.isa.round_to`)."""
+    if code == FLOAT16:
+        bits = v.view(np.uint32)
+        for k in range(v.size):
+            h = f32_bits_to_f16_bits(np.int64(bits[k]))
+            bits[k] = np.uint32(f16_bits_to_f32_bits(h))
+    elif code == BFLOAT16:
+        bits = v.view(np.uint32)
+        for k in range(v.size):
+            bits[k] = np.uint32(f32_bits_to_bf16_bits(np.int64(bits[k])) << 16)
+    elif code == BOOL:
+        for k in range(v.size):
+            v[k] = 1.0 if v[k] != 0 else 0.0

@@ -1,0 +1,84 @@
+"""The CLI: one JSON object with --json; bad input -> one line on stderr, no traceback, exit 2."""
+
+import json
+
+import pytest
+
+from lpusim.cli import main
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_presets_and_models(capsys):
+    rc, out, _ = run(capsys, "presets", "--json")
+    names = {p["name"] for p in json.loads(out)["presets"]}
+    assert rc == 0 and {"groq-tsp-v1", "teaching"} <= names
+    rc, out, _ = run(capsys, "models", "--json")
+    models = {m["name"]: m for m in json.loads(out)["models"]}
+    assert rc == 0 and models["llama2-70b"]["params"] == 68_976_648_192
+
+
+def test_estimate_json(capsys):
+    rc, out, _ = run(capsys, "estimate", "--model", "tiny-llama", "--hw", "teaching",
+                     "--context", "8", "--engine", "reference", "--json")
+    e = json.loads(out)
+    assert rc == 0
+    for key in ("cycles_per_token", "seconds_per_token", "tokens_per_s", "chips",
+                "unit_utilisation", "bytes_read"):
+        assert key in e
+    assert e["cycles_per_token"] == e["predicted_cycles"] > 0
+    assert e["tokens_per_s"] == pytest.approx(1.0 / e["seconds_per_token"])
+    assert set(e["unit_utilisation"]) >= {"mem_read", "vxm", "sxm", "mxm_install"}
+
+
+def test_compile_then_simulate(capsys, tmp_path):
+    path = tmp_path / "prog.lpu"
+    rc, out, _ = run(capsys, "compile", "--model", "tiny-llama", "--context", "4", "-o",
+                     str(path), "--json")
+    compiled = json.loads(out)
+    assert rc == 0 and path.exists() and (tmp_path / "prog.lpu.txt").exists()
+    assert "MATMUL" in (tmp_path / "prog.lpu.txt").read_text()
+    rc, out, _ = run(capsys, "simulate", str(path), "--engine", "reference", "--json")
+    sim = json.loads(out)
+    assert rc == 0 and sim["cycles"] == compiled["predicted_cycles"]
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["estimate", "--model", "gpt-5"], "unknown model 'gpt-5'"),
+        (["estimate", "--hw", "tsp9"], "unknown hardware preset 'tsp9'"),
+        (["estimate", "--model", "llama2-7b"], "needs at least"),
+        (["estimate", "--chips", "8"], "chips=8"),
+        (["estimate", "--context", "0"], "context=0"),
+        (["compile", "--pos", "99", "--context", "4", "-o", "x.lpu"], "pos=99"),
+        (["simulate", "missing.lpu"], "does not exist"),
+        (["validate", "--prompt", "1,x"], "--prompt"),
+        (["validate", "--prompt", "1000"], "prompt [1000]"),
+    ],
+)
+def test_bad_input_one_line_no_traceback(capsys, argv, needle):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 2
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_hardware_file(capsys, tmp_path):
+    for body, needle in [("lanes = 0", "lanes=0"), ("streams_per_direction = 2",
+                         "streams_per_direction=2"), ("mem_slice_bytes = -5", "-5")]:
+        f = tmp_path / "hw.toml"
+        f.write_text(f'base = "teaching"\n{body}\n')
+        rc, _, err = run(capsys, "estimate", "--hw", str(f))
+        assert rc == 2 and needle in err and "Traceback" not in err
+
+
+def test_foreign_program_file(capsys, tmp_path):
+    f = tmp_path / "junk.lpu"
+    f.write_bytes(b"\x00" * 64)
+    rc, _, err = run(capsys, "simulate", str(f))
+    assert rc == 2 and "not an lpusim Program file" in err

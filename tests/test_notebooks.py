@@ -1,0 +1,27 @@
+"""Every notebook in notebooks/ runs top to bottom without an error, as a reader would run it."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) or ["(no notebooks)"]
+)
+def test_notebook_runs(name, monkeypatch):
+    if name == "(no notebooks)":
+        pytest.skip(f"no notebooks in {NOTEBOOKS}")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    # The kernel then picks its own inline backend: figures render to PNG, headless.
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    client = NotebookClient(
+        nb,
+        timeout=600,  # seconds per cell
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},  # the kernel's working directory
+    )
+    client.execute()  # raises CellExecutionError, naming the cell and its traceback, on error
