@@ -4,7 +4,7 @@ from sim.errors import ConfigError, LpuError, ProgramFormatError, ScheduleViolat
 from sim.hardware import PRESETS, HardwareConfig, load_hardware, preset
 from sim.program import Program, Symbol
 from sim.result import SimResult
-from sim.simulate import simulate
+from sim.execute import simulate
 
 __all__ = [
     "ConfigError",

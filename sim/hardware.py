@@ -196,6 +196,32 @@ PRESETS: dict[str, HardwareConfig] = {
         c2c_bytes_per_cycle=14.3,  # 12.9 GB/s per link per direction / 0.9 GHz
         c2c_latency_cycles=216,  # "C2C latency" row (U)
     ),
+    # Next generation, from press figures only ("Next-generation LPU" line, all conf S): 500 MB
+    # of SRAM, 150 TB/s of SRAM bandwidth, 2.5 TB/s chip to chip. The TSP's organisation is kept;
+    # slices are added (192 x 2.5 MiB = 503 MB) and the clock is a free parameter (U), chosen so
+    # that 192 slices x 320 B x (read + write) x clock = 150 TB/s.
+    "lpu-next": HardwareConfig(
+        name="lpu-next",
+        clock_hz=1.22e9,
+        lanes=320,
+        mem_slices=192,
+        mem_slice_bytes=2_621_440,
+        streams_per_direction=32,
+        mem_read_latency_cycles=1,
+        mem_write_latency_cycles=1,
+        mxm_planes=8,  # U: twice the TSP, to keep the matrix units fed from twice the SRAM
+        mxm_install_vectors_per_cycle=8,
+        mxm_install_latency_cycles=4,
+        mxm_latency_cycles=20,
+        vxm_alus=16,
+        vxm_small_latency_cycles=2,
+        vxm_large_latency_cycles=8,
+        sxm_units_per_hemisphere=2,
+        sxm_latency_cycles=4,
+        c2c_links=16,
+        c2c_bytes_per_cycle=128.0,  # 2.5 TB/s over 16 links at 1.22 GHz
+        c2c_latency_cycles=216,
+    ),
     # A chip small enough that a whole decoder layer's schedule fits on a screen. Nothing here is a
     # measured figure: it keeps the TSP's shape (mirrored hemispheres, stream groups) at toy size.
     "teaching": HardwareConfig(
