@@ -72,9 +72,7 @@ def compile(
     """
     hw = load_hardware(hw)
     if chips != 1:
-        raise LpuError(
-            f"chips={chips}: multi-chip compilation is not implemented yet; use chips=1"
-        )
+        raise LpuError(f"chips={chips}: multi-chip compilation is not implemented yet; use chips=1")
     if phase not in ("decode", "prefill"):
         raise LpuError(f"phase={phase!r}; valid phases: 'decode', 'prefill'")
     if callable(target) and not isinstance(target, str):

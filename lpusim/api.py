@@ -26,7 +26,9 @@ def _table(rows: list[tuple[str, object]]) -> str:
         if isinstance(v, float):
             v = f"{v:.4g}"
         elif isinstance(v, dict):
-            v = ", ".join(f"{a} {b:.1%}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items())
+            v = ", ".join(
+                f"{a} {b:.1%}" if isinstance(b, float) else f"{a} {b}" for a, b in v.items()
+            )
         out.append(f"{k:<{width}}  {v}")
     return "\n".join(out)
 
@@ -199,7 +201,9 @@ def validate(
         lpu_logits, lpu_cache, result = run_decode_step(
             program, params, embed(params, lpu_tok), lpu_cache, engine=engine
         )
-        jax_logits, jax_cache = jit_step(params, embed(params, jax_tok), jax_cache, cfg=cfg, pos=pos)
+        jax_logits, jax_cache = jit_step(
+            params, embed(params, jax_tok), jax_cache, cfg=cfg, pos=pos
+        )
         jax_logits = np.asarray(jax_logits)
         jax_cache = jax.tree.map(np.asarray, jax_cache)
         err = np.abs(lpu_logits - jax_logits)

@@ -83,8 +83,9 @@ def _cmd_validate(args) -> int:
         raise LpuError(f"--prompt {args.prompt!r} must be comma-separated integers") from None
     if args.chips != 1:
         raise LpuError(f"--chips {args.chips}: multi-chip simulation is not implemented yet")
-    v = validate(args.model, args.hw, tokens=args.tokens, prompt=prompt, seed=args.seed,
-                 engine=args.engine)
+    v = validate(
+        args.model, args.hw, tokens=args.tokens, prompt=prompt, seed=args.seed, engine=args.engine
+    )
     obj = v.to_dict()
     obj["predicted_cycles"] = sum(v.predicted_cycles)
     obj["simulated_cycles"] = sum(v.simulated_cycles)
@@ -104,8 +105,9 @@ def _cmd_estimate(args) -> int:
 def _cmd_compile(args) -> int:
     from compiler import compile as compile_program
 
-    prog = compile_program(args.model, args.hw, chips=args.chips, context=args.context,
-                           pos=args.pos)
+    prog = compile_program(
+        args.model, args.hw, chips=args.chips, context=args.context, pos=args.pos
+    )
     out = Path(args.output)
     prog.save(out)
     listing = Path(args.listing) if args.listing else out.with_name(out.name + ".txt")
@@ -130,8 +132,12 @@ def _cmd_simulate(args) -> int:
     hw = load_hardware(args.hw) if args.hw else None
     prog = Program.load(args.program, hw)
     r = simulate(prog, mode="timing", engine=args.engine)
-    obj = {"program": args.program, "hw": prog.hw.name, **r.summary(),
-           "tokens_per_s": 1.0 / r.seconds if r.seconds else None}
+    obj = {
+        "program": args.program,
+        "hw": prog.hw.name,
+        **r.summary(),
+        "tokens_per_s": 1.0 / r.seconds if r.seconds else None,
+    }
     text = "\n".join(f"{k:<17} {v}" for k, v in obj.items())
     _emit(args, obj, text)
     return 0
@@ -181,7 +187,9 @@ def _cmd_models(args) -> int:
         }
         for c in MODELS.values()
     ]
-    head = f"{'name':<16}{'family':<9}{'params':>16}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}"
+    head = (
+        f"{'name':<16}{'family':<9}{'params':>16}{'layers':>7}{'d_model':>8}{'heads':>6}{'kv':>4}"
+    )
     lines = [head] + [
         f"{r['name']:<16}{r['family']:<9}{r['params']:>16,}{r['layers']:>7}{r['d_model']:>8}"
         f"{r['heads']:>6}{r['kv_heads']:>4}"

@@ -23,7 +23,15 @@ class ScheduleViolation(LpuError):
     """
 
     def __init__(
-        self, *, chip: int, unit: str, cycle: int, index: int, instr: str, source: str, conflict: str
+        self,
+        *,
+        chip: int,
+        unit: str,
+        cycle: int,
+        index: int,
+        instr: str,
+        source: str,
+        conflict: str,
     ):
         self.chip, self.unit, self.cycle, self.index = chip, unit, cycle, index
         self.instr, self.source, self.conflict = instr, source, conflict

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
+
+import tomllib
 
 from sim.errors import ConfigError
 

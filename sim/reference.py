@@ -202,8 +202,10 @@ def run_reference(
                 raise violation(i, t, f"stream group {stream_name(hw, st)} x{width} is torn")
         if expect >= 0 and vid != expect:
             raise violation(
-                i, t, f"expects vector {expect} on stream {stream_name(hw, st)} but vector {vid} "
-                "passes at this cycle (its operand is not there yet, or no longer)"
+                i,
+                t,
+                f"expects vector {expect} on stream {stream_name(hw, st)} but vector {vid} "
+                "passes at this cycle (its operand is not there yet, or no longer)",
             )
         counts["stream_hops"] += abs(p - p0) * width
         return vid, values
@@ -251,8 +253,11 @@ def run_reference(
                             i,
                             t,
                             f"expects vector {vid} at {queue_name(hw, s + m)}[{a}] but it holds "
-                            + (f"vector {held} (overwritten before its last reader)" if held >= 0
-                               else "nothing yet (read before the write arrives)"),
+                            + (
+                                f"vector {held} (overwritten before its last reader)"
+                                if held >= 0
+                                else "nothing yet (read before the write arrives)"
+                            ),
                         )
                 values = mem_val.get((chip, s, a)) if functional else None
                 put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
@@ -272,8 +277,11 @@ def run_reference(
             _, a = take(i, chip, int(r["s0"]), p, t, expect[0])
             b = c = None
             if arity >= 2:
-                b = (take(i, chip, int(r["s1"]), p, t, expect[1])[1] if r["s1"] >= 0
-                     else float(r["imm"]))
+                b = (
+                    take(i, chip, int(r["s1"]), p, t, expect[1])[1]
+                    if r["s1"] >= 0
+                    else float(r["imm"])
+                )
             if arity == 3:
                 c = take(i, chip, int(r["s2"]), p, t, expect[2])[1]
             values = None
@@ -346,8 +354,10 @@ def run_reference(
                 k = int(r["count"])
                 if st["tile"] != tile:
                     raise violation(
-                        i, t, f"needs tile {tile} but the plane holds tile {st['tile']} "
-                        "(overwritten before its last reader, or never installed)"
+                        i,
+                        t,
+                        f"needs tile {tile} but the plane holds tile {st['tile']} "
+                        "(overwritten before its last reader, or never installed)",
                     )
                 if t < st["ready"]:
                     raise violation(i, t, f"tile {tile} is not installed until cycle {st['ready']}")

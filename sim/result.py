@@ -8,6 +8,7 @@ import numpy as np
 
 from sim.hardware import HardwareConfig
 
+
 # Per-cycle capacity of each resource kind, to turn event counts into utilisation.
 def capacities(hw: HardwareConfig) -> dict[str, float]:
     return {
@@ -43,8 +44,9 @@ class SimResult:
     @property
     def utilisation(self) -> dict[str, float]:
         cap = capacities(self.hw)
-        return {k: (v / (cap[k] * self.cycles) if self.cycles else 0.0)
-                for k, v in self.busy.items()}
+        return {
+            k: (v / (cap[k] * self.cycles) if self.cycles else 0.0) for k, v in self.busy.items()
+        }
 
     def summary(self) -> dict:
         return {

@@ -23,6 +23,6 @@ def softmax_matmul_args(m=3, k=20, n=37, seed=0):
     return {"x": x, "w": w}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def softmax_matmul_program(hw="teaching", m=3, k=20, n=37):
     return compile(softmax_matmul, hw, args=softmax_matmul_args(m, k, n), params=("w",))

@@ -64,8 +64,9 @@ def emit(
     for sym in vp.symbols:
         vids = sym.vids.astype(np.int64)
         slices = np.array([sched.home[int(v)][0] for v in vids], np.int32)
-        addrs = np.array([addr[(int(v), int(s))] for v, s in zip(vids, slices, strict=True)],
-                         np.int32)
+        addrs = np.array(
+            [addr[(int(v), int(s))] for v, s in zip(vids, slices, strict=True)], np.int32
+        )
         symbols.append(Symbol(sym.name, sym.kind, tuple(sym.shape), sym.dtype, slices, addrs, vids))
         if sym.kind == "const":
             consts[sym.name] = np.asarray(sym.value, DTYPE_NUMPY[DTYPE_BY_NAME[sym.dtype]])

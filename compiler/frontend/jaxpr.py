@@ -84,8 +84,9 @@ class _Builder:
                 a = self.node(a, shape, dtype)
                 return g.add(kind, (a,), shape, dtype, {"imm": c}, self.src)
         if isinstance(a, np.ndarray) and kind == Kind.SUB:  # c - x = (-x) + c
-            return self.binary(Kind.ADD, self.unary(Kind.NEG, self.node(b, shape, dtype)), a,
-                               shape, dtype)
+            return self.binary(
+                Kind.ADD, self.unary(Kind.NEG, self.node(b, shape, dtype)), a, shape, dtype
+            )
         a, b = self.node(a, shape, dtype), self.node(b, shape, dtype)
         return g.add(kind, (a, b), shape, dtype, {}, self.src)
 
@@ -148,7 +149,9 @@ def _lower_movement(b: _Builder, eqn, vals):
     idx, offset = [], 0
     for v in data:
         size = int(np.prod(b.shape(v)))
-        idx.append(jnp.asarray(np.arange(offset, offset + size, dtype=np.int32).reshape(b.shape(v))))
+        idx.append(
+            jnp.asarray(np.arange(offset, offset + size, dtype=np.int32).reshape(b.shape(v)))
+        )
         offset += size
     if eqn.primitive.name == "pad":
         rest = [np.int32(-1)]
@@ -263,8 +266,9 @@ LOWERINGS: dict[str, Callable] = {
     **{p: _lower_elementwise(k) for p, k in ELEMENTWISE.items()},
     **{p: _lower_unary(k) for p, k in UNARY.items()},
     **dict.fromkeys(MOVEMENT, _lower_movement),
-    "square": lambda b, eqn, v: [b.binary(Kind.MUL, v[0], v[0], b.shape(v[0]),
-                                          b.graph.nodes[v[0]].dtype)],
+    "square": lambda b, eqn, v: [
+        b.binary(Kind.MUL, v[0], v[0], b.shape(v[0]), b.graph.nodes[v[0]].dtype)
+    ],
     "integer_pow": _lower_integer_pow,
     "convert_element_type": _lower_convert,
     "dot_general": _lower_dot,
@@ -356,8 +360,9 @@ def trace(fn: Callable, args: dict, param_args: frozenset = frozenset()) -> Grap
         kind = "param" if is_param else "input"
         inputs.append(b.graph.add(Kind.INPUT, (), leaf.shape, code, {"name": name, "kind": kind}))
     outs = _run_jaxpr(b, closed.jaxpr, closed.consts, inputs)
-    out_paths = [_path_name("", p) or "out" for p, _ in jax.tree_util.tree_flatten_with_path(
-        out_shape)[0]]
+    out_paths = [
+        _path_name("", p) or "out" for p, _ in jax.tree_util.tree_flatten_with_path(out_shape)[0]
+    ]
     for name, val, spec in zip(out_paths, outs, jax.tree_util.tree_leaves(out_shape), strict=True):
         b.src = "output"
         b.graph.outputs.append((name, b.node(val, spec.shape, spec.dtype)))

@@ -87,7 +87,9 @@ class Graph:
     def add(self, kind: Kind, inputs, shape, dtype, attrs=None, src="") -> int:
         nid = self.next_id
         self.next_id += 1
-        node = Node(nid, kind, tuple(inputs), tuple(int(d) for d in shape), str(dtype), attrs or {}, src)
+        node = Node(
+            nid, kind, tuple(inputs), tuple(int(d) for d in shape), str(dtype), attrs or {}, src
+        )
         self.nodes[nid] = node
         return nid
 

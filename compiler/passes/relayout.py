@@ -46,8 +46,11 @@ def _rule(g: Graph, n: Node, inputs: tuple[int, ...]) -> int | None:
             through = inner[local]
             out[sel] = np.where(through >= 0, through + new_starts[first], -1)
     # Drop operands no element reads, renumbering the rest.
-    used = [k for k in range(len(new_inputs))
-            if np.any((out >= new_starts[k]) & (out < new_starts[k + 1]))]
+    used = [
+        k
+        for k in range(len(new_inputs))
+        if np.any((out >= new_starts[k]) & (out < new_starts[k + 1]))
+    ]
     final = np.full(out.shape, -1, np.int64)
     offset = 0
     for k in used:
@@ -56,7 +59,7 @@ def _rule(g: Graph, n: Node, inputs: tuple[int, ...]) -> int | None:
         offset += new_starts[k + 1] - new_starts[k]
     kept = tuple(new_inputs[k] for k in used)
     final = final.reshape(n.shape)
-    if len(kept) == 1 and g.nodes[kept[0]].shape == n.shape:
-        if np.array_equal(final.ravel(), np.arange(final.size)):
-            return kept[0]
+    same_shape = len(kept) == 1 and g.nodes[kept[0]].shape == n.shape
+    if same_shape and np.array_equal(final.ravel(), np.arange(final.size)):
+        return kept[0]
     return g.add(Kind.RELAYOUT, kept, n.shape, n.dtype, {"index": final}, n.src)

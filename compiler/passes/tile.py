@@ -46,8 +46,16 @@ class _Tiler:
 
     def op(self, unit, op, ins, dtype, n_out=1, **kw) -> np.ndarray:
         outs = self.vp.new_vids(n_out, dtype)
-        vop = VOp(len(self.vp.ops), unit, op, tuple(int(i) for i in ins), tuple(int(o) for o in outs),
-                  dtype, self.src, **kw)
+        vop = VOp(
+            len(self.vp.ops),
+            unit,
+            op,
+            tuple(int(i) for i in ins),
+            tuple(int(o) for o in outs),
+            dtype,
+            self.src,
+            **kw,
+        )
         self.vp.ops.append(vop)
         return outs
 
@@ -55,8 +63,10 @@ class _Tiler:
         """Fold vectors with a binary VXM op as a balanced tree (shorter dependency chains)."""
         vids = list(vids)
         while len(vids) > 1:
-            nxt = [int(self.op(Unit.VXM, op, vids[i : i + 2], dtype)[0])
-                   for i in range(0, len(vids) - 1, 2)]
+            nxt = [
+                int(self.op(Unit.VXM, op, vids[i : i + 2], dtype)[0])
+                for i in range(0, len(vids) - 1, 2)
+            ]
             if len(vids) % 2:
                 nxt.append(vids[-1])
             vids = nxt
@@ -132,9 +142,7 @@ def _lane_reduce(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     x = g.nodes[n.inputs[0]]
     rows, tiles, splat = tensor_layout(x.shape, t.lanes)
     src = t.vecs[x.id].reshape(rows, tiles)
-    sxm_op, vxm_op = (
-        (Op.REDUCE_SUM, Op.ADD) if n.kind == Kind.LANE_SUM else (Op.REDUCE_MAX, Op.MAX)
-    )
+    sxm_op, vxm_op = (Op.REDUCE_SUM, Op.ADD) if n.kind == Kind.LANE_SUM else (Op.REDUCE_MAX, Op.MAX)
     out = np.empty(rows, np.int64)
     for r in range(rows):
         if splat and sxm_op == Op.REDUCE_MAX:  # max of one element is itself
@@ -142,8 +150,15 @@ def _lane_reduce(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
             continue
         count = 1 if splat else None
         parts = [
-            int(t.op(Unit.SXM, sxm_op, [src[r, j]], _code(n),
-                     count=count or t.valid_lanes(x.shape[-1], j))[0])
+            int(
+                t.op(
+                    Unit.SXM,
+                    sxm_op,
+                    [src[r, j]],
+                    _code(n),
+                    count=count or t.valid_lanes(x.shape[-1], j),
+                )[0]
+            )
             for j in range(tiles)
         ]
         out[r] = t.combine(vxm_op, parts, _code(n))
@@ -158,8 +173,11 @@ def _reduce_rows(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     lead = x.shape[:-1]
     kept = [d for d in range(len(lead)) if d not in axes]
     coords = np.unravel_index(np.arange(rows), lead)
-    out_rows = np.ravel_multi_index([coords[d] for d in kept], [lead[d] for d in kept]) if kept \
+    out_rows = (
+        np.ravel_multi_index([coords[d] for d in kept], [lead[d] for d in kept])
+        if kept
         else np.zeros(rows, np.int64)
+    )
     n_out = int(out_rows.max()) + 1 if rows else 0
     op = Op.ADD if n.kind == Kind.REDUCE_SUM else Op.MAX
     out = np.empty((n_out, tiles), np.int64)
@@ -198,8 +216,16 @@ def _dot(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
                     else:
                         rows = R[b, f, kt * lanes : kt * lanes + count, j]
                     partials.append(
-                        t.op(Unit.MXM, Op.MATMUL, L[b, :, kt], DType.FLOAT32, n_out=M,
-                             count=count, rows=tuple(int(r) for r in rows), transposed=tr)
+                        t.op(
+                            Unit.MXM,
+                            Op.MATMUL,
+                            L[b, :, kt],
+                            DType.FLOAT32,
+                            n_out=M,
+                            count=count,
+                            rows=tuple(int(r) for r in rows),
+                            transposed=tr,
+                        )
                     )
                 for m in range(M):
                     v = t.combine(Op.ADD, [int(p[m]) for p in partials], DType.FLOAT32)
@@ -292,5 +318,7 @@ def _dead_code(vp: VProgram) -> None:
             keep.append(op)
             live.update(op.ins)
             live.update(op.rows)
-    vp.ops = [VOp(k, *(getattr(op, f) for f in VOp.__dataclass_fields__ if f != "id"))
-              for k, op in enumerate(reversed(keep))]
+    vp.ops = [
+        VOp(k, *(getattr(op, f) for f in VOp.__dataclass_fields__ if f != "id"))
+        for k, op in enumerate(reversed(keep))
+    ]

@@ -146,8 +146,16 @@ class _Scheduler:
             for m in range(w):
                 self.res.take(("rd", g + m), tr)
             pend.append(
-                dict(op=Op.READ, cycle=tr, queue=g, slice=g, dtype=self.vp.dtypes[vid], sd=st,
-                     vid=vid, src=src)
+                dict(
+                    op=Op.READ,
+                    cycle=tr,
+                    queue=g,
+                    slice=g,
+                    dtype=self.vp.dtypes[vid],
+                    sd=st,
+                    vid=vid,
+                    src=src,
+                )
             )
             return True
         return False
@@ -170,8 +178,17 @@ class _Scheduler:
             for m in range(w):
                 self.res.take(("wr", g + m), tw)
             pend.append(
-                dict(op=Op.WRITE, cycle=tw, queue=g, slice=g, dtype=self.vp.dtypes[vid], s0=st,
-                     vid=vid, src=src, _home=g)
+                dict(
+                    op=Op.WRITE,
+                    cycle=tw,
+                    queue=g,
+                    slice=g,
+                    dtype=self.vp.dtypes[vid],
+                    s0=st,
+                    vid=vid,
+                    src=src,
+                    _home=g,
+                )
             )
             return True
         return False
@@ -221,8 +238,19 @@ class _Scheduler:
                 if self.read(vid, ta, hw.slice_position(g), src, pend):
                     for m in range(w):
                         self.res.take(("wr", g + m), ta)
-                    pend.append(dict(op=Op.WRITE, cycle=ta, queue=g, slice=g, s0=pend[0]["sd"],
-                                     dtype=self.vp.dtypes[vid], vid=vid, src=src, _home=g))
+                    pend.append(
+                        dict(
+                            op=Op.WRITE,
+                            cycle=ta,
+                            queue=g,
+                            slice=g,
+                            s0=pend[0]["sd"],
+                            dtype=self.vp.dtypes[vid],
+                            vid=vid,
+                            src=src,
+                            _home=g,
+                        )
+                    )
                     self.commit(pend)
                     return
                 self.res.rollback()
@@ -265,8 +293,17 @@ class _Scheduler:
         t, q, pos, unit_key = best
         pend: list = []
         streams = self.try_simple(op, t, pos, unit_key, lat, pend)
-        rec = dict(op=op.op, cycle=t, queue=q, dtype=op.dtype, vid=op.outs[0], src=op.src,
-                   sd=pend[-1]["s0"], count=op.count, table=op.table)
+        rec = dict(
+            op=op.op,
+            cycle=t,
+            queue=q,
+            dtype=op.dtype,
+            vid=op.outs[0],
+            src=op.src,
+            sd=pend[-1]["s0"],
+            count=op.count,
+            table=op.table,
+        )
         for k, (st, v) in enumerate(zip(streams, op.ins, strict=True)):
             rec[f"s{k}"], rec[f"in{k}"] = st, v
         if op.imm is not None:
@@ -315,25 +352,54 @@ class _Scheduler:
                 self.res.undo(res_mark)
                 c += 1
             flags = FLAG_TRANSPOSED if op.transposed else 0
-            pend.append(dict(op=Op.INSTALL, cycle=c, queue=q, plane=plane, s0=pend[-1]["sd"],
-                             in0=v, row=k, flags=flags, aux=op.id, dtype=self.vp.dtypes[v], vid=v,
-                             src=op.src))
+            pend.append(
+                dict(
+                    op=Op.INSTALL,
+                    cycle=c,
+                    queue=q,
+                    plane=plane,
+                    s0=pend[-1]["sd"],
+                    in0=v,
+                    row=k,
+                    flags=flags,
+                    aux=op.id,
+                    dtype=self.vp.dtypes[v],
+                    vid=v,
+                    src=op.src,
+                )
+            )
             ready = max(ready, c + il)
         c = ready
         for x, y in zip(op.ins, op.outs, strict=True):
             c = max(c, self.earliest(x, pos))
             while True:
                 mark, res_mark = len(pend), self.res.mark()
-                if (self.res.free(("mxc", plane), c) and self.read(x, c, pos, op.src, pend)
-                        and self.write(y, c + ml, pos, op.src, pend)):
+                if (
+                    self.res.free(("mxc", plane), c)
+                    and self.read(x, c, pos, op.src, pend)
+                    and self.write(y, c + ml, pos, op.src, pend)
+                ):
                     self.res.take(("mxc", plane), c)
                     break
                 del pend[mark:]
                 self.res.undo(res_mark)
                 c += 1
-            pend.append(dict(op=Op.MATMUL, cycle=c, queue=q, plane=plane, s0=pend[-2]["sd"],
-                             in0=x, sd=pend[-1]["s0"], count=op.count, aux=op.id, dtype=DType.FLOAT32,
-                             vid=y, src=op.src))
+            pend.append(
+                dict(
+                    op=Op.MATMUL,
+                    cycle=c,
+                    queue=q,
+                    plane=plane,
+                    s0=pend[-2]["sd"],
+                    in0=x,
+                    sd=pend[-1]["s0"],
+                    count=op.count,
+                    aux=op.id,
+                    dtype=DType.FLOAT32,
+                    vid=y,
+                    src=op.src,
+                )
+            )
             c += 1
         return c - 1, pend
 

@@ -23,12 +23,29 @@ def test_presets_and_models(capsys):
 
 
 def test_estimate_json(capsys):
-    rc, out, _ = run(capsys, "estimate", "--model", "tiny-llama", "--hw", "teaching",
-                     "--context", "8", "--engine", "reference", "--json")
+    rc, out, _ = run(
+        capsys,
+        "estimate",
+        "--model",
+        "tiny-llama",
+        "--hw",
+        "teaching",
+        "--context",
+        "8",
+        "--engine",
+        "reference",
+        "--json",
+    )
     e = json.loads(out)
     assert rc == 0
-    for key in ("cycles_per_token", "seconds_per_token", "tokens_per_s", "chips",
-                "unit_utilisation", "bytes_read"):
+    for key in (
+        "cycles_per_token",
+        "seconds_per_token",
+        "tokens_per_s",
+        "chips",
+        "unit_utilisation",
+        "bytes_read",
+    ):
         assert key in e
     assert e["cycles_per_token"] == e["predicted_cycles"] > 0
     assert e["tokens_per_s"] == pytest.approx(1.0 / e["seconds_per_token"])
@@ -37,8 +54,9 @@ def test_estimate_json(capsys):
 
 def test_compile_then_simulate(capsys, tmp_path):
     path = tmp_path / "prog.lpu"
-    rc, out, _ = run(capsys, "compile", "--model", "tiny-llama", "--context", "4", "-o",
-                     str(path), "--json")
+    rc, out, _ = run(
+        capsys, "compile", "--model", "tiny-llama", "--context", "4", "-o", str(path), "--json"
+    )
     compiled = json.loads(out)
     assert rc == 0 and path.exists() and (tmp_path / "prog.lpu.txt").exists()
     assert "MATMUL" in (tmp_path / "prog.lpu.txt").read_text()
@@ -69,8 +87,11 @@ def test_bad_input_one_line_no_traceback(capsys, argv, needle):
 
 
 def test_bad_hardware_file(capsys, tmp_path):
-    for body, needle in [("lanes = 0", "lanes=0"), ("streams_per_direction = 2",
-                         "streams_per_direction=2"), ("mem_slice_bytes = -5", "-5")]:
+    for body, needle in [
+        ("lanes = 0", "lanes=0"),
+        ("streams_per_direction = 2", "streams_per_direction=2"),
+        ("mem_slice_bytes = -5", "-5"),
+    ]:
         f = tmp_path / "hw.toml"
         f.write_text(f'base = "teaching"\n{body}\n')
         rc, _, err = run(capsys, "estimate", "--hw", str(f))

@@ -60,8 +60,9 @@ def test_toml_errors(tmp_path):
 def test_floorplan_is_mirrored():
     hw = preset("teaching")
     positions = [hw.slice_position(s) for s in range(hw.mem_slices)]
-    assert sorted(positions + [hw.vxm_position, 0, 1, hw.width_positions - 2,
-                               hw.width_positions - 1]) == list(range(hw.width_positions))
+    assert sorted(
+        positions + [hw.vxm_position, 0, 1, hw.width_positions - 2, hw.width_positions - 1]
+    ) == list(range(hw.width_positions))
     assert hw.slice_position(0) == hw.vxm_position - 1
     assert hw.slice_position(hw.half_slices) == hw.vxm_position + 1
 

@@ -61,8 +61,11 @@ def test_instruction_moved_onto_a_busy_port_is_caught(shape, pick):
     ins = prog.instrs
     for op in (Op.READ, Op.MATMUL):
         idx = np.nonzero(ins["op"] == op)[0]
-        pairs = [(a, b) for a, b in zip(idx, idx[1:], strict=False)
-                 if ins["queue"][a] == ins["queue"][b] and ins["cycle"][a] != ins["cycle"][b]]
+        pairs = [
+            (a, b)
+            for a, b in zip(idx, idx[1:], strict=False)
+            if ins["queue"][a] == ins["queue"][b] and ins["cycle"][a] != ins["cycle"][b]
+        ]
         if op == Op.MATMUL and not pairs:  # a single matmul: nothing to collide with
             continue
         a, b = pairs[pick % len(pairs)]
@@ -89,8 +92,12 @@ def test_overwritten_before_last_reader():
     ins = prog.instrs
     writes = np.nonzero(ins["op"] == Op.WRITE)[0]
     for w in writes:
-        later = np.nonzero((ins["op"] == Op.READ) & (ins["queue"] == ins["queue"][w])
-                           & (ins["cycle"] > ins["cycle"][w]) & (ins["vid"] != ins["vid"][w]))[0]
+        later = np.nonzero(
+            (ins["op"] == Op.READ)
+            & (ins["queue"] == ins["queue"][w])
+            & (ins["cycle"] > ins["cycle"][w])
+            & (ins["vid"] != ins["vid"][w])
+        )[0]
         if len(later):
             r = later[0]
             bad = _mutated(prog, addr=(w, int(ins["addr"][r])))
