@@ -260,20 +260,20 @@ def perfetto_trace(program: Program) -> dict:
             }
         )
 
-    def meta(name: str, pid: int, tid: int, **args) -> dict:
-        return {"name": name, "ph": "M", "pid": pid, "tid": tid, "args": args}
+    def meta(kind: str, pid: int, tid: int, args: dict) -> dict:
+        return {"name": kind, "ph": "M", "pid": pid, "tid": tid, "args": args}
 
     metadata = []
     for chip in sorted(set(table["chip"].tolist())):
-        metadata.append(meta("process_name", chip, 0, name=f"chip{chip} ({hw.name})"))
-        metadata.append(meta("process_sort_index", chip, 0, sort_index=chip))
+        metadata.append(meta("process_name", chip, 0, {"name": f"chip{chip} ({hw.name})"}))
+        metadata.append(meta("process_sort_index", chip, 0, {"sort_index": chip}))
     tracks = sorted(set(zip(table["chip"].tolist(), tid.tolist(), strict=True)))
     per_queue = int(lane.max(initial=0)) + 1  # tracks per queue, for the sort order
     for chip, t in tracks:
         q, k = t % nq, t // nq
         name = queue_name(hw, q) + (f" +{k}" if k else "")  # "+k": overflow track k of queue q
-        metadata.append(meta("thread_name", chip, t, name=name))
-        metadata.append(meta("thread_sort_index", chip, t, sort_index=q * per_queue + k))
+        metadata.append(meta("thread_name", chip, t, {"name": name}))
+        metadata.append(meta("thread_sort_index", chip, t, {"sort_index": q * per_queue + k}))
     return {
         "traceEvents": metadata + events,
         "otherData": {
