@@ -63,6 +63,37 @@ def _parser() -> argparse.ArgumentParser:
     _engine_arg(p)
     _json_arg(p)
 
+    p = sub.add_parser("compare", help="the LPU next to GPUs: tokens/s, TTFT, devices, bound")
+    p.add_argument("--model", default="llama2-7b", help="a name from `lpusim models`")
+    p.add_argument(
+        "--hw", default="groq-tsp-v1", help="LPU preset or TOML file; 'none' leaves the LPU out"
+    )
+    p.add_argument(
+        "--gpus",
+        default="a100-80gb,h100-sxm,h200,b200,mi300x",
+        help="comma-separated names from `lpusim gpus`, or 'all'",
+    )
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    p.add_argument(
+        "--weights", default=None, help="comma-separated formats (default: the model's dtype)"
+    )
+    p.add_argument("--tp", type=int, default=None, help="GPUs' tensor-parallel degree")
+    p.add_argument("--context", type=int, default=None, help="KV-cache length of the decode step")
+    p.add_argument("--prompt", type=int, default=None, help="prefill length timed as TTFT")
+    p.add_argument("--engine", choices=("numba", "reference"), default=None)
+    p.add_argument("--plot", default=None, help="write a roofline and tokens/s chart here")
+    _json_arg(p)
+
+    p = sub.add_parser("gpus", help="the GPU table with its sources and the fitted efficiencies")
+    _json_arg(p)
+
+    p = sub.add_parser("measure", help="time the JAX reference decode step on this machine")
+    p.add_argument("--model", default="tiny-llama", help="a llama-family name from `lpusim models`")
+    p.add_argument("--tokens", type=int, default=64, help="decode steps to time")
+    p.add_argument("--context", type=int, default=None, help="KV-cache length (default 1024)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    _json_arg(p)
+
     p = sub.add_parser("presets", help="the hardware presets with their key figures")
     _json_arg(p)
     p = sub.add_parser("models", help="the model registry with parameter counts")
@@ -143,6 +174,91 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _csv(text: str, name: str, cast=str) -> list:
+    try:
+        values = [cast(v.strip()) for v in text.split(",")]
+    except ValueError:
+        raise LpuError(f"{name} {text!r} must be comma-separated {cast.__name__}s") from None
+    if any(v == "" for v in values):
+        raise LpuError(f"{name} {text!r} has an empty item")
+    return values
+
+
+def _cmd_compare(args) -> int:
+    from lpusim.compare import compare, format_table, plot, records
+    from sim.baselines import GPUS
+
+    gpus = list(GPUS) if args.gpus == "all" else _csv(args.gpus, "--gpus")
+    df = compare(
+        args.model,
+        None if args.hw == "none" else args.hw,
+        gpus,
+        batch=_csv(args.batch, "--batch", int),
+        weights=_csv(args.weights, "--weights") if args.weights else None,
+        tp=args.tp,
+        context=args.context,
+        prompt=args.prompt,
+        engine=args.engine,
+    )
+    text = format_table(df)
+    if args.plot:
+        plot(df, args.plot)
+        text += f"\nwrote {args.plot}"
+    obj = {"rows": records(df), **df.attrs}
+    if args.plot:
+        obj["plot"] = args.plot
+    _emit(args, obj, text)
+    return 0
+
+
+def _cmd_gpus(args) -> int:
+    from dataclasses import asdict
+
+    from sim.baselines import FIT_ERRORS, FITTED, GPUS
+    from sim.baselines.specs import display_row
+
+    rows = [display_row(g) for g in GPUS.values()]
+    head = (
+        f"{'name':<11}{'memory':>8}{'peak BW':>10}{'achievable':>12}{'BF16':>9}{'FP8':>9}"
+        f"  {'link':<16}{'all-reduce':>12}{'latency':>9}"
+    )
+    lines = [head]
+    for r in rows:
+        fp8 = f"{r['fp8_tflops']:.0f}" if r["fp8_tflops"] else "-"
+        lines.append(
+            f"{r['name']:<11}{r['memory_gb']:>6.0f}GB{r['bandwidth_tb_per_s']:>6.3g}TB/s"
+            f"{r['achievable_tb_per_s']:>8.3g}TB/s{r['bf16_tflops']:>6.0f}TF/s{fp8:>5}TF/s"
+            f"  {r['link'] + ' ' + format(r['link_gb_per_s'], '.0f') + ' GB/s':<16}"
+            f"{r['allreduce_bus_gb_per_s']:>8.0f}GB/s{r['allreduce_latency_us']:>7.0f}us"
+        )
+    lines += ["", "sources:"]
+    for r in rows:
+        lines.append(f"  {r['name']}: {r['source']}")
+        if r["derived"]:
+            lines.append(f"  {' ' * len(r['name'])}  derived: {r['derived']}")
+    eff = asdict(FITTED)
+    lines += ["", "fitted efficiencies (sim/baselines/calibration.py):"]
+    lines += [f"  {k:<24} {v:.4g}" for k, v in eff.items()]
+    obj = {
+        "gpus": rows,
+        "efficiency": eff,
+        "fit_errors": [
+            dict(zip(("model", "setup", "measured", "predicted", "rel_error"), e, strict=True))
+            for e in FIT_ERRORS
+        ],
+    }
+    _emit(args, obj, "\n".join(lines))
+    return 0
+
+
+def _cmd_measure(args) -> int:
+    from lpusim.compare import measure
+
+    m = measure(args.model, tokens=args.tokens, context=args.context, seed=args.seed)
+    _emit(args, {**m.to_dict(), "calibration_point": m.calibration_point()}, str(m))
+    return 0
+
+
 def _cmd_presets(args) -> int:
     from sim.hardware import PRESETS
 
@@ -204,6 +320,9 @@ COMMANDS = {
     "estimate": _cmd_estimate,
     "compile": _cmd_compile,
     "simulate": _cmd_simulate,
+    "compare": _cmd_compare,
+    "gpus": _cmd_gpus,
+    "measure": _cmd_measure,
     "presets": _cmd_presets,
     "models": _cmd_models,
 }

@@ -151,25 +151,6 @@ DTYPE_NUMPY = {
 DTYPE_BY_NAME = {np.dtype(v).name: k for k, v in DTYPE_NUMPY.items()}
 
 
-def dtype_code(dtype) -> DType:
-    """The on-chip element type of a NumPy/JAX dtype, or a clear error."""
-    name = np.dtype(dtype).name
-    if name not in DTYPE_BY_NAME:
-        raise TypeError(
-            f"element type {name!r} cannot live on the chip; supported: {', '.join(DTYPE_BY_NAME)}"
-        )
-    return DTYPE_BY_NAME[name]
-
-
-def round_to(values: np.ndarray, code: int) -> np.ndarray:
-    """Round float32 values to the element type `code`, returned as float32 (storage format)."""
-    if code == DType.FLOAT32:
-        return values.astype(np.float32)
-    if code == DType.BOOL:
-        return (values != 0).astype(np.float32)
-    return values.astype(np.float32).astype(DTYPE_NUMPY[DType(code)]).astype(np.float32)
-
-
 # --- the instruction record -------------------------------------------------------------------------
 
 INSTR_DTYPE = np.dtype(

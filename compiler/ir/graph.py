@@ -97,13 +97,6 @@ class Graph:
     def inputs(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.kind == Kind.INPUT]
 
-    def users(self) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {i: [] for i in self.nodes}
-        for n in self.nodes.values():
-            for i in n.inputs:
-                out[i].append(n.id)
-        return out
-
     def to_networkx(self) -> nx.DiGraph:
         g = nx.DiGraph()
         for n in self.nodes.values():

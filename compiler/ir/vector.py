@@ -57,9 +57,3 @@ class VProgram:
         start = len(self.dtypes)
         self.dtypes.extend([dtype] * n)
         return np.arange(start, start + n, dtype=np.int64)
-
-    def summary(self) -> str:
-        by = {}
-        for op in self.ops:
-            by[op.op.name] = by.get(op.op.name, 0) + 1
-        return f"{len(self.dtypes)} vectors, {len(self.ops)} vops " + str(dict(sorted(by.items())))
