@@ -27,6 +27,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest tests/sim -k "engine"
 	$(BIN)/python benchmarks/sim_speed.py --small
+	$(BIN)/python benchmarks/calibrate_gpu.py --small
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
