@@ -259,7 +259,10 @@ def run_reference(
                                 else "nothing yet (read before the write arrives)"
                             ),
                         )
-                values = mem_val.get((chip, s, a)) if functional else None
+                # A word never written reads as zeros (an unchecked READ, vid -1, can reach one).
+                values = (
+                    mem_val.get((chip, s, a), np.zeros(lanes, np.float32)) if functional else None
+                )
                 put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
                 counts["mem_read"] += width
                 bytes_read += width * lanes

@@ -26,7 +26,10 @@ class ModelTooLarge(LpuError, ValueError):
 def stored_bytes(shape, dtype_name: str, hw: HardwareConfig) -> int:
     """SRAM bytes of a tensor, padded to whole vectors as stored."""
     rows, tiles, _ = tensor_layout(tuple(shape), hw.lanes)
-    return rows * tiles * hw.lanes * DTYPE_BYTES[DTYPE_BY_NAME[dtype_name]]
+    code = DTYPE_BY_NAME.get(dtype_name)
+    # An element type the chip cannot hold is refused when the graph is tiled; count its size.
+    width = DTYPE_BYTES[code] if code is not None else np.dtype(dtype_name).itemsize
+    return rows * tiles * hw.lanes * width
 
 
 def static_bytes(graph: Graph, hw: HardwareConfig) -> dict[str, int]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from compiler.ir.graph import Graph, Kind, Node
 from compiler.ir.vector import VOp, VProgram, VSymbol
+from sim.errors import LpuError
 from sim.isa import DTYPE_BY_NAME, DTYPE_NUMPY, DType, Op, Unit
 from sim.program import tensor_layout
 
@@ -107,6 +108,11 @@ def tile(graph: Graph, lanes: int) -> VProgram:
 
 
 def _code(n: Node) -> DType:
+    if n.dtype not in DTYPE_BY_NAME:
+        raise LpuError(
+            f"{n.dtype}{list(n.shape)} values ({n.src or n.attrs.get('name', '?')}) cannot live "
+            f"on the chip; element types it holds: {', '.join(DTYPE_BY_NAME)}"
+        )
     return DTYPE_BY_NAME[n.dtype]
 
 

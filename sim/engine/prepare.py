@@ -1,9 +1,12 @@
-"""Program -> the engine's arrays (NumPy only, no Numba): the per-instruction table, the sorted
-events, the sizes of every state array, and the memory image before cycle 0.
+"""Program -> what the event loop needs: the geometry (sizes, ranges, dense indices of SXM
+hemispheres and MXM planes), the events sorted by (cycle, instruction, repetition), lookup tables,
+and the memory image before cycle 0.
 
-Everything the reference decides per event from an instruction's fields (its unit, latency,
-position, resources, stream keys, whether its slice group is aligned) is decided here once per
-instruction, vectorised; the kernel only looks it up.
+The kernel decodes each instruction record itself (a few table lookups and integer operations),
+so preparation is one compiled pass over the records (`_scan`); only a program whose
+instructions repeat or are out of cycle order needs a NumPy sort of its events, and only one
+naming SXM/MXM units far outside the chip's a second pass (`_mark`) to number them densely.
+Every pass over a large program's records is memory-bound, so there are as few as possible.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.engine import schema as c
-from sim.engine.rounding import round_vector
-from sim.hardware import MAX_ELEMENT_BYTES
+from sim.engine.flags import njit
+from sim.engine.rounding import quiet_nans, round_vector
+from sim.hardware import HardwareConfig
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
-    FLAG_TRANSPOSED,
+    DTYPE_NUMPY,
     OP_UNIT,
     VXM_ARITY,
     DType,
@@ -30,20 +34,36 @@ from sim.isa import (
 )
 from sim.program import Program, pack_tensor
 
+READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
+MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
+F32_WORDS = DTYPE_BYTES[DType.FLOAT32]  # a MATMUL result is float32 whatever its dtype field
 
-def _lookup(table: dict, keys: np.ndarray, default: int = 0) -> np.ndarray:
-    """table[key] for every key (small non-negative integer keys)."""
-    lut = np.full(max(int(k) for k in table) + 1, default, np.int64)
+
+def _lut(table: dict) -> np.ndarray:
+    """`table` as an array indexed by a uint8 field (0 where absent)."""
+    out = np.zeros(256, np.int64)
     for k, v in table.items():
-        lut[int(k)] = int(v)
-    return lut[keys]
+        out[int(k)] = int(v)
+    return out
+
+
+# Per-op and per-dtype tables, indexed by the record's uint8 fields (0 for an invalid code).
+UNIT_LUT = _lut(OP_UNIT)
+ARITY_LUT = _lut(VXM_ARITY)
+WIDTH_LUT = _lut(DTYPE_BYTES)
+VALID_OP = _lut(dict.fromkeys(Op, 1))
+VALID_DTYPE = _lut(dict.fromkeys(DType, 1))
+
+
+def latency_lut(hw: HardwareConfig) -> np.ndarray:
+    return _lut({op: latency(hw, op) for op in Op})
 
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def ring_size(hw, positions: np.ndarray) -> int:
+def ring_size(hw: HardwareConfig, largest_position: int) -> int:
     """Diagonals each stream key keeps (a power of two, so `diag & (RING - 1)` is the slot).
 
     Events run in cycle order. At cycle t, a take at position p in [0, P] (P the largest position
@@ -51,72 +71,112 @@ def ring_size(hw, positions: np.ndarray) -> int:
     t enters at t0 = t + lat, lat in [1, L] (L the largest latency), on diagonal t0 - p0 or t0 + p0.
     So every diagonal touched at cycle t lies in [t - P, t + L + P]: 2P + L + 1 consecutive values,
     and since t never decreases, a diagonal below that window is never touched again. Two live
-    diagonals of one stream therefore differ by less than RING >= 2P + L + 1 and never share a slot;
-    a slot holding another diagonal is stale (that vector has left the chip) and reads as empty.
-    We take the next power of two >= 2 * (width_positions + L), which bounds 2P + L + 1.
+    diagonals of one stream therefore differ by less than RING >= 2P + L + 1 and never share a
+    slot; a slot holding another diagonal is stale (its vector has left the chip) and reads as
+    empty. We take the next power of two >= 2 * (width_positions + L), which exceeds 2P + L + 1.
     """
-    ops = list(Op)
-    largest = max(latency(hw, op) for op in ops)
-    width = max(hw.width_positions, int(positions.max(initial=0)) + 1)
-    return _pow2_at_least(2 * (width + largest))
+    largest_latency = max(latency(hw, op) for op in Op)
+    width = max(hw.width_positions, largest_position + 1)
+    return _pow2_at_least(2 * (width + largest_latency))
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A Program lowered to the engine's arrays (shared by both kernel variants)."""
+@njit
+def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
+    """One pass over the records: validity, ranges, event count, end cycle, resource counts; and
+    each record's cycle into `cycles` (the events, when the program is in order)."""
+    big = np.iinfo(np.int64).max
+    stats[:] = 0
+    stats[c.S_BAD_OP] = -1
+    stats[c.S_IN_ORDER] = 1
+    for k in (c.S_CHIP_LO, c.S_QUEUE_LO, c.S_HEMI_LO, c.S_PLANE_LO, c.S_STREAM_LO):
+        stats[k] = big
+    for k in (c.S_CHIP_HI, c.S_QUEUE_HI, c.S_HEMI_HI, c.S_PLANE_HI, c.S_STREAM_HI):
+        stats[k] = -big
+    previous = -big
+    for i in range(ins.size):
+        r = ins[i]
+        op = np.int64(r["op"])
+        q = np.int64(r["queue"])
+        bad = 0 if not VALID_OP[op] else (1 if not VALID_DTYPE[np.int64(r["dtype"])] else -1)
+        unit = UNIT_LUT[op]
+        if bad < 0 and unit == MEM and q < 0 and np.int64(r["slice"]) == q:
+            bad = 2  # the reference would store into a negative slice; refuse instead
+        if bad >= 0:
+            stats[c.S_BAD_OP] = i
+            stats[c.S_BAD_FIELD] = bad
+            return
+        chip = np.int64(r["chip"])
+        stats[c.S_CHIP_LO] = min(stats[c.S_CHIP_LO], chip)
+        stats[c.S_CHIP_HI] = max(stats[c.S_CHIP_HI], chip)
+        stats[c.S_QUEUE_LO] = min(stats[c.S_QUEUE_LO], q)
+        stats[c.S_QUEUE_HI] = max(stats[c.S_QUEUE_HI], q)
+        # The stream operands this op reads and writes (as the kernel decodes them).
+        arity = ARITY_LUT[op]
+        s1 = np.int64(r["s1"])
+        for st, used in (
+            (np.int64(r["s0"]), unit != MEM or op == WRITE),
+            (s1, unit == VXM and arity >= 2 and s1 >= 0),
+            (np.int64(r["s2"]), unit == VXM and arity == 3),
+            (np.int64(r["sd"]), op in (READ, MATMUL) or unit in (VXM, SXM)),
+        ):
+            if used:
+                stats[c.S_STREAM_LO] = min(stats[c.S_STREAM_LO], st)
+                stats[c.S_STREAM_HI] = max(stats[c.S_STREAM_HI], st)
+        if unit == SXM:
+            stats[c.S_HEMI_LO] = min(stats[c.S_HEMI_LO], q - first_sxm_queue)
+            stats[c.S_HEMI_HI] = max(stats[c.S_HEMI_HI], q - first_sxm_queue)
+        elif unit == MXM:
+            stats[c.S_PLANE_LO] = min(stats[c.S_PLANE_LO], np.int64(r["plane"]))
+            stats[c.S_PLANE_HI] = max(stats[c.S_PLANE_HI], np.int64(r["plane"]))
+        reps = max(np.int64(r["repeat"]), 0)
+        cycle = np.int64(r["cycle"])
+        cycles[i] = cycle
+        if reps != 1 or cycle < previous:
+            stats[c.S_IN_ORDER] = 0
+        previous = cycle
+        if reps == 0:
+            continue
+        stats[c.S_EVENTS] += reps
+        stats[c.S_END] = max(stats[c.S_END], cycle + reps - 1 + lat_lut[op])
+        words = WIDTH_LUT[np.int64(r["dtype"])]
+        if unit == MEM:
+            a = np.int64(r["addr"])
+            stats[c.S_TOUCHED] = max(stats[c.S_TOUCHED], a + 1, a + (reps - 1) * r["stride"] + 1)
+            stats[c.S_MEM_READ if op == READ else c.S_MEM_WRITE] += words * reps
+        elif unit == VXM:
+            stats[c.S_VXM] += reps
+        elif unit == SXM:
+            stats[c.S_SXM] += reps
+        else:
+            stats[c.S_INSTALL if op == INSTALL else c.S_MATMUL] += reps
 
-    ins: np.ndarray  # (instructions, schema.N_COLS) int64
-    imm: np.ndarray  # (instructions,) float64 immediate operands
-    ev_t: np.ndarray  # (events,) int64 cycle of each event, sorted by (cycle, instruction, rep)
-    ev_i: np.ndarray  # (events,) int32 its instruction
-    par: np.ndarray  # (schema.N_PAR,) int64
-    tables: np.ndarray  # (tables, lanes) int32 PERMUTE tables
-    chip0: int  # index of chip 0 in the chip axis (chips are offset to start at 0)
-    chips: int  # length of the chip axis
-    mem_slices: int  # slices per chip in the memory arrays (>= hw.mem_slices)
-    words: int  # addresses per slice in the memory arrays (what the program uses)
-    ring_keys: int
-    ring: int  # diagonals per key
-    resources: int
-    planes: int
-    pending: int  # pending-commit FIFO capacity
-    cycles: int  # when the last event's result lands (the reference's `end`)
-    counts: dict  # event counts per resource kind, except stream hops (counted by the kernel)
 
-    def cell(self, chip: int, slice_: np.ndarray, addr: np.ndarray) -> np.ndarray:
-        """Flat memory index of (chip, slice, address)."""
-        return ((chip + self.chip0) * self.mem_slices + slice_) * self.words + addr
+@njit
+def _mark(ins, g, hemi_present, plane_present):
+    """Mark the (chip, hemisphere) and (chip, plane) pairs the SXM and MXM instructions name."""
+    for i in range(ins.size):
+        r = ins[i]
+        unit = UNIT_LUT[np.int64(r["op"])]
+        ci = np.int64(r["chip"]) - g[c.G_CHIP_LO]
+        if unit == SXM:
+            hemi = np.int64(r["queue"]) - g[c.G_FIRST_SXM_QUEUE] - g[c.G_HEMI_LO]
+            hemi_present[ci * g[c.G_HEMIS] + hemi] = True
+        elif unit == MXM:
+            plane_present[ci * g[c.G_PLANES] + np.int64(r["plane"]) - g[c.G_PLANE_LO]] = True
 
 
-def _check_fields(ins: np.ndarray) -> None:
-    """Refuse records no executor can interpret, naming the first bad one."""
-    for name, valid in (("op", {int(o) for o in Op}), ("dtype", {int(d) for d in DType})):
-        bad = ~np.isin(ins[name], list(valid))
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(
-                f"instruction #{i} has {name} {int(ins[name][i])}, which is not a valid "
-                f"{'Op' if name == 'op' else 'DType'} (valid: {sorted(valid)})"
-            )
-    bad = ins["queue"] < 0
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"instruction #{i} has queue {int(ins['queue'][i])}; queues are >= 0")
-
-
-def _events(cycle: np.ndarray, reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _events(ins: np.ndarray, cycle: np.ndarray, in_order: bool) -> tuple[np.ndarray, np.ndarray]:
     """Every repetition j of instruction i is an event at cycle[i] + j, sorted by (cycle, i, j)
-    (j follows from the cycle, so (cycle, i) is unique and sorting on it suffices)."""
+    (j follows from the cycle, so sorting on (cycle, i) suffices)."""
     n = len(cycle)
-    if n == 0 or not reps.any():
+    if in_order:  # the compiler's output: events are the instructions, in order
+        return cycle, np.arange(n, dtype=np.int32)
+    reps = np.maximum(ins["repeat"].astype(np.int64), 0)
+    ev_i = np.repeat(np.arange(n, dtype=np.int64), reps)
+    if not len(ev_i):
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    if (reps == 1).all():
-        ev_i = np.arange(n, dtype=np.int64)
-        ev_t = cycle
-    else:
-        ev_i = np.repeat(np.arange(n, dtype=np.int64), reps)
-        first = np.repeat(np.cumsum(reps) - reps, reps)  # event number of each repetition 0
-        ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first)
+    first = np.repeat(np.cumsum(reps) - reps, reps)  # event number of each repetition 0
+    ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first)
     lo, hi = int(ev_t.min()), int(ev_t.max())
     if (hi - lo + 1) * n < 2**62:  # one int64 key: one sort, much faster than lexsort
         key = np.sort((ev_t - lo) * n + ev_i)
@@ -125,174 +185,149 @@ def _events(cycle: np.ndarray, reps: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ev_t[order], ev_i[order].astype(np.int32)
 
 
-def prepare(program: Program) -> Prepared:
+def _dense(present: np.ndarray) -> tuple[np.ndarray, int]:
+    """slot -> consecutive index over the slots present, and how many there are."""
+    return np.cumsum(present) - 1, int(present.sum())
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A Program ready for the kernels (shared by both variants)."""
+
+    ev_t: np.ndarray  # (events,) int64 cycle of each event, sorted by (cycle, instruction, rep)
+    ev_i: np.ndarray  # (events,) int32 its instruction
+    g: np.ndarray  # (schema.N_GEOMETRY,) int64
+    lat_lut: np.ndarray  # (256,) int64 latency per op code
+    pos_lut: np.ndarray  # (queues,) int64 floorplan position per queue, from schema.G_QUEUE_LO
+    hemi_map: np.ndarray  # dense slot of each (chip, hemisphere) / (chip, plane), see schema.G_*
+    plane_map: np.ndarray
+    tables: np.ndarray  # (tables, lanes) int32 PERMUTE tables
+    table_ok: np.ndarray  # (tables,) bool: no entry beyond the lanes
+    cells: int  # memory cells (chip, slice, address)
+    ring_slots: int
+    resources: int
+    planes: int
+    pending: int  # capacity of the pending-commit FIFO
+    cycles: int  # when the last event's result lands (the reference's `end`)
+    counts: dict  # events per resource kind, except stream hops (counted by the kernel)
+
+    def cell(self, chip: int, slice_: np.ndarray, addr: np.ndarray) -> np.ndarray:
+        """Flat memory index of (chip, slice, address)."""
+        g = self.g
+        chip_index = chip - g[c.G_CHIP_LO]
+        return ((chip_index * g[c.G_CELL_WORDS] + addr) * g[c.G_CELL_SLICES] + slice_).astype(
+            np.int64
+        )
+
+
+def prepare_program(program: Program) -> Prepared:
     hw = program.hw
     ins = program.instrs
-    _check_fields(ins)
-    n = len(ins)
     lanes, S = hw.lanes, hw.streams_per_direction
-    col = np.zeros((n, c.N_COLS), np.int64)
+    lat_lut = latency_lut(hw)
+    stats = np.zeros(c.N_STATS, np.int64)
+    cycles = np.empty(len(ins), np.int64)
+    _scan(ins, lat_lut, queue_sxm(hw, 0), stats, cycles)
+    if stats[c.S_BAD_OP] >= 0:
+        i, field = int(stats[c.S_BAD_OP]), ("op", "dtype", "slice")[int(stats[c.S_BAD_FIELD])]
+        valid = {"op": sorted(map(int, Op)), "dtype": sorted(map(int, DType)), "slice": ">= 0"}
+        raise ValueError(
+            f"instruction #{i} has {field} {int(ins[field][i])}, which no executor can run "
+            f"(valid: {valid[field]})"
+        )
+    n = len(ins)
 
-    op = ins["op"].astype(np.int64)
-    code = ins["dtype"].astype(np.int64)
-    q = ins["queue"].astype(np.int64)
-    unit = _lookup(OP_UNIT, op)
-    width = np.where(op == Op.MATMUL, DTYPE_BYTES[DType.FLOAT32], _lookup(DTYPE_BYTES, code))
-    lat = _lookup({o: latency(hw, o) for o in Op}, op)
-    uq, q_inv = np.unique(q, return_inverse=True)
-    pos = np.array([queue_position(hw, int(x)) for x in uq], np.int64)[q_inv]
-    reps = np.maximum(ins["repeat"].astype(np.int64), 0)
-    cycle = ins["cycle"].astype(np.int64)
-    col[:, c.I_CYCLE] = cycle
-    col[:, c.I_UNIT] = unit
-    col[:, c.I_OP] = op
-    col[:, c.I_CODE] = code
-    col[:, c.I_WIDTH] = width
-    col[:, c.I_LAT] = lat
-    col[:, c.I_POS] = pos
-    col[:, c.I_VID] = ins["vid"]
+    def span(lo, hi):  # (first, count) of a range the pre-pass found, (0, 1) if it found none
+        return (
+            (int(stats[lo]), int(stats[hi] - stats[lo]) + 1) if stats[lo] <= stats[hi] else (0, 1)
+        )
+
+    queue_lo, queues = span(c.S_QUEUE_LO, c.S_QUEUE_HI)
+    pos_lut = np.array([queue_position(hw, queue_lo + q) for q in range(queues)], np.int64)
 
     # Chips: the reference keys state by chip number; the arrays offset the chip axis to 0.
-    chip = ins["chip"].astype(np.int64)
-    chip_lo = min(0, int(chip.min(initial=0)))
-    chips = max(program.chips - 1, int(chip.max(initial=0))) - chip_lo + 1
-    ci = chip - chip_lo
+    chip_lo = min(0, int(stats[c.S_CHIP_LO])) if n else 0
+    chips = max(program.chips - 1, int(stats[c.S_CHIP_HI]) if n else 0) - chip_lo + 1
 
-    # --- memory: (chip, slice, address) cells; only the addresses the program touches ---------------
-    mem = unit == Unit.MEM
-    s = ins["slice"].astype(np.int64)
-    slice_ok = mem & (s % width == 0) & (s + width <= hw.mem_slices) & (q == s)
+    # Memory cells (chip, slice, address): the chip's slices and any symbol's, and the addresses
+    # the program names (one beyond the slice is caught before it is stored).
     syms = [sym for sym in program.symbols if len(sym.addrs)]
     for sym in syms:
-        if (np.asarray(sym.slices) < 0).any() or (np.asarray(sym.addrs) < 0).any():
+        if (sym.slices < 0).any() or (sym.addrs < 0).any():
             raise ValueError(f"symbol {sym.name!r} has a negative slice or address")
-    sym_width = [DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]] for sym in syms]
-    mem_slices = max(
-        [hw.mem_slices] + [int(sym.slices.max()) + w for sym, w in zip(syms, sym_width, strict=True)]
+    cell_slices = max(
+        [hw.mem_slices]
+        + [int(sym.slices.max()) + DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]] for sym in syms]
     )
-    addr, stride = ins["addr"].astype(np.int64), ins["stride"].astype(np.int64)
-    last = addr + np.maximum(reps - 1, 0) * stride
-    touched = np.maximum(addr, last)[slice_ok & (reps > 0)]  # beyond the slice: caught, not stored
-    words = max(
+    cell_words = max(
         program.words_used,
         1,
-        min(int(touched.max(initial=-1)) + 1, hw.words_per_slice),
+        min(int(stats[c.S_TOUCHED]), hw.words_per_slice),
         *(int(sym.addrs.max()) + 1 for sym in syms),
     )
-    col[:, c.I_SLICE_OK] = slice_ok
-    col[:, c.I_CELL] = np.where(slice_ok, (ci * mem_slices + s) * words, 0)
-    col[:, c.I_ADDR] = addr
-    col[:, c.I_STRIDE] = stride
 
-    # --- resources: MEM ports (chip, rd|wr, slice), VXM per chip, SXM per (chip, hemisphere),
-    # MXM install and compute ports per (chip, plane); compacted to consecutive indices ---------------
-    sxm, mxm = unit == Unit.SXM, unit == Unit.MXM
-    port = (op == Op.WRITE).astype(np.int64)
-    hemi_keys, hemi = np.unique(
-        np.stack([ci, q - queue_sxm(hw, 0)], axis=1)[sxm], axis=0, return_inverse=True
-    )
-    plane_keys, plane = np.unique(
-        np.stack([ci, ins["plane"].astype(np.int64)], axis=1)[mxm], axis=0, return_inverse=True
-    )
-    base_vxm = chips * 2 * hw.mem_slices
-    base_sxm = base_vxm + chips
-    base_install = base_sxm + len(hemi_keys)
-    base_compute = base_install + len(plane_keys)
-    res = np.zeros(n, np.int64)
-    res[slice_ok] = ((ci * 2 + port) * hw.mem_slices + s)[slice_ok]
-    res[unit == Unit.VXM] = (base_vxm + ci)[unit == Unit.VXM]
-    res[sxm] = base_sxm + hemi.ravel()
-    col[mxm, c.I_PLANE] = plane.ravel()
-    res[mxm] = np.where(op[mxm] == Op.INSTALL, base_install, base_compute) + plane.ravel()
-    col[:, c.I_RES] = res
-    col[:, c.I_CAP] = np.select(
-        [mem, unit == Unit.VXM, sxm, op == Op.INSTALL],
-        [1, hw.vxm_alus, hw.sxm_units_per_hemisphere, hw.mxm_install_vectors_per_cycle],
-        1,
-    )
+    hemi_lo, hemis = span(c.S_HEMI_LO, c.S_HEMI_HI)
+    plane_lo, planes_per_chip = span(c.S_PLANE_LO, c.S_PLANE_HI)
+    # Stream keys (chip, direction, stream) for every direction an operand uses.
+    stream_lo, streams = span(c.S_STREAM_LO, c.S_STREAM_HI)
+    dir_lo = stream_lo // S
+    dirs = (stream_lo + streams - 1) // S - dir_lo + 1
+    ring = ring_size(hw, int(pos_lut.max()))
+    # A WRITE stays pending write-latency cycles and holds a port of its slice when issued.
+    pending = _pow2_at_least(chips * hw.mem_slices * hw.mem_write_latency_cycles + 2)
 
-    # --- streams: key = (chip, direction, stream), direction = st // S as Python's divmod, so the
-    # unused operand -1 lands where the reference puts it (a "direction -1" stream) -------------------
-    arity = _lookup(VXM_ARITY, op)
-    vxm = unit == Unit.VXM
-    used = {
-        "s0": (op == Op.WRITE) | vxm | sxm | mxm,
-        "s1": vxm & (arity >= 2) & (ins["s1"] >= 0),
-        "s2": vxm & (arity == 3),
-        "sd": (op == Op.READ) | vxm | sxm | (op == Op.MATMUL),
-    }
-    streams = {f: ins[f].astype(np.int64) for f in used}
-    dirs = np.concatenate([streams[f][u] // S for f, u in used.items()] + [np.array([0, 1])])
-    d_lo, n_dirs = int(dirs.min()), int(dirs.max() - dirs.min()) + 1
-    block = S + MAX_ELEMENT_BYTES  # room for the group check to look past the last stream
-    for f, k_col, e_col in (
-        ("s0", c.I_K0, c.I_EAST0),
-        ("s1", c.I_K1, c.I_EAST1),
-        ("s2", c.I_K2, c.I_EAST2),
-        ("sd", c.I_KD, c.I_EASTD),
-    ):
-        d, within = np.divmod(streams[f], S)
-        col[:, k_col] = np.where(used[f], (ci * n_dirs + d - d_lo) * block + within, -1)
-        col[:, e_col] = d == 0
-    within_d = streams["sd"] % S
-    col[:, c.I_SD_OK] = (within_d % width == 0) & (within_d + width <= S)
-    col[:, c.I_ARITY] = arity
-
-    # --- MXM, SXM operands ------------------------------------------------------------------------
-    col[:, c.I_TILE] = ins["aux"]
-    col[:, c.I_TRANSPOSED] = (ins["flags"] & FLAG_TRANSPOSED) != 0
-    col[:, c.I_ROW] = ins["row"]
-    count = ins["count"].astype(np.int64)
-    col[:, c.I_COUNT] = count
-    col[:, c.I_NRED] = np.where(count >= 0, np.minimum(count, lanes), np.maximum(lanes + count, 0))
+    g = np.zeros(c.N_GEOMETRY, np.int64)
+    g[c.G_STREAMS], g[c.G_SLICES], g[c.G_LANES] = S, hw.mem_slices, lanes
+    g[c.G_WORDS_PER_SLICE] = hw.words_per_slice
+    g[c.G_CHIP_LO], g[c.G_CELL_SLICES], g[c.G_CELL_WORDS] = chip_lo, cell_slices, cell_words
+    g[c.G_HEMI_LO], g[c.G_HEMIS] = hemi_lo, hemis
+    g[c.G_PLANE_LO], g[c.G_PLANES] = plane_lo, planes_per_chip
+    g[c.G_DIR_LO], g[c.G_DIRS] = dir_lo, dirs
+    g[c.G_FIRST_SXM_QUEUE], g[c.G_QUEUE_LO] = queue_sxm(hw, 0), queue_lo
+    if hemis <= 2 and planes_per_chip <= hw.mxm_planes + 1:  # as the compiler names them
+        hemi_map, n_hemi = np.arange(chips * hemis), chips * hemis
+        plane_map, n_planes = np.arange(chips * planes_per_chip), chips * planes_per_chip
+    else:  # number only the units the program names, so state and weights stay small
+        hemi_present = np.zeros(chips * hemis, bool)
+        plane_present = np.zeros(chips * planes_per_chip, bool)
+        _mark(ins, g, hemi_present, plane_present)
+        hemi_map, n_hemi = _dense(hemi_present)
+        plane_map, n_planes = _dense(plane_present)
+    g[c.G_BASE_VXM] = chips * 2 * hw.mem_slices
+    g[c.G_BASE_SXM] = g[c.G_BASE_VXM] + chips
+    g[c.G_BASE_INSTALL] = g[c.G_BASE_SXM] + n_hemi
+    g[c.G_BASE_COMPUTE] = g[c.G_BASE_INSTALL] + n_planes
+    g[c.G_VXM_CAP], g[c.G_SXM_CAP] = hw.vxm_alus, hw.sxm_units_per_hemisphere
+    g[c.G_INSTALL_CAP] = hw.mxm_install_vectors_per_cycle
     tables = np.ascontiguousarray(program.tables, dtype=np.int32).reshape(-1, lanes)
-    table = ins["table"].astype(np.int64)
-    table = np.where(table < 0, table + len(tables), table)  # Python indexing, as the reference
-    good_table = (tables < lanes).all(axis=1) if len(tables) else np.zeros(0, bool)
-    ok = (table >= 0) & (table < len(tables))
-    ok[ok] = good_table[table[ok]]
-    col[:, c.I_TABLE] = np.where(ok, table, -1)
+    g[c.G_TABLES] = len(tables)
+    g[c.G_RING_MASK], g[c.G_PENDING_MASK] = ring - 1, pending - 1
+    g[c.G_KEYS] = chips * dirs * (S + c.KEY_PAD)
 
-    ev_t, ev_i = _events(cycle, reps)
-    ring = ring_size(hw, pos)
-    write_lat = hw.mem_write_latency_cycles
-    # At most one WRITE per slice port per cycle is in flight for write_lat cycles.
-    pending = _pow2_at_least(chips * hw.mem_slices * write_lat + 2)
-    par = np.zeros(c.N_PAR, np.int64)
-    par[c.P_LANES] = lanes
-    par[c.P_WORDS] = hw.words_per_slice
-    par[c.P_CELL_STRIDE] = words
-    par[c.P_RING_MASK] = ring - 1
-    par[c.P_PENDING_MASK] = pending - 1
-
-    live = reps > 0
-    cycles = max(0, int((cycle + reps - 1 + lat)[live].max(initial=0)))
-    words_moved = width * reps  # a MEM event counts one use per slice of its group
-    counts = {
-        "mem_read": int(words_moved[op == Op.READ].sum()),
-        "mem_write": int(words_moved[op == Op.WRITE].sum()),
-        "vxm": int(reps[vxm].sum()),
-        "sxm": int(reps[sxm].sum()),
-        "mxm_install": int(reps[op == Op.INSTALL].sum()),
-        "mxm_matmul": int(reps[op == Op.MATMUL].sum()),
-    }
+    ev_t, ev_i = _events(ins, cycles, bool(stats[c.S_IN_ORDER]))
+    counts = dict(
+        zip(
+            ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul"),
+            (int(x) for x in stats[c.S_MEM_READ : c.S_MATMUL + 1]),
+            strict=True,
+        )
+    )
     return Prepared(
-        ins=col,
-        imm=ins["imm"].astype(np.float64),
         ev_t=ev_t,
         ev_i=ev_i,
-        par=par,
+        g=g,
+        lat_lut=lat_lut,
+        pos_lut=pos_lut,
+        hemi_map=hemi_map,
+        plane_map=plane_map,
         tables=tables,
-        chip0=-chip_lo,
-        chips=chips,
-        mem_slices=mem_slices,
-        words=words,
-        ring_keys=chips * n_dirs * block,
-        ring=ring,
-        resources=base_compute + len(plane_keys),
-        planes=len(plane_keys),
+        table_ok=(tables < lanes).all(axis=1),  # a larger entry: IndexError in the reference
+        cells=chips * cell_slices * cell_words,
+        ring_slots=int(g[c.G_KEYS]) * ring,
+        resources=int(g[c.G_BASE_COMPUTE]) + n_planes,
+        planes=n_planes,
         pending=pending,
-        cycles=cycles,
+        cycles=max(0, int(stats[c.S_END])),
         counts=counts,
     )
 
@@ -300,14 +335,13 @@ def prepare(program: Program) -> Prepared:
 def preload(
     program: Program, prep: Prepared, inputs: dict, functional: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Memory before cycle 0: parameters, inputs and constants (chip 0), as the reference.
+    """Memory before cycle 0: parameters, inputs and constants on chip 0, as the reference.
 
-    Returns (vid per cell, value per cell: (cells, lanes) float32, empty unless functional).
+    Returns (vector id per cell, values per cell: (cells, lanes) float32, empty unless functional).
     """
     lanes = program.hw.lanes
-    cells = prep.chips * prep.mem_slices * prep.words
-    mem_vid = np.full(cells, -1, np.int64)
-    mem_val = np.zeros((cells if functional else 0, lanes), np.float32)
+    mem_vid = np.full(prep.cells, -1, np.int64)
+    mem_val = np.zeros((prep.cells if functional else 0, lanes), np.float32)
     for sym in program.symbols:
         if sym.kind == "output":
             continue
@@ -328,13 +362,14 @@ def preload(
             values = None
         if not len(sym.addrs):
             continue
-        cell = prep.cell(0, sym.slices.astype(np.int64), sym.addrs.astype(np.int64))
+        cell = prep.cell(0, sym.slices, sym.addrs)
         for m in range(DTYPE_BYTES[code]):
-            mem_vid[cell + m * prep.words] = sym.vids
-        if functional and values is not None:
-            # Through float64 like every value the reference stores (this quiets signalling NaNs),
-            # then rounded to the symbol's element type.
-            vecs = pack_tensor(values, lanes).astype(np.float64).astype(np.float32).ravel()
-            round_vector(vecs, int(code))
-            mem_val[cell] = vecs.reshape(-1, lanes)
+            mem_vid[cell + m] = sym.vids
+        if functional:
+            vecs = pack_tensor(values, lanes)  # (vectors, lanes) float32, a fresh array
+            flat = vecs.reshape(-1)
+            quiet_nans(flat)  # as the reference's round trip through float64
+            if values.dtype != DTYPE_NUMPY[code]:  # otherwise rounding changes nothing
+                round_vector(flat, int(code))
+            mem_val[cell] = vecs
     return mem_vid, mem_val

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-from sim.engine.flags import njit
+from sim.engine.flags import njit, njit_inline
 from sim.isa import DType
 
 FLOAT16 = int(DType.FLOAT16)
@@ -19,7 +18,7 @@ BFLOAT16 = int(DType.BFLOAT16)
 BOOL = int(DType.BOOL)
 
 
-@njit
+@njit_inline
 def _round_half_even(mantissa, shift):
     """mantissa / 2**shift rounded to the nearest integer, ties to even (shift >= 1)."""
     q = mantissa >> shift
@@ -30,7 +29,7 @@ def _round_half_even(mantissa, shift):
     return q
 
 
-@njit
+@njit_inline
 def f32_bits_to_f16_bits(f):
     """IEEE binary32 bits -> binary16 bits, as NumPy's float32 -> float16 cast."""
     sign = (f >> 16) & 0x8000
@@ -49,7 +48,7 @@ def f32_bits_to_f16_bits(f):
     return sign | _round_half_even((a & 0x7FFFFF) | 0x800000, 126 - exponent)
 
 
-@njit
+@njit_inline
 def f16_bits_to_f32_bits(h):
     """binary16 bits -> binary32 bits (exact; NaN payloads kept, as NumPy)."""
     sign = (h & 0x8000) << 16
@@ -68,12 +67,23 @@ def f16_bits_to_f32_bits(h):
     return sign | (exponent << 23) | ((mantissa & 0x3FF) << 13)
 
 
-@njit
+@njit_inline
 def f32_bits_to_bf16_bits(f):
     """binary32 bits -> bfloat16 bits, as ml_dtypes: round to nearest even, canonical NaN."""
     if (f & 0x7FFFFFFF) > 0x7F800000:
         return ((f >> 16) & 0x8000) | 0x7FC0
     return (f + 0x7FFF + ((f >> 16) & 1)) >> 16  # a carry into the exponent is right, up to inf
+
+
+@njit
+def quiet_nans(v):
+    """Set the quiet bit of every signalling NaN in the float32 array v (in place): what passing
+    through float64, as the reference does with every stored value, does on x86 and ARM."""
+    bits = v.view(np.uint32)
+    for k in range(v.size):
+        b = np.int64(bits[k])
+        if b & 0x7FFFFFFF > 0x7F800000:
+            bits[k] = np.uint32(b | 0x00400000)
 
 
 @njit

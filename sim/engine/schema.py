@@ -1,53 +1,78 @@
-"""The engine's array layouts: column numbers of its int64 tables, error codes, parameters.
+"""The engine's array layouts: column numbers of its int64 state tables, the geometry vector,
+statistics of the pre-pass, and error codes.
 
 Plain module-level ints, so Numba folds them into the kernels as constants. Grammar:
 
-    ins     (instructions, I_*)    one row per instruction, everything the event loop needs,
-                                   precomputed by sim.engine.prepare
-    ring    (slots, R_*)           stream slots: keys x RING diagonals (see prepare.ring_size)
+    g       (G_*,)                 sizes and ranges of one Program on one chip config
+    stats   (S_*,)                 what the pre-pass over the instructions found
+    ring    (slots, R_*)           stream slots: (diagonal mod RING, stream key)
     planes  (planes, PL_*)         MXM tile state per (chip, plane)
     pending (capacity, Q_*)        WRITE commits in flight, a FIFO (commit order = issue order)
-    busy    (resources, 2)         (last cycle used, uses in that cycle) per resource
-    par     (P_*,)                 sizes
-    out     (O_*,)                 status, where it failed and why, and the stream hop count
+    busy    (resources, 2)         (last cycle claimed, claims in that cycle) per resource
+    out     (O_*,)                 status, where the kernel stopped and why, stream hop count
 """
 
-# --- ins: per-instruction columns -----------------------------------------------------------------
-I_CYCLE = 0  # issue cycle of repetition 0
-I_UNIT = 1  # sim.isa.Unit
-I_OP = 2  # sim.isa.Op
-I_CODE = 3  # element type (sim.isa.DType) results are rounded to
-I_WIDTH = 4  # words per lane of the vector it reads/writes/produces (MATMUL: 4, float32)
-I_LAT = 5  # cycles from issue to result (or commit)
-I_POS = 6  # floorplan position of the queue's unit
-I_VID = 7  # vector id of repetition 0
-I_SLICE_OK = 8  # MEM: slice group aligned, inside the chip and this queue's slice
-I_CELL = 9  # MEM: flat memory index of (chip, base slice, address 0)
-I_ADDR = 10
-I_STRIDE = 11
-I_RES = 12  # first resource it claims (MEM: one per slice of its group)
-I_CAP = 13  # that resource's uses per cycle
-I_K0 = 14  # stream keys of s0, s1, s2, sd; -1 where unused (s1 of an immediate operand)
-I_K1 = 15
-I_K2 = 16
-I_KD = 17
-I_EAST0 = 18  # 1 where that stream flows east (diagonal t - p), 0 west (t + p)
-I_EAST1 = 19
-I_EAST2 = 20
-I_EASTD = 21
-I_SD_OK = 22  # the output stream group is aligned and inside its direction
-I_ARITY = 23  # VXM stream operands
-I_PLANE = 24  # MXM: compact index of (chip, plane)
-I_TILE = 25
-I_TRANSPOSED = 26
-I_ROW = 27
-I_COUNT = 28
-I_NRED = 29  # REDUCE: lanes reduced (Python slice semantics of `count`)
-I_TABLE = 30  # PERMUTE: row of `tables`, -1 if the table index or an entry is out of range
-N_COLS = 31
+# --- g: geometry ----------------------------------------------------------------------------------
+G_STREAMS = 0  # streams per direction
+G_SLICES = 1  # hw.mem_slices (ports, alignment)
+G_LANES = 2
+G_WORDS_PER_SLICE = 3  # the address limit
+G_CHIP_LO = 4  # chip number of chip index 0 (chip numbers are offset so the chip axis starts at 0)
+G_CELL_SLICES = 5  # slices per chip in the memory arrays (>= hw.mem_slices); the slices of one
+# address are adjacent cells, so a slice group's words share a cache line
+G_CELL_WORDS = 6  # addresses per slice in the memory arrays
+G_HEMI_LO = 7  # SXM hemisphere (queue - first SXM queue) of dense slot 0, and slots per chip
+G_HEMIS = 8
+G_PLANE_LO = 9  # MXM `plane` field of dense slot 0, and slots per chip
+G_PLANES = 10
+G_DIR_LO = 11  # stream direction (st // S) of key block 0, and directions per chip
+G_DIRS = 12
+G_BASE_VXM = 13  # first resource index of each kind (MEM ports start at 0)
+G_BASE_SXM = 14
+G_BASE_INSTALL = 15
+G_BASE_COMPUTE = 16
+G_VXM_CAP = 17
+G_SXM_CAP = 18
+G_INSTALL_CAP = 19
+G_FIRST_SXM_QUEUE = 20
+G_TABLES = 21
+G_RING_MASK = 22  # diagonals per stream key, minus one (a power of two)
+G_PENDING_MASK = 23
+G_KEYS = 24  # stream keys; slot = (diagonal & mask) * keys + key, so a group's slots are adjacent
+G_QUEUE_LO = 25  # queue of pos_lut[0]
+N_GEOMETRY = 26
 
-# --- ring: one slot per (stream key, diagonal mod RING) --------------------------------------------
-R_DIAG = 0  # the full diagonal held, or EMPTY: a different diagonal means the slot is stale
+# Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
+# streams looks at keys that are never written instead of at the next direction's.
+KEY_PAD = 4
+
+# --- stats: the pre-pass (sim.engine.prepare._scan) -----------------------------------------------
+S_BAD_OP = 0  # first instruction no executor can run, or -1
+S_BAD_FIELD = 1  # 0: invalid op, 1: invalid dtype, 2: MEM slice and queue the same negative number
+S_CHIP_LO = 2
+S_CHIP_HI = 3
+S_QUEUE_HI = 4
+S_HEMI_LO = 5  # over SXM instructions
+S_HEMI_HI = 6
+S_PLANE_LO = 7  # over MXM instructions
+S_PLANE_HI = 8
+S_STREAM_LO = 9  # over every stream operand an instruction uses
+S_STREAM_HI = 10
+S_TOUCHED = 11  # highest address a MEM instruction names, plus one
+S_IN_ORDER = 12  # 1: every repeat is 1 and cycles never decrease: events = instructions
+S_EVENTS = 13
+S_END = 14  # when the last event's result lands
+S_MEM_READ = 15  # counts, in sim.reference.COUNT_KEYS order (stream hops come from the kernel)
+S_MEM_WRITE = 16
+S_VXM = 17
+S_SXM = 18
+S_INSTALL = 19
+S_MATMUL = 20
+S_QUEUE_LO = 21
+N_STATS = 22
+
+# --- ring: one slot per (diagonal mod RING, stream key) --------------------------------------------
+R_DIAG = 0  # the full diagonal held, or EMPTY: another diagonal means the slot is stale
 R_VID = 1
 R_P0 = 2  # position where the vector entered
 R_WIDTH = 3  # words of the vector (streams of its group)
@@ -70,14 +95,6 @@ Q_WIDTH = 2
 Q_VID = 3
 N_PENDING = 4
 
-# --- par ------------------------------------------------------------------------------------------
-P_LANES = 0
-P_WORDS = 1  # words per slice (the address limit)
-P_CELL_STRIDE = 2  # flat memory index distance between adjacent slices
-P_RING_MASK = 3
-P_PENDING_MASK = 4
-N_PAR = 5
-
 # --- out ------------------------------------------------------------------------------------------
 O_CODE = 0
 O_EVENT = 1
@@ -92,15 +109,16 @@ N_OUT = 7
 OK = 0
 E_SLICE = 1  # MEM slice group misaligned or not this queue
 E_ADDRESS = 2  # a: address
-E_BUSY = 3  # a: offset of the resource in the instruction's group
-E_HELD = 4  # a: slice offset, b: address, c: vector held
+E_BUSY = 3  # a: offset of the claimed resource in the instruction's slice group
+E_HELD = 4  # a: slice offset, b: address, c: vector the memory holds
 E_PUT_ALIGN = 5  # output stream group misaligned
-E_PUT_TAKEN = 6  # a: stream offset, b: vector there, c: its instruction
+E_PUT_TAKEN = 6  # a: stream offset, b: vector already there, c: its instruction
 E_NO_VECTOR = 7  # a: operand (0, 1, 2)
 E_TORN = 8  # a: operand, b: width of the vector found
-E_WRONG_VECTOR = 9  # a: vector on the stream
+E_WRONG_VECTOR = 9  # a: vector on the stream (WRITE)
 E_TILE_USED = 10
 E_TILE_MISSING = 11  # a: tile the plane holds
-E_TILE_NOT_READY = 12  # a: ready cycle
+E_TILE_NOT_READY = 12  # a: cycle it is ready
 E_TILE_ROWS = 13  # a: rows installed
-E_INDEX = 14  # functional only, where the reference indexes out of range; a: the index
+E_INDEX = 14  # functional only: where the reference's NumPy indexing fails; a: the index
+E_EXPECT = 15  # a: operand, b: vector expected (in0..in2), c: vector on the stream

@@ -41,17 +41,13 @@ def test_any_instruction_moved_earlier_is_caught(shape, pick, delta):
         simulate(bad, softmax_matmul_args(*shape), engine="reference")
     exc = info.value
     _check_named(exc, prog)
-    ins = prog.instrs[i]
-    if ins["op"] != Op.READ:
-        assert exc.index == i  # a consumer moved earlier finds its operand missing at once
-    else:  # a READ moved earlier: caught at the READ, at a vector it now collides with, or
-        # where its vector was awaited
-        consumer = bad.instrs[exc.index]
-        assert (
-            exc.index == i
-            or f"instruction #{i})" in exc.conflict
-            or ins["sd"] in (consumer["s0"], consumer["s1"], consumer["s2"])
-        )
+    # Caught at the moved instruction, at a vector it now collides with, or at the instruction
+    # its result was meant for (a moved consumer may still meet an identical copy of its operand
+    # that another READ put on the stream for a different consumer, and compute the right value
+    # at the wrong time).
+    ins, reporter = prog.instrs[i], bad.instrs[exc.index]
+    linked = ins["sd"] >= 0 and ins["sd"] in (reporter["s0"], reporter["s1"], reporter["s2"])
+    assert exc.index == i or f"instruction #{i})" in exc.conflict or linked
 
 
 @given(shape=st.sampled_from(PROGRAMS), pick=st.integers(0, 10**6))

@@ -1,0 +1,108 @@
+"""The Numba cycle-level engine: the reference interpreter's semantics (sim/reference.py), fast.
+
+    run_engine(program, inputs=None, *, functional=True, trace=False) -> RawResult
+
+Same cycles, counts, bytes, trace, outputs (bit for bit), and the same ScheduleViolation (chip,
+unit, cycle, instruction index, wording) as `sim.reference.run_reference`. In three steps:
+
+    prepare  Program -> geometry, lookup tables, events in (cycle, instruction, repetition)
+             order, the memory image before cycle 0                        prepare.py
+    kernel   the event loop (Numba), stopping at the first violation with an error code and a
+             few integers; `functional=False` compiles it without any arithmetic  kernel.py
+    report   outputs, counts, trace; or the exception, worded as the reference does  violations.py
+
+with the compile flags in flags.py, the array layouts in schema.py, and float16/bfloat16 rounding
+by bit manipulation in rounding.py.
+
+Where the reference would crash or misbehave rather than report, the engine refuses up front with
+a ValueError: an instruction whose op or dtype is no valid code, a MEM instruction whose slice
+and queue are the same negative number, a symbol with a negative slice or address.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.engine import schema as c
+from sim.engine.kernel import make_kernel
+from sim.engine.prepare import Prepared, preload, prepare_program
+from sim.engine.violations import missing_output, raise_failure
+from sim.program import Program, unpack_tensor
+from sim.reference import COUNT_KEYS, RawResult
+
+__all__ = ["run_engine"]
+
+
+def run_engine(
+    program: Program,
+    inputs: dict[str, np.ndarray] | None = None,
+    *,
+    functional: bool = True,
+    trace: bool = False,
+) -> RawResult:
+    """Execute `program`; functional mode computes every vector (all inputs required) and returns
+    the outputs, timing mode only times and checks the schedule."""
+    hw = program.hw
+    lanes = hw.lanes
+    prep = prepare_program(program)
+    mem_vid, mem_val = preload(program, prep, inputs or {}, functional)
+    ring = np.zeros((prep.ring_slots, c.N_RING), np.int64)
+    ring[:, c.R_DIAG] = c.EMPTY
+    busy = np.zeros((prep.resources, 2), np.int64)
+    busy[:, 0] = np.iinfo(np.int64).min  # never claimed
+    planes = np.zeros((prep.planes, c.N_PLANE), np.int64)
+    planes[:, c.PL_TILE] = -1
+    pending = np.zeros((prep.pending, c.N_PENDING), np.int64)
+    # Value arrays (float32, the storage format of every vector) are empty in timing mode.
+    ring_val = np.zeros((prep.ring_slots if functional else 0, lanes), np.float32)
+    weights = np.zeros((prep.planes if functional else 0, lanes, lanes), np.float32)
+    pending_val = np.zeros((prep.pending if functional else 0, lanes), np.float32)
+    out = np.zeros(c.N_OUT, np.int64)
+
+    kernel = make_kernel(bool(functional))
+    with np.errstate(all="ignore"):  # NaN and inf are data here (this matters without the JIT)
+        kernel(
+            prep.ev_t, prep.ev_i, program.instrs, prep.g, prep.lat_lut, prep.pos_lut,
+            prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid, mem_val, ring,
+            ring_val, busy, planes, weights, pending, pending_val, out,
+        )  # fmt: skip
+    if out[c.O_CODE] != c.OK:
+        raise_failure(program, prep, out)
+
+    outputs = _outputs(program, prep, mem_vid, mem_val, functional)
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts.update(prep.counts, stream_hops=int(out[c.O_HOPS]))
+    events = []
+    if trace:
+        j = prep.ev_t - program.instrs["cycle"][prep.ev_i]
+        events = list(zip(prep.ev_t.tolist(), prep.ev_i.tolist(), j.tolist(), strict=True))
+    return RawResult(
+        cycles=prep.cycles,
+        outputs=outputs,
+        counts=counts,
+        bytes_read=counts["mem_read"] * lanes,
+        bytes_written=counts["mem_write"] * lanes,
+        instructions=len(program.instrs),
+        events=len(prep.ev_t),
+        trace=events,
+    )
+
+
+def _outputs(
+    program: Program, prep: Prepared, mem_vid: np.ndarray, mem_val: np.ndarray, functional: bool
+) -> dict[str, np.ndarray]:
+    """Check every output vector is where the symbol table says (chip 0) and read it back."""
+    outputs = {}
+    for sym in program.symbols_of("output"):
+        cell = prep.cell(0, sym.slices.astype(np.int64), sym.addrs.astype(np.int64))
+        held = mem_vid[cell]
+        wrong = np.nonzero(held != sym.vids)[0]
+        if len(wrong):
+            k = int(wrong[0])
+            raise missing_output(
+                program, sym.name, k, int(sym.slices[k]), int(sym.addrs[k]), int(sym.vids[k]),
+                int(held[k]), prep.cycles,
+            )  # fmt: skip
+        if functional:
+            outputs[sym.name] = unpack_tensor(mem_val[cell], sym.shape, program.hw.lanes)
+    return outputs

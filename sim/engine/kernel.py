@@ -1,0 +1,476 @@
+"""The event loop, compiled: every repetition of every instruction, in (cycle, instruction, rep)
+order, with the reference interpreter's checks and arithmetic (sim/reference.py).
+
+`make_kernel(functional)` is a cached factory: `functional` is a constant of the compiled code, so
+the timing-only variant has no arithmetic and never touches a value array. Helpers that do not
+depend on it are module-level (Numba caches those, and closures calling them, on disk).
+
+Each event decodes its instruction record (INSTR_DTYPE) with a few lookups (sim/engine/prepare.py
+builds the tables and the geometry `g`). State, all NumPy arrays (layouts in schema.py):
+- mem_vid[cell]: vector id each memory word holds; mem_val[cell]: values (at a group's base slice)
+- ring[slot]: the vector on each (stream key, diagonal mod RING); ring_val[slot]: its values
+- busy[resource]: (last cycle claimed, claims in it); events come in cycle order, so that suffices
+- planes[plane], weights[plane]: MXM tile state and (lanes, lanes) float32 weights
+- pending[k], pending_val[k]: WRITE commits in flight, a FIFO
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from sim.engine.flags import njit, njit_inline
+from sim.engine.prepare import ARITY_LUT, F32_WORDS, UNIT_LUT, WIDTH_LUT
+from sim.engine.rounding import round_vector
+from sim.engine.schema import (
+    E_ADDRESS,
+    E_BUSY,
+    E_EXPECT,
+    E_HELD,
+    E_INDEX,
+    E_NO_VECTOR,
+    E_PUT_ALIGN,
+    E_PUT_TAKEN,
+    E_SLICE,
+    E_TILE_MISSING,
+    E_TILE_NOT_READY,
+    E_TILE_ROWS,
+    E_TILE_USED,
+    E_TORN,
+    E_WRONG_VECTOR,
+    G_BASE_COMPUTE,
+    G_BASE_INSTALL,
+    G_BASE_SXM,
+    G_BASE_VXM,
+    G_CELL_SLICES,
+    G_CELL_WORDS,
+    G_CHIP_LO,
+    G_DIR_LO,
+    G_DIRS,
+    G_FIRST_SXM_QUEUE,
+    G_HEMI_LO,
+    G_HEMIS,
+    G_INSTALL_CAP,
+    G_KEYS,
+    G_LANES,
+    G_PENDING_MASK,
+    G_PLANE_LO,
+    G_PLANES,
+    G_QUEUE_LO,
+    G_RING_MASK,
+    G_SLICES,
+    G_STREAMS,
+    G_SXM_CAP,
+    G_TABLES,
+    G_VXM_CAP,
+    G_WORDS_PER_SLICE,
+    KEY_PAD,
+    O_A,
+    O_B,
+    O_C,
+    O_CODE,
+    O_CYCLE,
+    O_EVENT,
+    O_HOPS,
+    OK,
+    PL_READY,
+    PL_ROWS,
+    PL_TILE,
+    PL_TRANSPOSED,
+    PL_USED,
+    Q_CELL,
+    Q_COMMIT,
+    Q_VID,
+    Q_WIDTH,
+    R_DIAG,
+    R_P0,
+    R_SRC,
+    R_VID,
+    R_WIDTH,
+)
+from sim.isa import FLAG_TRANSPOSED, Op, Unit
+
+READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
+ADD, SUB, MUL, MAX, MIN = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.MAX), int(Op.MIN)
+NEG, EXP, RSQRT, CONVERT = int(Op.NEG), int(Op.EXP), int(Op.RSQRT), int(Op.CONVERT)
+REDUCE_SUM, PERMUTE = int(Op.REDUCE_SUM), int(Op.PERMUTE)
+MEM, VXM, SXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM)
+
+
+@njit_inline
+def _fail(out, code, e, t, a, b, c):
+    out[O_CODE] = code
+    out[O_EVENT] = e
+    out[O_CYCLE] = t
+    out[O_A] = a
+    out[O_B] = b
+    out[O_C] = c
+
+
+@njit_inline
+def _claim(busy, r, t, capacity):
+    """One use of resource r in cycle t; True when that exceeds its capacity."""
+    if busy[r, 0] != t:
+        busy[r, 0] = t
+        busy[r, 1] = 0
+    busy[r, 1] += 1
+    return busy[r, 1] > capacity
+
+
+@njit_inline
+def _commit(pending, k, mem_vid):
+    """Pending WRITE k lands: every slice of its group now holds its vector."""
+    for m in range(pending[k, Q_WIDTH]):
+        mem_vid[pending[k, Q_CELL] + m] = pending[k, Q_VID]
+
+
+@njit_inline
+def _direction(st, S):
+    """st // S as Python floor division (the unused operand -1 is direction -1, as in the
+    reference's divmod), without a division for the two real directions."""
+    if 0 <= st < S:
+        return 0
+    if S <= st < 2 * S:
+        return 1
+    return st // S
+
+
+@njit_inline
+def _key(st, ci, geo):
+    """Stream key of (chip index ci, stream operand st): its row block in the ring.
+    geo: (streams per direction, directions per chip, first direction, ring mask, keys)."""
+    S, dirs, dir_lo, _, _ = geo
+    d = _direction(st, S)
+    return (ci * dirs + d - dir_lo) * (S + KEY_PAD) + st - d * S
+
+
+@njit_inline
+def _slot(key, diag, geo):
+    return (diag & geo[3]) * geo[4] + key
+
+
+@njit_inline
+def _expect(first, j):
+    """The vector an operand of repetition j must be (`in0..in2` + j), or -1: unchecked."""
+    return first + j if first >= 0 else -1
+
+
+@njit_inline
+def _take(ring, st, ci, geo, operand, p, t, expect, out, e):
+    """The slot of the vector passing position p at cycle t on stream st (operand 0..2);
+    -1 (with `out` filled) when none arrives, its group is torn, or it is not `expect`."""
+    key = _key(st, ci, geo)
+    east = 0 <= st < geo[0]
+    diag = t - p if east else t + p
+    slot = _slot(key, diag, geo)
+    p0 = ring[slot, R_P0]
+    if ring[slot, R_DIAG] != diag or (p < p0 if east else p > p0):
+        _fail(out, E_NO_VECTOR, e, t, operand, 0, 0)
+        return -1
+    width = ring[slot, R_WIDTH]
+    for m in range(1, width):
+        other = _slot(key + m, diag, geo)
+        if ring[other, R_DIAG] != diag or ring[other, R_SRC] != ring[slot, R_SRC]:
+            _fail(out, E_TORN, e, t, operand, width, 0)
+            return -1
+    if expect >= 0 and ring[slot, R_VID] != expect:
+        _fail(out, E_EXPECT, e, t, operand, expect, ring[slot, R_VID])
+        return -1
+    out[O_HOPS] += abs(p - p0) * width
+    return slot
+
+
+@njit_inline
+def _put(ring, st, ci, geo, width, p0, t0, vid, src, out, e):
+    """Enter a `width`-word vector on stream group st at position p0, cycle t0; its base slot,
+    or -1 (with `out` filled) when the group is misaligned or a slot is taken."""
+    S = geo[0]
+    d = _direction(st, S)
+    within = st - d * S
+    if within & (width - 1) or within + width > S:  # width is 1, 2 or 4
+        _fail(out, E_PUT_ALIGN, e, t0, 0, 0, 0)
+        return -1
+    key = _key(st, ci, geo)
+    diag = t0 - p0 if d == 0 else t0 + p0
+    for m in range(width):
+        slot = _slot(key + m, diag, geo)
+        if ring[slot, R_DIAG] == diag:
+            _fail(out, E_PUT_TAKEN, e, t0, m, ring[slot, R_VID], ring[slot, R_SRC])
+            return -1
+        ring[slot, R_DIAG] = diag
+        ring[slot, R_VID] = vid
+        ring[slot, R_P0] = p0
+        ring[slot, R_WIDTH] = width
+        ring[slot, R_SRC] = src
+    return _slot(key, diag, geo)
+
+
+@njit
+def _vxm_values(op, vals, a, b, c, imm, res):
+    """res[:] = op(a, b, c) per lane in float64, rounded to float32 (b < 0: the immediate)."""
+    for k in range(res.size):
+        x = np.float64(vals[a, k])
+        y = imm if b < 0 else np.float64(vals[b, k])
+        if op in (ADD, SUB, MUL) and x != x and y != y:
+            # Two NaNs: IEEE 754 leaves the payload open. Take the operand NumPy's loops (the
+            # reference) return on x86 for whole SIMD vectors: the first, or the immediate for
+            # ADD and MUL; otherwise it would depend on LLVM's choice of operand order.
+            r = y if b < 0 and op != SUB else x
+        elif op == ADD:
+            r = x + y
+        elif op == SUB:
+            r = x - y
+        elif op == MUL:
+            r = x * y
+        elif op in (MAX, MIN):
+            if x != x or y != y:  # NaN in either operand gives NaN, as the reference's np.where
+                r = np.float64(np.nan)
+            elif x >= y if op == MAX else x <= y:
+                r = x
+            else:
+                r = y
+        elif op == NEG:
+            r = -x
+        elif op == EXP:
+            r = np.exp(x)
+        elif op == RSQRT:
+            r = 1.0 / np.sqrt(x)
+        elif op == CONVERT:
+            r = x
+        else:  # SELECT
+            r = y if x != 0 else np.float64(vals[c, k])
+        res[k] = r
+
+
+@njit
+def _reduce_values(op, vals, a, n, res):
+    """res[:] = the sum (max) of lanes [0, n) of vector a, sequentially in float64."""
+    acc = np.float64(0.0) if op == REDUCE_SUM else np.float64(-np.inf)
+    for k in range(n):
+        x = np.float64(vals[a, k])
+        if op == REDUCE_SUM:
+            # Two NaNs: the payload is open (IEEE 754); keep the sum's, as the reference's
+            # `acc += x` in CPython mostly does on x86. Otherwise it would depend on LLVM.
+            acc = acc if acc != acc and x != x else acc + x
+        elif x != x or acc != acc:
+            acc = np.float64(np.nan)
+        elif x > acc:
+            acc = x
+    res[:] = acc
+
+
+@njit
+def _matmul_values(vals, a, w, k, acc, res):
+    """res = x[:k] @ w[:k, :], accumulated over k in order in float64, rounded to float32."""
+    acc[:] = 0.0
+    for kk in range(k):
+        x = np.float64(vals[a, kk])
+        for n in range(acc.size):
+            acc[n] += x * np.float64(w[kk, n])
+    for n in range(acc.size):
+        res[n] = acc[n]
+
+
+@functools.cache
+def make_kernel(functional: bool):
+    """The event loop; with functional=False it only times and checks."""
+
+    @njit
+    def run(
+        ev_t, ev_i, ins, g, lat_lut, pos_lut, hemi_map, plane_map, tables, table_ok,
+        mem_vid, mem_val, ring, ring_val, busy, planes, weights, pending, pending_val, out,
+    ):  # fmt: skip
+        lanes = g[G_LANES]
+        slices = g[G_SLICES]
+        geo = (g[G_STREAMS], g[G_DIRS], g[G_DIR_LO], g[G_RING_MASK], g[G_KEYS])
+        chip_lo = g[G_CHIP_LO]
+        queue_lo = g[G_QUEUE_LO]
+        words_per_slice = g[G_WORDS_PER_SLICE]
+        cell_slices = g[G_CELL_SLICES]
+        cell_words = g[G_CELL_WORDS]
+        qmask = g[G_PENDING_MASK]
+        head = 0  # the pending FIFO holds entries head..tail-1, entry k at row k & qmask
+        tail = 0
+        res = np.zeros(lanes, np.float32)  # the vector an event computes
+        acc = np.zeros(lanes, np.float64)
+        for e in range(ev_t.size):
+            t = ev_t[e]
+            i = ev_i[e]
+            while head < tail and pending[head & qmask, Q_COMMIT] <= t:  # commits, then reads
+                _commit(pending, head & qmask, mem_vid)
+                if functional:
+                    mem_val[pending[head & qmask, Q_CELL]] = pending_val[head & qmask]
+                head += 1
+
+            r = ins[i]
+            j = t - r["cycle"]
+            op = np.int64(r["op"])
+            unit = UNIT_LUT[op]
+            q = np.int64(r["queue"])
+            ci = np.int64(r["chip"]) - chip_lo
+            p = pos_lut[q - queue_lo]
+            t0 = t + lat_lut[op]
+            vid = r["vid"] + j
+            code = np.int64(r["dtype"])
+            width = WIDTH_LUT[code]
+
+            if unit == MEM:
+                s = np.int64(r["slice"])
+                if s & (width - 1) or s + width > slices or q != s:  # width is 1, 2 or 4
+                    _fail(out, E_SLICE, e, t, 0, 0, 0)
+                    return
+                a = np.int64(r["addr"]) + j * np.int64(r["stride"])
+                if a < 0 or a >= words_per_slice:
+                    _fail(out, E_ADDRESS, e, t, a, 0, 0)
+                    return
+                port = (ci * 2 + (1 if op == WRITE else 0)) * slices + s
+                for m in range(width):
+                    if _claim(busy, port + m, t, 1):
+                        _fail(out, E_BUSY, e, t, m, 0, 0)
+                        return
+                cell = (ci * cell_words + a) * cell_slices + s
+                if op == READ:
+                    for m in range(width):
+                        held = mem_vid[cell + m]
+                        if held != vid:
+                            _fail(out, E_HELD, e, t, m, a, held)
+                            return
+                    slot = _put(ring, np.int64(r["sd"]), ci, geo, width, p, t0, vid, i, out, e)
+                    if slot < 0:
+                        return
+                    if functional:
+                        ring_val[slot] = mem_val[cell]
+                else:
+                    slot = _take(ring, np.int64(r["s0"]), ci, geo, 0, p, t, -1, out, e)
+                    if slot < 0:
+                        return
+                    if ring[slot, R_VID] != vid:
+                        _fail(out, E_WRONG_VECTOR, e, t, ring[slot, R_VID], 0, 0)
+                        return
+                    k = tail & qmask
+                    pending[k, Q_COMMIT] = t0
+                    pending[k, Q_CELL] = cell
+                    pending[k, Q_WIDTH] = width
+                    pending[k, Q_VID] = vid
+                    if functional:
+                        pending_val[k] = ring_val[slot]
+                    tail += 1
+                continue
+
+            # VXM, SXM, MXM: claim the unit, then take operand s0.
+            pl = 0
+            if unit == VXM:
+                claimed = _claim(busy, g[G_BASE_VXM] + ci, t, g[G_VXM_CAP])
+            elif unit == SXM:
+                hemi = q - g[G_FIRST_SXM_QUEUE] - g[G_HEMI_LO]
+                sxm = g[G_BASE_SXM] + hemi_map[ci * g[G_HEMIS] + hemi]
+                claimed = _claim(busy, sxm, t, g[G_SXM_CAP])
+            else:
+                pl = plane_map[ci * g[G_PLANES] + np.int64(r["plane"]) - g[G_PLANE_LO]]
+                if op == INSTALL:
+                    claimed = _claim(busy, g[G_BASE_INSTALL] + pl, t, g[G_INSTALL_CAP])
+                else:
+                    claimed = _claim(busy, g[G_BASE_COMPUTE] + pl, t, 1)
+            if claimed:
+                _fail(out, E_BUSY, e, t, 0, 0, 0)
+                return
+            a = _take(ring, np.int64(r["s0"]), ci, geo, 0, p, t, _expect(r["in0"], j), out, e)
+            if a < 0:
+                return
+
+            if unit == VXM:
+                arity = ARITY_LUT[op]
+                b = -1  # -1: the immediate
+                c = -1
+                if arity >= 2 and r["s1"] >= 0:
+                    expect = _expect(r["in1"], j)
+                    b = _take(ring, np.int64(r["s1"]), ci, geo, 1, p, t, expect, out, e)
+                    if b < 0:
+                        return
+                if arity == 3:
+                    expect = _expect(r["in2"], j)
+                    c = _take(ring, np.int64(r["s2"]), ci, geo, 2, p, t, expect, out, e)
+                    if c < 0:
+                        return
+                if functional:
+                    _vxm_values(op, ring_val, a, b, c, r["imm"], res)
+                    round_vector(res, code)
+
+            elif unit == SXM:
+                if functional:
+                    if op == PERMUTE:
+                        tb = np.int64(r["table"])
+                        if tb < 0:  # Python indexing, as the reference's tables[table]
+                            tb += g[G_TABLES]
+                        if not (0 <= tb < g[G_TABLES] and table_ok[tb]):
+                            _fail(out, E_INDEX, e, t, 0, 0, 0)
+                            return
+                        for k in range(lanes):
+                            src = tables[tb, k]
+                            res[k] = ring_val[a, src] if src >= 0 else np.float32(0.0)
+                    else:
+                        count = np.int64(r["count"])  # the reference reduces a[:count]
+                        n = min(count, lanes) if count >= 0 else max(lanes + count, 0)
+                        _reduce_values(op, ring_val, a, n, res)
+                        round_vector(res, code)
+
+            else:  # MXM
+                tile = r["aux"]
+                transposed = np.int64(r["flags"]) & FLAG_TRANSPOSED
+                if op == INSTALL:
+                    if planes[pl, PL_TILE] != tile:  # a new tile; the old weights stay in place
+                        planes[pl, PL_TILE] = tile
+                        planes[pl, PL_ROWS] = 0
+                        planes[pl, PL_USED] = 0
+                        planes[pl, PL_READY] = 0
+                        planes[pl, PL_TRANSPOSED] = transposed
+                    elif planes[pl, PL_USED]:
+                        _fail(out, E_TILE_USED, e, t, 0, 0, 0)
+                        return
+                    if functional:
+                        row = np.int64(r["row"]) + j
+                        if row < -lanes or row >= lanes:
+                            _fail(out, E_INDEX, e, t, row, 0, 0)
+                            return
+                        if row < 0:
+                            row += lanes
+                        if transposed:
+                            weights[pl, :, row] = ring_val[a]
+                        else:
+                            weights[pl, row, :] = ring_val[a]
+                    planes[pl, PL_ROWS] += 1
+                    planes[pl, PL_READY] = max(planes[pl, PL_READY], t0)
+                    continue
+                k = np.int64(r["count"])
+                if planes[pl, PL_TILE] != tile:
+                    _fail(out, E_TILE_MISSING, e, t, planes[pl, PL_TILE], 0, 0)
+                    return
+                if t < planes[pl, PL_READY]:
+                    _fail(out, E_TILE_NOT_READY, e, t, planes[pl, PL_READY], 0, 0)
+                    return
+                if not planes[pl, PL_TRANSPOSED] and planes[pl, PL_ROWS] < k:
+                    _fail(out, E_TILE_ROWS, e, t, planes[pl, PL_ROWS], 0, 0)
+                    return
+                planes[pl, PL_USED] = 1
+                width = F32_WORDS
+                if functional:
+                    if k > lanes:
+                        _fail(out, E_INDEX, e, t, lanes, 0, 0)
+                        return
+                    _matmul_values(ring_val, a, weights[pl], k, acc, res)
+
+            slot = _put(ring, np.int64(r["sd"]), ci, geo, width, p, t0, vid, i, out, e)
+            if slot < 0:
+                return
+            if functional:
+                ring_val[slot] = res
+
+        while head < tail:  # commits still in flight at the end
+            _commit(pending, head & qmask, mem_vid)
+            if functional:
+                mem_val[pending[head & qmask, Q_CELL]] = pending_val[head & qmask]
+            head += 1
+        out[O_CODE] = OK
+
+    return run

@@ -1,0 +1,149 @@
+"""The kernel's error code and few integers -> the exception the reference interpreter raises,
+worded the same way (chip, unit, cycle, instruction index, disassembly, source, conflict)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.engine import schema as c
+from sim.engine.prepare import Prepared
+from sim.errors import ScheduleViolation
+from sim.isa import (
+    DTYPE_BYTES,
+    FLAG_TRANSPOSED,
+    OP_UNIT,
+    DType,
+    Op,
+    Unit,
+    disassemble_one,
+    queue_name,
+    stream_name,
+)
+from sim.program import Program
+
+OPERAND_FIELDS = ("s0", "s1", "s2")
+
+
+def _busy_what(hw, r, m: int) -> tuple[str, int]:
+    """The resource an instruction claims (m: slice offset in a MEM group) and its capacity."""
+    op = Op(int(r["op"]))
+    unit = OP_UNIT[op]
+    if unit == Unit.MEM:
+        port = "rd" if op == Op.READ else "wr"
+        return f"{queue_name(hw, int(r['slice']) + m)} {port} port", 1
+    if unit == Unit.VXM:
+        return "every VXM ALU", hw.vxm_alus
+    if unit == Unit.SXM:
+        return "every SXM unit", hw.sxm_units_per_hemisphere
+    if op == Op.INSTALL:
+        return "the install port", hw.mxm_install_vectors_per_cycle
+    return "the plane's compute port", 1
+
+
+def _conflict(program: Program, out: np.ndarray, i: int, j: int) -> str:
+    hw = program.hw
+    r = program.instrs[i]
+    code, t, a, b, x = (int(out[k]) for k in (c.O_CODE, c.O_CYCLE, c.O_A, c.O_B, c.O_C))
+    vid = int(r["vid"]) + j
+    op = Op(int(r["op"]))
+    width = DTYPE_BYTES[DType.FLOAT32 if op == Op.MATMUL else DType(int(r["dtype"]))]
+    tile = int(r["aux"])
+    if code == c.E_SLICE:
+        return f"slice group {int(r['slice'])} x{width} is misaligned or not this queue"
+    if code == c.E_ADDRESS:
+        return f"address {a} is outside 0..{hw.words_per_slice - 1}"
+    if code == c.E_BUSY:
+        what, capacity = _busy_what(hw, r, a)
+        return f"{what} is already in use in this cycle (capacity {capacity})"
+    if code == c.E_HELD:
+        held = (
+            f"vector {x} (overwritten before its last reader)"
+            if x >= 0
+            else "nothing yet (read before the write arrives)"
+        )
+        return (
+            f"expects vector {vid} at {queue_name(hw, int(r['slice']) + a)}[{b}] but it holds "
+            + held
+        )
+    if code == c.E_PUT_ALIGN:
+        return f"stream group {stream_name(hw, int(r['sd']))} x{width} is misaligned"
+    if code == c.E_PUT_TAKEN:
+        return (
+            f"stream {stream_name(hw, int(r['sd']) + a)} already carries vector {b} "
+            f"(from instruction #{x}) on this slot"
+        )
+    if code == c.E_NO_VECTOR:
+        st = int(r[OPERAND_FIELDS[a]])
+        return f"reads stream {stream_name(hw, st)} but no vector arrives there at cycle {t}"
+    if code == c.E_TORN:
+        return f"stream group {stream_name(hw, int(r[OPERAND_FIELDS[a]]))} x{b} is torn"
+    if code == c.E_EXPECT:
+        return (
+            f"expects vector {b} on stream {stream_name(hw, int(r[OPERAND_FIELDS[a]]))} but vector "
+            f"{x} passes at this cycle (its operand is not there yet, or no longer)"
+        )
+    if code == c.E_WRONG_VECTOR:
+        return f"stream carries vector {a}, not {vid}"
+    if code == c.E_TILE_USED:
+        return f"installs into tile {tile} after a matmul used it"
+    if code == c.E_TILE_MISSING:
+        return (
+            f"needs tile {tile} but the plane holds tile {a} "
+            "(overwritten before its last reader, or never installed)"
+        )
+    if code == c.E_TILE_NOT_READY:
+        return f"tile {tile} is not installed until cycle {a}"
+    if code == c.E_TILE_ROWS:
+        return f"uses {int(r['count'])} rows of tile {tile}; {a} installed"
+    raise AssertionError(f"unknown engine error code {code}")
+
+
+def _index_error(program: Program, i: int, a: int) -> IndexError:
+    """The IndexError NumPy raises in the reference for an out-of-range operand (functional
+    mode only), with NumPy's wording."""
+    r = program.instrs[i]
+    lanes = program.hw.lanes
+    op = Op(int(r["op"]))
+    axis, size, index = 0, lanes, a
+    if op == Op.PERMUTE:
+        table, n = int(r["table"]), len(program.tables)
+        if not -n <= table < n:
+            size, index = n, table
+        else:
+            row = program.tables[table]
+            index = int(row[np.argmax(row >= lanes)])
+    elif op == Op.INSTALL:
+        axis = 1 if int(r["flags"]) & FLAG_TRANSPOSED else 0
+    return IndexError(f"index {index} is out of bounds for axis {axis} with size {size}")
+
+
+def raise_failure(program: Program, prep: Prepared, out: np.ndarray) -> None:
+    """Raise what the reference raises at the event where the kernel stopped."""
+    e = int(out[c.O_EVENT])
+    i = int(prep.ev_i[e])
+    j = int(prep.ev_t[e]) - int(program.instrs[i]["cycle"])
+    if out[c.O_CODE] == c.E_INDEX:
+        raise _index_error(program, i, int(out[c.O_A]))
+    r = program.instrs[i]
+    raise ScheduleViolation(
+        chip=int(r["chip"]),
+        unit=queue_name(program.hw, int(r["queue"])),
+        cycle=int(out[c.O_CYCLE]),
+        index=i,
+        instr=disassemble_one(program.hw, r),
+        source=program.source(int(r["src"])),
+        conflict=_conflict(program, out, i, j),
+    )
+
+
+def missing_output(program: Program, name: str, k: int, slice_: int, addr: int, want: int,
+                   held: int, end: int) -> ScheduleViolation:  # fmt: skip
+    return ScheduleViolation(
+        chip=0,
+        unit=queue_name(program.hw, slice_),
+        cycle=end,
+        index=-1,
+        instr=f"output {name}[{k}]",
+        source="program end",
+        conflict=f"output vector {want} is not at [{addr}] (it holds {held})",
+    )
