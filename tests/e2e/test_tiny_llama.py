@@ -9,7 +9,7 @@ from sim import simulate
 
 
 def test_sixteen_greedy_tokens_match_jax():
-    v = lpusim.validate("tiny-llama", "teaching", tokens=16, engine="reference")
+    v = lpusim.validate("tiny-llama", "teaching", tokens=16)
     assert len(v.tokens_lpu) == 16
     assert v.tokens_match, (v.tokens_lpu, v.tokens_jax)
     assert v.within_tolerance and v.max_abs_error <= v.tolerance_abs == 1e-2
