@@ -100,6 +100,28 @@ class Program:
     def symbols_of(self, kind: str) -> list[Symbol]:
         return [s for s in self.symbols if s.kind == kind]
 
+    def resident(self, inputs: dict, functional: bool):
+        """(symbol, values or None) for each tensor in SRAM before cycle 0 (parameters, inputs,
+        constants), checking the host's inputs: functional runs need every one of them."""
+        for sym in self.symbols:
+            if sym.kind == "output":
+                continue
+            if sym.kind == "const":
+                values = self.consts[sym.name]
+            elif sym.name in inputs:
+                values = np.asarray(inputs[sym.name])
+                if tuple(values.shape) != tuple(sym.shape):
+                    raise ValueError(
+                        f"input {sym.name!r} has shape {values.shape}; the program needs {sym.shape}"
+                    )
+            elif functional:
+                raise ValueError(
+                    f"functional simulation needs input {sym.name!r} {sym.dtype}{list(sym.shape)}"
+                )
+            else:
+                values = None
+            yield sym, values
+
     def queue(self, chip: int, q: int) -> np.ndarray:
         """The instruction queue of one functional unit, in issue order."""
         sel = (self.instrs["chip"] == chip) & (self.instrs["queue"] == q)

@@ -138,24 +138,8 @@ def run_reference(
     events_trace = []
 
     # Preload: parameters, inputs and constants sit in SRAM before cycle 0.
-    for sym in program.symbols:
-        if sym.kind == "output":
-            continue
+    for sym, values in program.resident(inputs, functional):
         width = DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]]
-        if sym.kind == "const":
-            values = program.consts[sym.name]
-        elif sym.name in inputs:
-            values = np.asarray(inputs[sym.name])
-            if tuple(values.shape) != tuple(sym.shape):
-                raise ValueError(
-                    f"input {sym.name!r} has shape {values.shape}; the program needs {sym.shape}"
-                )
-        elif functional:
-            raise ValueError(
-                f"functional simulation needs input {sym.name!r} {sym.dtype}{list(sym.shape)}"
-            )
-        else:
-            values = None
         vecs = pack_tensor(values, lanes) if values is not None else None
         for k in range(len(sym.addrs)):
             s, a = int(sym.slices[k]), int(sym.addrs[k])

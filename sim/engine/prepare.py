@@ -342,24 +342,8 @@ def preload(
     lanes = program.hw.lanes
     mem_vid = np.full(prep.cells, -1, np.int64)
     mem_val = np.zeros((prep.cells if functional else 0, lanes), np.float32)
-    for sym in program.symbols:
-        if sym.kind == "output":
-            continue
+    for sym, values in program.resident(inputs, functional):
         code = DTYPE_BY_NAME[sym.dtype]
-        if sym.kind == "const":
-            values = program.consts[sym.name]
-        elif sym.name in inputs:
-            values = np.asarray(inputs[sym.name])
-            if tuple(values.shape) != tuple(sym.shape):
-                raise ValueError(
-                    f"input {sym.name!r} has shape {values.shape}; the program needs {sym.shape}"
-                )
-        elif functional:
-            raise ValueError(
-                f"functional simulation needs input {sym.name!r} {sym.dtype}{list(sym.shape)}"
-            )
-        else:
-            values = None
         if not len(sym.addrs):
             continue
         cell = prep.cell(0, sym.slices, sym.addrs)
