@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     _json_arg(p)
 
+    p = sub.add_parser("trace", help="a saved Program's schedule as Perfetto trace JSON")
+    p.add_argument("program", help="a file written by `lpusim compile`")
+    p.add_argument("-o", "--output", required=True, help="trace file (open at ui.perfetto.dev)")
+    _json_arg(p)
+
     p = sub.add_parser("presets", help="the hardware presets with their key figures")
     _json_arg(p)
     p = sub.add_parser("models", help="the model registry with parameter counts")
@@ -259,6 +264,27 @@ def _cmd_measure(args) -> int:
     return 0
 
 
+def _cmd_trace(args) -> int:
+    from sim import Program
+    from sim.trace import write_perfetto
+
+    prog = Program.load(args.program)
+    path = write_perfetto(prog, args.output)
+    obj = {
+        "program": args.program,
+        "trace": str(path),
+        "instructions": len(prog.instrs),
+        "cycles": prog.predicted_cycles,
+    }
+    _emit(
+        args,
+        obj,
+        f"wrote {path}: {len(prog.instrs)} instructions, "
+        f"{prog.predicted_cycles} cycles; open it at ui.perfetto.dev",
+    )
+    return 0
+
+
 def _cmd_presets(args) -> int:
     from sim.hardware import PRESETS
 
@@ -320,6 +346,7 @@ COMMANDS = {
     "estimate": _cmd_estimate,
     "compile": _cmd_compile,
     "simulate": _cmd_simulate,
+    "trace": _cmd_trace,
     "compare": _cmd_compare,
     "gpus": _cmd_gpus,
     "measure": _cmd_measure,

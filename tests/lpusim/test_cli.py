@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lpusim.cli import main
+from sim import Program
 
 
 def run(capsys, *argv):
@@ -63,6 +64,12 @@ def test_compile_then_simulate(capsys, tmp_path):
     rc, out, _ = run(capsys, "simulate", str(path), "--engine", "reference", "--json")
     sim = json.loads(out)
     assert rc == 0 and sim["cycles"] == compiled["predicted_cycles"]
+    trace = tmp_path / "trace.json"
+    rc, out, _ = run(capsys, "trace", str(path), "-o", str(trace), "--json")
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert rc == 0 and json.loads(out)["trace"] == str(trace)
+    repetitions = int(Program.load(path).instrs["repeat"].sum())
+    assert sum(e["ph"] == "X" for e in events) == repetitions
 
 
 @pytest.mark.parametrize(
