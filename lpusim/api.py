@@ -117,10 +117,11 @@ def run_decode_step(program: Program, params, x, cache, *, engine="numba"):
     """Functional simulation of one decode step: (logits, new cache, SimResult)."""
     result = simulate(program, decode_inputs(params, x, cache), engine=engine)
     out = result.outputs
-    n = len(cache["k"])
-    new_cache = {kv: [out[f"cache/{kv}/{i}"] for i in range(n)] for kv in ("k", "v")}
-    dtype = cache["k"][0].dtype
-    new_cache = {kv: [a.astype(dtype) for a in arrs] for kv, arrs in new_cache.items()}
+    dtype = cache["k"][0].dtype  # outputs come back as float32; the cache is stored in `dtype`
+    new_cache = {
+        kv: [out[f"cache/{kv}/{i}"].astype(dtype) for i in range(len(cache[kv]))]
+        for kv in ("k", "v")
+    }
     return out["logits"], new_cache, result
 
 
@@ -176,6 +177,7 @@ def validate(
     *,
     tokens: int = 16,
     prompt: tuple[int, ...] = (1,),
+    chips: int = 1,
     seed: int = 0,
     engine: str = "numba",
     tolerance: float | None = None,
@@ -197,7 +199,7 @@ def validate(
     lpu_tok = jax_tok = prompt[0]
     lpu_out, jax_out, steps = [], [], []
     for pos in range(context):
-        program = compile_program(cfg, hw, pos=pos, context=context)
+        program = compile_program(cfg, hw, chips=chips, pos=pos, context=context)
         lpu_logits, lpu_cache, result = run_decode_step(
             program, params, embed(params, lpu_tok), lpu_cache, engine=engine
         )

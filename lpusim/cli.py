@@ -117,10 +117,14 @@ def _cmd_validate(args) -> int:
         prompt = tuple(int(t) for t in args.prompt.split(","))
     except ValueError:
         raise LpuError(f"--prompt {args.prompt!r} must be comma-separated integers") from None
-    if args.chips != 1:
-        raise LpuError(f"--chips {args.chips}: multi-chip simulation is not implemented yet")
     v = validate(
-        args.model, args.hw, tokens=args.tokens, prompt=prompt, seed=args.seed, engine=args.engine
+        args.model,
+        args.hw,
+        tokens=args.tokens,
+        prompt=prompt,
+        chips=args.chips,
+        seed=args.seed,
+        engine=args.engine,
     )
     obj = v.to_dict()
     obj["predicted_cycles"] = sum(v.predicted_cycles)

@@ -260,6 +260,17 @@ def queue_position(hw: HardwareConfig, q: int) -> int:
     return hw.mxm_position(q - queue_mxm(hw, 0))
 
 
+def direction(src_position: int, dst_position: int) -> int:
+    """0 (eastward) when the destination is east of the source or at it, else 1 (westward)."""
+    return 0 if dst_position >= src_position else 1
+
+
+def diagonal(direction: int, cycle: int, position: int) -> int:
+    """A vector on a stream is at position p0 + k (east) or p0 - k (west) at cycle t0 + k, so
+    cycle - position (east) or cycle + position (west) names it wherever it is."""
+    return cycle - position if direction == 0 else cycle + position
+
+
 def stream_name(hw: HardwareConfig, s: int) -> str:
     return f"{'EW'[s // hw.streams_per_direction]}{s % hw.streams_per_direction}"
 

@@ -195,7 +195,6 @@ class Program:
         for i, s in enumerate(self.symbols):
             arrays[f"sym{i}_slices"], arrays[f"sym{i}_addrs"] = s.slices, s.addrs
             arrays[f"sym{i}_vids"] = s.vids
-        for i, s in enumerate(self.symbols):
             if s.kind == "const":
                 arrays[f"const{i}"] = self.consts[s.name]
         buf = io.BytesIO()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 
 from sim.errors import ScheduleViolation
@@ -39,6 +40,7 @@ from sim.isa import (
     DType,
     Op,
     Unit,
+    diagonal,
     disassemble_one,
     latency,
     queue_name,
@@ -95,8 +97,6 @@ def _round(values64: np.ndarray, code: int) -> np.ndarray:
     if code == DType.FLOAT16:
         return out.astype(np.float16).astype(np.float32)
     if code == DType.BFLOAT16:
-        import ml_dtypes
-
         return out.astype(ml_dtypes.bfloat16).astype(np.float32)
     if code == DType.BOOL:
         return (out != 0).astype(np.float32)
@@ -158,7 +158,7 @@ def run_reference(
         d, s = divmod(st, S)
         if s % width or s + width > S:
             raise violation(i, t0, f"stream group {stream_name(hw, st)} x{width} is misaligned")
-        diag = t0 - p0 if d == 0 else t0 + p0
+        diag = diagonal(d, t0, p0)
         for m in range(width):
             key = (chip, d, s + m, diag)
             if key in streams:
@@ -173,7 +173,7 @@ def run_reference(
 
     def take(i, chip, st, p, t, expect=-1):
         d, s = divmod(st, S)
-        diag = t - p if d == 0 else t + p
+        diag = diagonal(d, t, p)
         entry = streams.get((chip, d, s, diag))
         if entry is None or (p < entry[2] if d == 0 else p > entry[2]):
             raise violation(

@@ -15,6 +15,8 @@ vectors, splat when the last axis is 1). Then per op kind:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from compiler.ir.graph import Graph, Kind, Node
@@ -324,7 +326,4 @@ def _dead_code(vp: VProgram) -> None:
             keep.append(op)
             live.update(op.ins)
             live.update(op.rows)
-    vp.ops = [
-        VOp(k, *(getattr(op, f) for f in VOp.__dataclass_fields__ if f != "id"))
-        for k, op in enumerate(reversed(keep))
-    ]
+    vp.ops = [dataclasses.replace(op, id=k) for k, op in enumerate(reversed(keep))]

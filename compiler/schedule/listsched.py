@@ -29,6 +29,8 @@ from sim.isa import (
     DType,
     Op,
     Unit,
+    diagonal,
+    direction,
     latency,
     queue_mxm,
     queue_sxm,
@@ -125,6 +127,22 @@ class _Scheduler:
                 return d * self.S + s
         return None
 
+    def ports(self, kind: str, g: int, width: int, t: int) -> bool:
+        """Claim the `kind` ("rd"/"wr") ports of slices g..g+width-1 at cycle t, if all free."""
+        if not all(self.res.free((kind, g + m), t) for m in range(width)):
+            return False
+        for m in range(width):
+            self.res.take((kind, g + m), t)
+        return True
+
+    def mem_record(self, op: Op, t: int, g: int, vid: int, src: int, **streams) -> dict:
+        record = dict(
+            op=op, cycle=t, queue=g, slice=g, dtype=self.vp.dtypes[vid], vid=vid, src=src, **streams
+        )
+        if op == Op.WRITE:
+            record["_home"] = g  # becomes a copy of `vid` when committed
+        return record
+
     def read(self, vid: int, t: int, pos: int, src: int, pend: list, busy=()) -> bool:
         """Claim a READ of `vid`, from any of its copies whose slices are not in `busy`, so that
         it passes position `pos` at cycle `t`."""
@@ -133,30 +151,17 @@ class _Scheduler:
             if busy and any(g + m in busy for m in range(w)):
                 continue
             p0 = hw.slice_position(g)
-            d = 0 if pos >= p0 else 1
             t0 = t - abs(pos - p0)  # enters the stream
             tr = t0 - self.rl  # READ issue
             if tr < self.ready[(vid, g)]:
                 continue
-            if not all(self.res.free(("rd", g + m), tr) for m in range(w)):
+            mark = self.res.mark()
+            d = direction(p0, pos)
+            st = self.stream(d, w, diagonal(d, t0, p0))
+            if st is None or not self.ports("rd", g, w, tr):
+                self.res.undo(mark)
                 continue
-            st = self.stream(d, w, t0 - p0 if d == 0 else t0 + p0)
-            if st is None:
-                continue
-            for m in range(w):
-                self.res.take(("rd", g + m), tr)
-            pend.append(
-                dict(
-                    op=Op.READ,
-                    cycle=tr,
-                    queue=g,
-                    slice=g,
-                    dtype=self.vp.dtypes[vid],
-                    sd=st,
-                    vid=vid,
-                    src=src,
-                )
-            )
+            pend.append(self.mem_record(Op.READ, tr, g, vid, src, sd=st))
             return True
         return False
 
@@ -168,28 +173,13 @@ class _Scheduler:
             if avoid and any(g + m in avoid for m in range(w)):
                 continue
             p = hw.slice_position(g)
-            tw = t0 + abs(p - pos)
-            if not all(self.res.free(("wr", g + m), tw) for m in range(w)):
+            mark = self.res.mark()
+            d = direction(pos, p)
+            st = self.stream(d, w, diagonal(d, t0, pos))
+            if st is None or not self.ports("wr", g, w, t0 + abs(p - pos)):
+                self.res.undo(mark)
                 continue
-            d = 0 if p >= pos else 1
-            st = self.stream(d, w, t0 - pos if d == 0 else t0 + pos)
-            if st is None:
-                continue
-            for m in range(w):
-                self.res.take(("wr", g + m), tw)
-            pend.append(
-                dict(
-                    op=Op.WRITE,
-                    cycle=tw,
-                    queue=g,
-                    slice=g,
-                    dtype=self.vp.dtypes[vid],
-                    s0=st,
-                    vid=vid,
-                    src=src,
-                    _home=g,
-                )
-            )
+            pend.append(self.mem_record(Op.WRITE, t0 + abs(p - pos), g, vid, src, s0=st))
             return True
         return False
 
@@ -232,25 +222,11 @@ class _Scheduler:
                 if any(g + m in avoid for m in range(w)):
                     continue
                 ta = t + abs(hw.slice_position(g) - p0)  # passes g's position
-                if not all(self.res.free(("wr", g + m), ta) for m in range(w)):
-                    continue
                 pend: list = []
-                if self.read(vid, ta, hw.slice_position(g), src, pend):
-                    for m in range(w):
-                        self.res.take(("wr", g + m), ta)
-                    pend.append(
-                        dict(
-                            op=Op.WRITE,
-                            cycle=ta,
-                            queue=g,
-                            slice=g,
-                            s0=pend[0]["sd"],
-                            dtype=self.vp.dtypes[vid],
-                            vid=vid,
-                            src=src,
-                            _home=g,
-                        )
-                    )
+                if self.ports("wr", g, w, ta) and self.read(
+                    vid, ta, hw.slice_position(g), src, pend
+                ):
+                    pend.append(self.mem_record(Op.WRITE, ta, g, vid, src, s0=pend[0]["sd"]))
                     self.commit(pend)
                     return
                 self.res.rollback()
@@ -421,17 +397,21 @@ class _Scheduler:
             self.records.append(r)
 
 
-def _priorities(vp: VProgram, hw: HardwareConfig) -> list[int]:
-    """Longest path (estimated cycles) from each vop to the end of the program."""
-    producer = {}
-    for op in vp.ops:
-        for o in op.outs:
-            producer[o] = op.id
+def _dependencies(vp: VProgram) -> tuple[list[int], dict[int, list[int]]]:
+    """How many vops each vop waits for, and the vops that use each vop's results."""
+    producer = {o: op.id for op in vp.ops for o in op.outs}
+    waiting = [0] * len(vp.ops)
     users: dict[int, list[int]] = defaultdict(list)
     for op in vp.ops:
-        for v in (*op.ins, *op.rows):
-            if v in producer:
-                users[producer[v]].append(op.id)
+        preds = {producer[v] for v in (*op.ins, *op.rows) if v in producer}
+        waiting[op.id] = len(preds)
+        for p in preds:
+            users[p].append(op.id)
+    return waiting, users
+
+
+def _priorities(vp: VProgram, hw: HardwareConfig, users: dict[int, list[int]]) -> list[int]:
+    """Longest path (estimated cycles) from each vop to the end of the program."""
     prio = [0] * len(vp.ops)
     overhead = hw.mem_read_latency_cycles + hw.mem_write_latency_cycles + hw.half_slices
     for op in reversed(vp.ops):
@@ -444,15 +424,8 @@ def _priorities(vp: VProgram, hw: HardwareConfig) -> list[int]:
 
 def schedule(vp: VProgram, hw: HardwareConfig, placement: Placement) -> Schedule:
     s = _Scheduler(vp, hw, placement)
-    prio = _priorities(vp, hw)
-    producer = {o: op.id for op in vp.ops for o in op.outs}
-    waiting = [0] * len(vp.ops)
-    users: dict[int, list[int]] = defaultdict(list)
-    for op in vp.ops:
-        preds = {producer[v] for v in (*op.ins, *op.rows) if v in producer}
-        waiting[op.id] = len(preds)
-        for p in preds:
-            users[p].append(op.id)
+    waiting, users = _dependencies(vp)
+    prio = _priorities(vp, hw, users)
     heap = [(-prio[op.id], op.id) for op in vp.ops if waiting[op.id] == 0]
     heapq.heapify(heap)
     done = 0

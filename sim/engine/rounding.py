@@ -89,7 +89,7 @@ def quiet_nans(v):
 @njit
 def round_vector(v, code):
     """Round the float32 vector `v` in place to element type `code`, kept as float32 (the storage
-    format of every vector, as `sim.isa.round_to`)."""
+    format of every vector, as `_round` in sim/reference.py)."""
     if code == FLOAT16:
         bits = v.view(np.uint32)
         for k in range(v.size):

@@ -79,6 +79,7 @@ def test_compile_then_simulate(capsys, tmp_path):
         (["estimate", "--hw", "tsp9"], "unknown hardware preset 'tsp9'"),
         (["estimate", "--model", "llama2-7b"], "needs at least"),
         (["estimate", "--chips", "8"], "chips=8"),
+        (["validate", "--chips", "2", "--tokens", "1"], "chips=2"),
         (["estimate", "--context", "0"], "context=0"),
         (["compile", "--pos", "99", "--context", "4", "-o", "x.lpu"], "pos=99"),
         (["simulate", "missing.lpu"], "does not exist"),
