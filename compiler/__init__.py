@@ -47,10 +47,10 @@ def lower(fn: Callable, args: dict, params: frozenset = frozenset()) -> Graph:
 
 def compile_graph(graph: Graph, hw: HardwareConfig, *, chips: int = 1, meta=None) -> Program:
     check_fits(graph, hw, chips)  # fail before any work if the model cannot fit
-    vp = tile(graph, hw.lanes)  # tensors -> vectors, ops -> VXM/SXM/MXM vops
+    vp = tile(graph, hw.lanes)  # tensors -> runs of vectors, ops -> VXM/SXM/MXM vops
     placement = place_static(vp, hw)  # weights, inputs, constants: fixed SRAM homes
     sched = list_schedule(vp, hw, placement)  # list scheduler over the chip's resources
-    return emit(vp, sched, hw, placement, meta or {})  # addresses by liveness, instructions
+    return emit(vp, sched, hw, meta or {}, placement.next_addr)  # addresses, instructions
 
 
 def compile(

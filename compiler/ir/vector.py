@@ -2,9 +2,18 @@
 
     vprogram := vectors, vops, tables, symbols
     vector   := vid -> element type            (one `lanes`-wide vector of the machine)
-    vop      := VXM op ins -> out [imm]        elementwise on whole vectors
-              | SXM op in -> out [count|table] lane reduction or permutation
+    vop      := VXM op ins -> out [imm] xn         elementwise on runs of n vectors
+              | SXM op in -> out [count|table] xn  lane reduction or permutation of each vector
               | MXM rows (install, maybe transposed) ; ins (streamed through) -> outs [count]
+
+A run is n vectors with consecutive ids: a VXM/SXM vop with `n > 1` reads vectors ins[k] + j and
+writes outs[0] + j for j in 0..n-1, as one streamed instruction does on the chip. An MXM vop
+installs the weight vectors `rows` (any ids, in row order) once and streams its n = len(ins)
+inputs through them, producing the run outs[0]..outs[0] + n - 1.
+
+Fresh tensors are numbered column-major by vector: vector (row r, tile j) of a (rows, tiles)
+tensor gets id base + j * rows + r, so a column of tiles (what an MXM tile or an elementwise op
+streams) is one run. `VProgram.vids` lists them in the tensor layout of sim/program.py.
 
 A vop reads its operands from SRAM and writes its results to SRAM; the scheduler decides the
 cycles, slices and streams, the allocator the addresses.
@@ -19,20 +28,30 @@ import numpy as np
 from sim.isa import DType, Op, Unit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VOp:
     id: int
     unit: Unit
     op: Op
-    ins: tuple[int, ...]
-    outs: tuple[int, ...]
+    ins: tuple[int, ...]  # VXM/SXM: first vid of each operand run; MXM: every input vid
+    outs: tuple[int, ...]  # first vid of the output run
     dtype: DType  # element type of the outputs
     src: int  # graph node id it came from
     imm: float | None = None  # scalar second operand of a binary VXM op
     count: int = 0  # valid lanes (SXM reduce) or contraction length (MXM)
     table: int = -1  # SXM permute table
-    rows: tuple[int, ...] = ()  # MXM: the weight vectors installed, in row order
+    rows: np.ndarray | None = None  # MXM: (rows,) int64 weight vids installed, in row order
     transposed: bool = False  # MXM: rows are installed as columns
+    n: int = 1  # run length
+
+    def out_range(self) -> range:
+        return range(self.outs[0], self.outs[0] + self.n)
+
+    def in_vids(self) -> np.ndarray:
+        """Every vector this vop reads (operands and installed rows)."""
+        if self.unit == Unit.MXM:
+            return np.concatenate([np.asarray(self.ins, np.int64), self.rows])
+        return (np.asarray(self.ins, np.int64)[:, None] + np.arange(self.n)).ravel()
 
 
 @dataclass(frozen=True)
@@ -57,3 +76,9 @@ class VProgram:
         start = len(self.dtypes)
         self.dtypes.extend([dtype] * n)
         return np.arange(start, start + n, dtype=np.int64)
+
+    def tensor_vids(self, rows: int, tiles: int, dtype: DType) -> np.ndarray:
+        """Fresh vids of a (rows, tiles) tensor in layout order, numbered column-major."""
+        base = self.new_vids(rows * tiles, dtype)[0] if rows * tiles else 0
+        k = np.arange(rows * tiles, dtype=np.int64)
+        return base + (k % tiles) * rows + k // tiles

@@ -66,13 +66,23 @@ def fits(need: dict[str, int], hw: HardwareConfig, chips: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Segment:
+    """A run of vectors vids v0..v0+n-1 at addresses addr..addr+n-1 of one slice group."""
+
+    v0: int
+    n: int
+    group: int  # base slice of the group
+    addr: int
+
+
 @dataclass
 class Placement:
-    """Home of every placed vector: base slice of its group and address."""
+    """Homes of the vectors that live in SRAM for the whole program (parameters, inputs,
+    constants), as segments, and the first free address of every slice above them."""
 
-    slice: dict[int, int]
-    addr: dict[int, int]
-    next_addr: np.ndarray  # (slices,) first address above the static region
+    segments: list[Segment]
+    next_addr: np.ndarray  # (slices,) int64
 
 
 def slice_groups(hw: HardwareConfig, width: int) -> list[int]:
@@ -83,29 +93,50 @@ def slice_groups(hw: HardwareConfig, width: int) -> list[int]:
     return [s for pair in zip(west, east, strict=True) for s in pair]
 
 
-def place_static(vp: VProgram, hw: HardwareConfig) -> Placement:
-    next_addr = np.zeros(hw.mem_slices, np.int64)
-    cursor: dict[int, int] = {}
-    home_s, home_a = {}, {}
+def chunk_vectors(hw: HardwareConfig) -> int:
+    """Vectors per stored segment: a weight tile's rows come from lanes / chunk slice groups at
+    once, as many as the MXM installs per cycle (REFERENCE.md "MXM": < 40 cycles for a tile)."""
+    return max(1, -(-hw.lanes // hw.mxm_install_vectors_per_cycle))
+
+
+def place_static(
+    vp: VProgram,
+    hw: HardwareConfig,
+    names=None,
+    next_addr: np.ndarray | None = None,
+    cursor: dict | None = None,
+) -> Placement:
+    """Place the non-output symbols (those in `names`, if given) column by column in segments of
+    `chunk_vectors`, round-robin over the slice groups of their width (so the rows of a weight tile
+    sit in different slices and stream out together), from `next_addr` up."""
+    next_addr = np.zeros(hw.mem_slices, np.int64) if next_addr is None else next_addr
+    cursor = {} if cursor is None else cursor
+    chunk = chunk_vectors(hw)
+    placed: set[int] = set()
+    segments = []
     for sym in vp.symbols:
-        if sym.kind == "output":
+        if sym.kind == "output" or (names is not None and sym.name not in names):
             continue
         width = DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]]
         groups = slice_groups(hw, width)
-        for vid in sym.vids:
-            vid = int(vid)
-            if vid in home_s:
+        rows, tiles, _ = tensor_layout(sym.shape, hw.lanes)
+        cols = sym.vids.reshape(rows, tiles).T  # (tiles, rows): each column is one run
+        for col in cols:
+            if int(col[0]) in placed:
                 continue
-            k = cursor.get(width, 0)
-            cursor[width] = k + 1
-            s = groups[k % len(groups)]
-            a = int(next_addr[s : s + width].max())
-            if a >= hw.words_per_slice:
-                raise ModelTooLarge(
-                    f"parameters, inputs and constants overflow slice {s} of {hw.name} "
-                    f"({hw.words_per_slice} words of {hw.lanes} bytes); "
-                    f"the chip has {hw.sram_bytes:,} bytes of SRAM"
-                )
-            next_addr[s : s + width] = a + 1
-            home_s[vid], home_a[vid] = s, a
-    return Placement(home_s, home_a, next_addr)
+            placed.update(int(v) for v in col[:1])
+            for r0 in range(0, rows, chunk):
+                n = min(chunk, rows - r0)
+                k = cursor.get(width, 0)
+                cursor[width] = k + 1
+                g = groups[k % len(groups)]
+                a = int(next_addr[g : g + width].max())
+                if a + n > hw.words_per_slice:
+                    raise ModelTooLarge(
+                        f"parameters, inputs and constants overflow slice {g} of {hw.name} "
+                        f"({hw.words_per_slice} words of {hw.lanes} bytes); "
+                        f"the chip has {hw.sram_bytes:,} bytes of SRAM"
+                    )
+                next_addr[g : g + width] = a + n
+                segments.append(Segment(int(col[r0]), n, g, a))
+    return Placement(segments, next_addr)

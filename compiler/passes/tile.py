@@ -3,12 +3,13 @@
 Every tensor becomes its vectors in the chip's layout (sim/program.py: rows of ceil(n/lanes)
 vectors, splat when the last axis is 1). Then per op kind:
 
-- elementwise: one VXM op per output vector;
+- elementwise: one VXM op per run of vectors whose operands are runs too (a column of tiles,
+  or the whole tensor when every operand is numbered alike);
 - LANE_SUM/LANE_MAX: an SXM reduction per vector (counting only valid lanes), VXM ops across a
   row's vectors;
 - REDUCE over leading axes: VXM ops across the rows that meet;
 - DOT: per (batch, outer, N tile, K tile) a weight tile installed in an MXM plane and the lhs rows
-  streamed through it; partial sums over K tiles added on the VXM;
+  streamed through it; partial sums over K tiles added on the VXM, a run of M vectors at a time;
 - RELAYOUT: an output vector that is lane-for-lane an existing vector *is* that vector (free);
   otherwise one SXM permute per source vector, summed on the VXM.
 """
@@ -47,27 +48,31 @@ class _Tiler:
         self.tables: dict[tuple, int] = {}
         self.src = -1
 
-    def op(self, unit, op, ins, dtype, n_out=1, **kw) -> np.ndarray:
-        outs = self.vp.new_vids(n_out, dtype)
+    def op(self, unit, op, ins, dtype, n=1, out0: int | None = None, **kw) -> np.ndarray:
+        """A vop on runs of n vectors (MXM: n = len(ins)) writing fresh vids, or the run from
+        `out0` already numbered; returns its n output vids."""
+        outs = self.vp.new_vids(n, dtype) if out0 is None else out0 + np.arange(n)
         vop = VOp(
             len(self.vp.ops),
             unit,
             op,
             tuple(int(i) for i in ins),
-            tuple(int(o) for o in outs),
+            (int(outs[0]),),
             dtype,
             self.src,
+            n=n,
             **kw,
         )
         self.vp.ops.append(vop)
         return outs
 
-    def combine(self, op: Op, vids: list[int], dtype: DType) -> int:
-        """Fold vectors with a binary VXM op as a balanced tree (shorter dependency chains)."""
+    def combine(self, op: Op, vids: list[int], dtype: DType, n: int = 1) -> int:
+        """Fold runs of n vectors with a binary VXM op as a balanced tree (shorter dependency
+        chains); `vids` and the result are the runs' first vids."""
         vids = list(vids)
         while len(vids) > 1:
             nxt = [
-                int(self.op(Unit.VXM, op, vids[i : i + 2], dtype)[0])
+                int(self.op(Unit.VXM, op, vids[i : i + 2], dtype, n)[0])
                 for i in range(0, len(vids) - 1, 2)
             ]
             if len(vids) % 2:
@@ -118,31 +123,58 @@ def _code(n: Node) -> DType:
     return DTYPE_BY_NAME[n.dtype]
 
 
-def _n_vectors(t: _Tiler, n: Node) -> int:
+def _fresh(t: _Tiler, n: Node) -> np.ndarray:
     rows, tiles, _ = tensor_layout(n.shape, t.lanes)
-    return rows * tiles
+    return t.vp.tensor_vids(rows, tiles, _code(n))
 
 
 def _input(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
-    vids = t.vp.new_vids(_n_vectors(t, n), _code(n))
+    vids = _fresh(t, n)
     t.vp.symbols.append(VSymbol(n.attrs["name"], n.attrs["kind"], n.shape, n.dtype, vids))
     return vids
 
 
 def _const(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
-    vids = t.vp.new_vids(_n_vectors(t, n), _code(n))
+    vids = _fresh(t, n)
     name = f"const%{n.id}"
     t.vp.symbols.append(VSymbol(name, "const", n.shape, n.dtype, vids, n.attrs["value"]))
     return vids
 
 
+# Conversions that change no value: every value of the source type is exact in the target. On a
+# parameter they cost nothing, since the MXM installs the stored (e.g. INT8) weights as they are.
+EXACT_WIDENING = {
+    ("int8", "float16"),
+    ("int8", "bfloat16"),
+    ("int8", "float32"),
+    ("float8_e4m3fn", "float16"),
+    ("float8_e4m3fn", "bfloat16"),
+    ("float8_e4m3fn", "float32"),
+    ("float16", "float32"),
+    ("bfloat16", "float32"),
+}
+
+
 def _elementwise(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     operands = [t.vecs[i] for i in n.inputs]
+    if n.kind == Kind.CONVERT:
+        x = g.nodes[n.inputs[0]]
+        param = x.kind == Kind.INPUT and x.attrs["kind"] == "param"
+        if param and (x.dtype, n.dtype) in EXACT_WIDENING:
+            return operands[0]
     imm = n.attrs.get("imm")
-    out = np.empty(_n_vectors(t, n), np.int64)
-    for k in range(len(out)):
-        ins = [int(v[k]) for v in operands]
-        out[k] = t.op(Unit.VXM, VXM_OF[n.kind], ins, _code(n), imm=imm)[0]
+    out = _fresh(t, n)
+    rows, tiles, _ = tensor_layout(n.shape, t.lanes)
+    order = np.arange(rows * tiles).reshape(rows, tiles).T.ravel()  # column-major: the runs
+    cols = [out[order]] + [v[order] for v in operands]
+    step = np.ones(max(len(order) - 1, 0), bool)
+    for c in cols:
+        step &= np.diff(c) == 1
+    starts = np.concatenate([[0], np.flatnonzero(~step) + 1])
+    ends = np.concatenate([starts[1:], [len(order)]])
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        ins = [int(c[a]) for c in cols[1:]]
+        t.op(Unit.VXM, VXM_OF[n.kind], ins, _code(n), b - a, int(cols[0][a]), imm=imm)
     return out
 
 
@@ -229,18 +261,17 @@ def _dot(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
                             Op.MATMUL,
                             L[b, :, kt],
                             DType.FLOAT32,
-                            n_out=M,
+                            M,
                             count=count,
-                            rows=tuple(int(r) for r in rows),
+                            rows=np.array(rows, np.int64),
                             transposed=tr,
                         )
                     )
-                for m in range(M):
-                    v = t.combine(Op.ADD, [int(p[m]) for p in partials], DType.FLOAT32)
-                    if N == 1 and tr:  # only lane 0 holds the value: splat it
-                        tab = t.table(np.zeros(lanes, np.int64))
-                        v = int(t.op(Unit.SXM, Op.PERMUTE, [v], DType.FLOAT32, table=tab)[0])
-                    out[b, m, f, j] = v
+                v = t.combine(Op.ADD, [int(p[0]) for p in partials], DType.FLOAT32, M)
+                if N == 1 and tr:  # only lane 0 holds the value: splat it
+                    tab = t.table(np.zeros(lanes, np.int64))
+                    v = int(t.op(Unit.SXM, Op.PERMUTE, [v], DType.FLOAT32, M, table=tab)[0])
+                out[b, :, f, j] = v + np.arange(M)
     return out.ravel()
 
 
@@ -316,14 +347,14 @@ LOWER = {
 
 def _dead_code(vp: VProgram) -> None:
     """Drop vops whose results nobody reads (e.g. vectors a relayout turned out not to need)."""
-    live = set()
+    live = np.zeros(len(vp.dtypes), bool)
     for s in vp.symbols:
         if s.kind == "output":
-            live.update(int(v) for v in s.vids)
+            live[s.vids] = True
     keep = []
     for op in reversed(vp.ops):
-        if any(o in live for o in op.outs):
+        o = op.outs[0]
+        if live[o : o + op.n].any():
             keep.append(op)
-            live.update(op.ins)
-            live.update(op.rows)
+            live[op.in_vids()] = True
     vp.ops = [dataclasses.replace(op, id=k) for k, op in enumerate(reversed(keep))]

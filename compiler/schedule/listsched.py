@@ -1,24 +1,37 @@
-"""The resource-constrained list scheduler.
+"""The resource-constrained list scheduler, on streams of vectors.
 
 Vops are taken from a ready list in priority order (longest path to the end first; ties by id, so
-the schedule is deterministic). Each is placed at the earliest cycle at which *every* resource it
-needs is free, over the same resource model the simulator checks (sim/reference.py):
+the schedule is deterministic). A vop on a run of n vectors becomes *pieces*, one per stretch of
+its operands that is stored contiguously in one slice group; each piece is one group of streamed
+instructions that repeat n times, one vector per cycle, as the TSP's Repeat does:
 
-- a READ of each operand from its home slice group, timed so that the vector passes the unit
-  exactly when the unit consumes it (one position per cycle on a free stream group);
-- the unit itself (VXM ALUs, an SXM unit, an MXM plane's install port and compute port);
-- a WRITE of each result into a slice group with a free write port (nearest first), on a free
-  stream group, at exactly the cycle the result passes it.
+- a READ of each operand from one of its copies, timed so that vector j passes the unit exactly
+  when the unit consumes it (one position per cycle on a free stream group);
+- the unit itself (a VXM ALU, an SXM unit, an MXM plane's install port or compute pipeline);
+- a WRITE of the results into the nearest slice group whose write port is free when they pass
+  (or the slice group an output is pinned to).
 
-The output is a list of instruction records (addresses still symbolic: the vector id), the home
-slice of each computed vector, and the predicted cycle count, which the simulator must measure too.
+An MXM vop installs its weight tile as parallel INSTALL pieces (one per stored segment of rows, up
+to the plane's install width at once) and then streams its inputs through it.
+
+Every resource is a capacity-one timeline of busy intervals (`Busy`): a port or unit by cycle, a
+stream by diagonal (sim.isa.diagonal), so a piece's claims are intervals of length n at fixed
+offsets from its issue cycle. The earliest cycle at which all of them are free is found by jumping
+from one busy interval's end to the next (a bisection each), never cycle by cycle.
+
+The output: instruction records (READ/WRITE addresses still relative to a `Copy`, which the
+allocator places), every copy of every stored run, and the predicted cycle count, which the
+simulator must measure too.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from compiler.ir.vector import VOp, VProgram
 from compiler.passes.place import Placement, slice_groups
@@ -29,83 +42,134 @@ from sim.isa import (
     DType,
     Op,
     Unit,
-    diagonal,
-    direction,
     latency,
     queue_mxm,
     queue_sxm,
     queue_vxm,
 )
 
+# Results go to the least written of the nearest SPREAD slice groups.
+SPREAD = 2
+# ... or, when those are busy, one of the nearest WRITE_REACH.
+WRITE_REACH = 8
+
+# A piece that finds no common free slot after this many attempts means a scheduler bug.
+LIMIT_ATTEMPTS = 10_000
+
+
+class Busy:
+    """The busy cycles (or diagonals) of one capacity-one resource: sorted, disjoint, merged
+    half-open intervals [lo[i], hi[i])."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self) -> None:
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+
+    def earliest(self, t: int, n: int) -> int:
+        """The first s >= t with [s, s + n) free."""
+        lo, hi = self.lo, self.hi
+        i = bisect_right(lo, t) - 1
+        if i >= 0 and hi[i] > t:
+            t = hi[i]
+        i += 1
+        while i < len(lo) and lo[i] < t + n:
+            t = hi[i]
+            i += 1
+        return t
+
+    def add(self, t: int, n: int) -> None:
+        lo, hi = self.lo, self.hi
+        i = bisect_right(lo, t)
+        if i > 0 and hi[i - 1] == t:  # extends the interval before it
+            hi[i - 1] = t + n
+            if i < len(lo) and lo[i] == t + n:
+                hi[i - 1] = hi[i]
+                del lo[i], hi[i]
+        elif i < len(lo) and lo[i] == t + n:
+            lo[i] = t
+        else:
+            lo.insert(i, t)
+            hi.insert(i, t + n)
+
+
+@dataclass(eq=False)
+class Copy:
+    """One stored copy of a segment: in slice group `group`, readable from cycle `ready`."""
+
+    group: int
+    ready: int
+    write: int = -1  # cycle of its first WRITE, -1 if placed before the program starts
+    addr: int = -1  # fixed address (static or pinned), or -1 until the allocator places it
+    last_read: int = -1
+    index: int = 0  # position in Schedule.copies
+
+
+@dataclass(eq=False)
+class Seg:
+    """A run of vectors v0..v0+n-1 stored contiguously; every copy holds all of it."""
+
+    v0: int
+    n: int
+    copies: list[Copy] = field(default_factory=list)
+
 
 @dataclass
 class Schedule:
-    """A copy of a vector is (vid, base slice of its group): most vectors have one copy."""
-
-    records: list[dict]  # instruction records; READ/WRITE "addr" is filled by the allocator
-    home: dict[int, list[int]]  # vid -> its copies' groups, the first being where it was made
-    write_cycle: dict[tuple[int, int], int]  # computed copy -> cycle of its WRITE
-    last_read: dict[tuple[int, int], int]  # copy -> cycle of its last READ
+    records: list[dict]  # instruction records; READ/WRITE carry `_copy` and `_off` until placed
+    segs: list[Seg]  # every stored run, sorted by v0
+    copies: list[Copy]
     cycles: int  # predicted: the last event's completion
+    pinned_over: dict[int, int]  # copy index -> vid of the static vector it overwrites
 
 
-# A vop that finds no free slot within this many cycles of its earliest start means a bug.
-LIMIT_CYCLES = 1_000_000
+class _Store:
+    """vid -> the segment that holds it (segments never overlap)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.by_start: dict[int, Seg] = {}
+
+    def add(self, seg: Seg) -> None:
+        i = bisect_right(self.starts, seg.v0)
+        self.starts.insert(i, seg.v0)
+        self.by_start[seg.v0] = seg
+
+    def find(self, v: int) -> Seg | None:
+        i = bisect_right(self.starts, v) - 1
+        if i < 0:
+            return None
+        seg = self.by_start[self.starts[i]]
+        return seg if v < seg.v0 + seg.n else None
+
+    def get(self, v: int) -> Seg:
+        seg = self.find(v)
+        assert seg is not None, f"vector {v} is read before anything writes it: scheduler bug"
+        return seg
 
 
-class _Resources:
-    """Committed uses per (resource, cycle) plus the tentative claims of the vop being placed."""
-
-    def __init__(self, hw: HardwareConfig):
-        self.hw = hw
-        self.busy: dict[tuple, int] = defaultdict(int)
-        self.cap = {
-            "rd": 1,
-            "wr": 1,
-            "st": 1,
-            "vxm": hw.vxm_alus,
-            "sxm": hw.sxm_units_per_hemisphere,
-            "mxi": hw.mxm_install_vectors_per_cycle,
-            "mxc": 1,
-        }
-        self.pending: dict[tuple, int] = defaultdict(int)
-        self.log: list[tuple] = []  # tentative claims in order, so they can be undone
-
-    def free(self, key: tuple, t: int) -> bool:
-        k = (*key, t)
-        return self.busy[k] + self.pending[k] < self.cap[key[0]]
-
-    def take(self, key: tuple, t: int) -> None:
-        k = (*key, t)
-        self.pending[k] += 1
-        self.log.append(k)
-
-    def mark(self) -> int:
-        return len(self.log)
-
-    def undo(self, mark: int) -> None:
-        """Forget the tentative claims made since `mark`."""
-        while len(self.log) > mark:
-            self.pending[self.log.pop()] -= 1
-
-    def rollback(self) -> None:
-        self.pending.clear()
-        self.log.clear()
-
-    def commit(self) -> None:
-        for k, v in self.pending.items():
-            self.busy[k] += v
-        self.rollback()
+# A claim: intervals of n at offsets from a piece's issue cycle t, on resource keys.
+Items = list[tuple[tuple, int, int]]
 
 
 class _Scheduler:
-    def __init__(self, vp: VProgram, hw: HardwareConfig, placement: Placement):
+    def __init__(self, vp: VProgram, hw: HardwareConfig, placement: Placement, pins):
         self.vp, self.hw = vp, hw
-        self.res = _Resources(hw)
-        self.home: dict[int, list[int]] = {v: [g] for v, g in placement.slice.items()}
-        self.ready: dict[tuple[int, int], int] = {(v, g): 0 for v, g in placement.slice.items()}
-        self.write_cycle: dict[tuple[int, int], int] = {}
-        self.last_read: dict[tuple[int, int], int] = {}
+        self.busy: dict[tuple, Busy] = {}
+        self.store = _Store()
+        self.copies: list[Copy] = []
+        for s in placement.segments:
+            seg = Seg(s.v0, s.n)
+            self.add_copy(seg, Copy(s.group, 0, addr=s.addr))
+            self.store.add(seg)
+        self.pins = _Store()  # output vids that must be written to a fixed (group, address)
+        self.pin_at: dict[int, tuple[int, int, int]] = {}  # pin v0 -> (group, addr, old vid)
+        for v0, n, g, a, old in pins:
+            self.pins.add(Seg(v0, n))
+            self.pin_at[v0] = (g, a, old)
+        self.pinned_over: dict[int, int] = {}
+        self.writes = [0] * hw.mem_slices
         self.records: list[dict] = []
         self.end = 0
         self.plane_free = [0] * hw.mxm_planes
@@ -114,74 +178,14 @@ class _Scheduler:
         self.S = hw.streams_per_direction
         self._nearest: dict[tuple, list[int]] = {}
 
+    def add_copy(self, seg: Seg, copy: Copy) -> Copy:
+        copy.index = len(self.copies)
+        self.copies.append(copy)
+        seg.copies.append(copy)
+        return copy
+
     def width(self, vid: int) -> int:
         return DTYPE_BYTES[self.vp.dtypes[vid]]
-
-    # --- moving one vector ------------------------------------------------------------------
-
-    def stream(self, d: int, width: int, diag: int) -> int | None:
-        for s in range(0, self.S, width):
-            if all(self.res.free(("st", d, s + m), diag) for m in range(width)):
-                for m in range(width):
-                    self.res.take(("st", d, s + m), diag)
-                return d * self.S + s
-        return None
-
-    def ports(self, kind: str, g: int, width: int, t: int) -> bool:
-        """Claim the `kind` ("rd"/"wr") ports of slices g..g+width-1 at cycle t, if all free."""
-        if not all(self.res.free((kind, g + m), t) for m in range(width)):
-            return False
-        for m in range(width):
-            self.res.take((kind, g + m), t)
-        return True
-
-    def mem_record(self, op: Op, t: int, g: int, vid: int, src: int, **streams) -> dict:
-        record = dict(
-            op=op, cycle=t, queue=g, slice=g, dtype=self.vp.dtypes[vid], vid=vid, src=src, **streams
-        )
-        if op == Op.WRITE:
-            record["_home"] = g  # becomes a copy of `vid` when committed
-        return record
-
-    def read(self, vid: int, t: int, pos: int, src: int, pend: list, busy=()) -> bool:
-        """Claim a READ of `vid`, from any of its copies whose slices are not in `busy`, so that
-        it passes position `pos` at cycle `t`."""
-        hw, w = self.hw, self.width(vid)
-        for g in self.home[vid]:
-            if busy and any(g + m in busy for m in range(w)):
-                continue
-            p0 = hw.slice_position(g)
-            t0 = t - abs(pos - p0)  # enters the stream
-            tr = t0 - self.rl  # READ issue
-            if tr < self.ready[(vid, g)]:
-                continue
-            mark = self.res.mark()
-            d = direction(p0, pos)
-            st = self.stream(d, w, diagonal(d, t0, p0))
-            if st is None or not self.ports("rd", g, w, tr):
-                self.res.undo(mark)
-                continue
-            pend.append(self.mem_record(Op.READ, tr, g, vid, src, sd=st))
-            return True
-        return False
-
-    def write(self, vid: int, t0: int, pos: int, src: int, pend: list, avoid=()) -> bool:
-        """Claim a WRITE of `vid`, which enters a stream at position `pos` at cycle `t0`, into the
-        nearest slice group (none of whose slices is in `avoid`) that is free when it passes."""
-        hw, w = self.hw, self.width(vid)
-        for g in self.nearest(w, pos):
-            if avoid and any(g + m in avoid for m in range(w)):
-                continue
-            p = hw.slice_position(g)
-            mark = self.res.mark()
-            d = direction(pos, p)
-            st = self.stream(d, w, diagonal(d, t0, pos))
-            if st is None or not self.ports("wr", g, w, t0 + abs(p - pos)):
-                self.res.undo(mark)
-                continue
-            pend.append(self.mem_record(Op.WRITE, t0 + abs(p - pos), g, vid, src, s0=st))
-            return True
-        return False
 
     def nearest(self, width: int, pos: int) -> list[int]:
         key = (width, pos)
@@ -190,245 +194,402 @@ class _Scheduler:
             self._nearest[key] = sorted(self.groups[width], key=lambda g: (abs(p(g) - pos), g))
         return self._nearest[key]
 
-    def earliest(self, vid: int, pos: int) -> int:
-        """First cycle `vid` can pass position `pos` after being read from one of its copies."""
-        p = self.hw.slice_position
-        return min(self.ready[(vid, g)] + self.rl + abs(p(g) - pos) for g in self.home[vid])
+    # --- finding the earliest common free slot ------------------------------------------------
 
-    def slices_of(self, vid: int) -> set[int]:
-        return {g + m for g in self.home[vid] for m in range(self.width(vid))}
-
-    def separate(self, ins, src: int) -> None:
-        """Operands consumed in one cycle must come from different slices (one read port each):
-        copy an operand whose every copy shares slices with another operand's copies."""
-        distinct = list(dict.fromkeys(ins))
-        for k, v in enumerate(distinct):
-            others = set().union(*(self.slices_of(u) for u in distinct[:k]))
-            w = self.width(v)
-            if any(all(g + m not in others for m in range(w)) for g in self.home[v]):
-                continue
-            self.copy(v, others, src)
-
-    def copy(self, vid: int, avoid: set[int], src: int) -> None:
-        """MEM -> MEM move of `vid` into a slice group none of whose slices is in `avoid` (nor
-        holds a copy already): a READ and a WRITE on one stream."""
-        hw, w = self.hw, self.width(vid)
-        avoid = avoid | self.slices_of(vid)
-        g0 = self.home[vid][0]
-        p0 = hw.slice_position(g0)
-        t = self.ready[(vid, g0)] + self.rl  # when it can enter a stream at p0
+    def _earliest(self, key: tuple, s: int, n: int, tent: dict) -> int:
+        b = self.busy.get(key)
         while True:
-            for g in self.nearest(w, p0):
-                if any(g + m in avoid for m in range(w)):
-                    continue
-                ta = t + abs(hw.slice_position(g) - p0)  # passes g's position
-                pend: list = []
-                if self.ports("wr", g, w, ta) and self.read(
-                    vid, ta, hw.slice_position(g), src, pend
-                ):
-                    pend.append(self.mem_record(Op.WRITE, ta, g, vid, src, s0=pend[0]["sd"]))
-                    self.commit(pend)
-                    return
-                self.res.rollback()
-            t += 1
+            s2 = b.earliest(s, n) if b is not None else s
+            for ts, tn in tent.get(key, ()):
+                if ts < s2 + n and s2 < ts + tn:
+                    s2 = ts + tn
+            if s2 == s:
+                return s
+            s = s2
 
-    # --- placing one vop ------------------------------------------------------------------------
+    def _conj(self, items: Items, t: int, tent: dict) -> int:
+        """The first t' >= t at which every item is free."""
+        while True:
+            moved = False
+            for key, off, n in items:
+                s = self._earliest(key, t + off, n, tent)
+                if s != t + off:
+                    t, moved = s - off, True
+            if not moved:
+                return t
 
-    def read_operands(self, ins, t: int, pos: int, src: int, pend: list) -> list[int] | None:
-        """READs of a vop's operands (one per distinct vector); their streams in operand order."""
-        streams: dict[int, int] = {}
-        busy: set[int] = set()
-        for v in ins:
-            if v not in streams:
-                if not self.read(v, t, pos, src, pend, busy):
-                    return None
-                streams[v] = pend[-1]["sd"]
-                busy.update(pend[-1]["slice"] + m for m in range(self.width(v)))
-        return [streams[v] for v in ins]
+    def _solve(self, t: int, claims: list[Callable[[], Iterable]]) -> tuple[int, list]:
+        """Earliest t at which one option of every claim fits, each option being (items, lower
+        bound on t, payload); options are tried in order, the first that fits at t is taken."""
+        for _ in range(LIMIT_ATTEMPTS):
+            tent: dict[tuple, list] = {}
+            chosen = []
+            for claim in claims:
+                best = None
+                for items, lb, payload in claim():  # first, an option that fits at t as it is
+                    if lb <= t and self._fits(items, t, tent):
+                        best = (t, items, payload)
+                        break
+                if best is None:  # else the earliest any option can start
+                    for items, lb, payload in claim():
+                        tt = self._conj(items, max(t, lb), tent)
+                        if best is None or tt < best[0]:
+                            best = (tt, items, payload)
+                assert best is not None, "a claim with no option: scheduler bug"
+                if best[0] > t:
+                    t = best[0]
+                    break
+                chosen.append((best[1], best[2]))
+                for key, off, n in best[1]:
+                    tent.setdefault(key, []).append((t + off, n))
+            else:
+                return t, chosen
+        raise AssertionError("no common free slot found: scheduler bug")
+
+    def _fits(self, items: Items, t: int, tent: dict) -> bool:
+        for key, off, n in items:
+            s = t + off
+            b = self.busy.get(key)
+            if b is not None and b.earliest(s, n) != s:
+                return False
+            for ts, tn in tent.get(key, ()):
+                if ts < s + n and s < ts + tn:
+                    return False
+        return True
+
+    def _commit(self, t: int, chosen: list) -> None:
+        for items, _ in chosen:
+            for key, off, n in items:
+                b = self.busy.get(key)
+                if b is None:
+                    b = self.busy[key] = Busy()
+                b.add(t + off, n)
+
+    # --- claim options --------------------------------------------------------------------------
+
+    def _stream_items(self, d: int, s: int, w: int, diag_off: int, n: int) -> Items:
+        return [(("st", d, s + m), diag_off, n) for m in range(w)]
+
+    def read_options(self, seg: Seg, v0: int, w: int, pos: int, n: int, only: Copy | None = None):
+        """Options for READing vectors v0..v0+n-1 of `seg` (from copy `only`, if given) so that
+        vector v0+j passes `pos` at t+j: payload (copy, stream, direction)."""
+        hw = self.hw
+        jpass = 0
+        for c in seg.copies if only is None else [only]:
+            # A written copy's vectors land one per cycle from its first WRITE on.
+            ready = c.ready + (v0 - seg.v0 if c.write >= 0 else 0)
+            p0 = hw.slice_position(c.group)
+            off_r = jpass - abs(pos - p0) - self.rl  # READ issue relative to t
+            d = 0 if pos >= p0 else 1
+            diag_off = jpass - pos if d == 0 else jpass + pos
+            ports = [(("rd", c.group + m), off_r, n) for m in range(w)]
+            for s in range(0, self.S, w):
+                yield ports + self._stream_items(d, s, w, diag_off, n), ready - off_r, (c, s, d)
+
+    def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, avoid=()):
+        """Options for WRITing n results that enter a stream at `pos` at t+joff+j: payload
+        (group, stream, direction)."""
+        hw = self.hw
+        if pin is not None:
+            groups = [pin[0]]
+        else:  # the nearest few, least written first (so that operands of one op rarely share
+            # a slice and need a copy), then the rest by distance
+            near = self.nearest(w, pos)
+            groups = sorted(near[:SPREAD], key=lambda g: self.writes[g]) + near[SPREAD:WRITE_REACH]
+        for g in groups:
+            if avoid and any(g + m in avoid for m in range(w)):
+                continue
+            p = hw.slice_position(g)
+            d = 0 if p >= pos else 1
+            diag_off = joff - pos if d == 0 else joff + pos
+            ports = [(("wr", g + m), joff + abs(p - pos), n) for m in range(w)]
+            for s in range(0, self.S, w):
+                yield ports + self._stream_items(d, s, w, diag_off, n), 0, (g, s, d)
+
+    # --- recording ------------------------------------------------------------------------------
+
+    def record_read(self, t, items, payload, vid, n, src) -> int:
+        c, s, d = payload
+        tr = t + items[0][1]
+        seg = self.store.get(vid)
+        c.last_read = max(c.last_read, tr + n - 1)
+        self.records.append(
+            dict(
+                op=Op.READ, cycle=tr, queue=c.group, slice=c.group, dtype=self.vp.dtypes[vid],
+                vid=vid, src=src, sd=d * self.S + s, repeat=n, stride=1 if n > 1 else 0,
+                _copy=c, _off=vid - seg.v0,
+            )
+        )  # fmt: skip
+        return d * self.S + s
+
+    def record_write(self, t, items, payload, vid, n, src) -> int:
+        g, s, d = payload
+        tw = t + items[0][1]
+        pin_seg = self.pins.find(vid)
+        addr = -1
+        if pin_seg is not None:
+            pg, pa, old = self.pin_at[pin_seg.v0]
+            assert pg == g
+            addr = pa + vid - pin_seg.v0
+        seg = Seg(vid, n)
+        self.writes[g] += n
+        c = self.add_copy(seg, Copy(g, tw + self.wl, write=tw, addr=addr))
+        if pin_seg is not None:
+            self.pinned_over[c.index] = old + vid - pin_seg.v0 if old >= 0 else -1
+        self.store.add(seg)
+        self.records.append(
+            dict(
+                op=Op.WRITE, cycle=tw, queue=g, slice=g, dtype=self.vp.dtypes[vid], vid=vid,
+                src=src, s0=d * self.S + s, repeat=n, stride=1 if n > 1 else 0, _copy=c, _off=0,
+            )
+        )  # fmt: skip
+        return d * self.S + s
+
+    # --- pieces ---------------------------------------------------------------------------------
+
+    def boundaries(self, starts: list[int], n: int, out0: int | None) -> list[int]:
+        """Cut points of a run of n so that each piece of each operand run (and of the output
+        run, where pinned) lies in one segment."""
+        cuts = {0, n}
+        for v0 in starts:
+            j = 0
+            while j < n:
+                seg = self.store.get(v0 + j)
+                j = seg.v0 + seg.n - v0
+                cuts.add(min(j, n))
+        if out0 is not None:
+            starts = self.pins.starts
+            i = max(bisect_right(starts, out0) - 1, 0)
+            while i < len(starts) and starts[i] < out0 + n:
+                seg = self.pins.by_start[starts[i]]
+                cuts.add(min(max(seg.v0 - out0, 0), n))
+                cuts.add(min(max(seg.v0 + seg.n - out0, 0), n))
+                i += 1
+        return sorted(c for c in cuts if 0 <= c <= n)
+
+    def pin_of(self, vid: int):
+        seg = self.pins.find(vid)
+        return None if seg is None else self.pin_at[seg.v0]
+
+    def separate(self, operands: list[int], src: int) -> list[Copy]:
+        """Operands consumed in one cycle must come from different slices (one read port each):
+        pick a copy of each operand that shares no slice with the earlier operands' picks, and
+        make one (a MEM -> MEM copy) where there is none (always so for two vectors of one
+        segment)."""
+        picked: list[Copy] = []
+        taken: set[int] = set()
+        for v in operands:
+            seg, w = self.store.get(v), self.width(v)
+            free = [c for c in seg.copies if all(c.group + m not in taken for m in range(w))]
+            c = free[0] if free else self.copy(seg, taken, src)
+            picked.append(c)
+            taken.update(range(c.group, c.group + w))
+        return picked
+
+    def copy(self, seg: Seg, avoid: set[int], src: int) -> Copy:
+        """MEM -> MEM move of a whole segment into a slice group none of whose slices is in
+        `avoid` nor holds it already: a READ and a WRITE on one stream."""
+        hw, w, n = self.hw, self.width(seg.v0), seg.n
+        avoid = avoid | {c.group + m for c in seg.copies for m in range(w)}
+        p0 = hw.slice_position(seg.copies[0].group)
+        best = None
+        for g in [g for g in self.nearest(w, p0) if all(g + m not in avoid for m in range(w))][:4]:
+            pos = hw.slice_position(g)
+
+            def claims(g=g, pos=pos):
+                def wr():
+                    yield [(("wr", g + m), 0, n) for m in range(w)], 0, g
+
+                return [lambda: self.read_options(seg, seg.v0, w, pos, n), wr]
+
+            t, chosen = self._solve(0, claims())
+            if best is None or t < best[0]:
+                best = (t, chosen)
+        t, chosen = best
+        self._commit(t, chosen)
+        (r_items, r_pay), (_, g) = chosen
+        st = self.record_read(t, r_items, r_pay, seg.v0, n, src)
+        c = self.add_copy(seg, Copy(g, t + self.wl, write=t))
+        self.records.append(
+            dict(
+                op=Op.WRITE, cycle=t, queue=g, slice=g, dtype=self.vp.dtypes[seg.v0],
+                vid=seg.v0, src=src, s0=st, repeat=n, stride=1 if n > 1 else 0, _copy=c, _off=0,
+            )
+        )  # fmt: skip
+        return c
 
     def place_simple(self, op: VOp) -> None:
+        operands = list(dict.fromkeys(op.ins))
+        cuts = self.boundaries(operands, op.n, op.outs[0])
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            self.place_piece(op, a, b - a)
+
+    def place_piece(self, op: VOp, j0: int, n: int) -> None:
         hw = self.hw
         lat = latency(hw, op.op)
-        self.separate(op.ins, op.src)
+        operands = list(dict.fromkeys(v + j0 for v in op.ins))
+        picked = self.separate(operands, op.src)
+        segs = [self.store.get(v) for v in operands]
+        out = op.outs[0] + j0
+        w_out = self.width(out)
+        pin = self.pin_of(out)
         if op.unit == Unit.VXM:
-            options = [(queue_vxm(hw), hw.vxm_position, ("vxm",))]
+            units = [(queue_vxm(hw), hw.vxm_position, [("vxm", a) for a in range(hw.vxm_alus)])]
         else:
-            near = hw.slice_hemisphere(self.home[op.ins[0]][0])
-            hemis = sorted((0, 1), key=lambda h: h != near)
-            options = [(queue_sxm(hw, h), hw.sxm_position(h), ("sxm", h)) for h in hemis]
+            near = hw.slice_hemisphere(picked[0].group)
+            units = [
+                (queue_sxm(hw, h), hw.sxm_position(h), [("sxm", h, u) for u in range(hw.sxm_units_per_hemisphere)])
+                for h in sorted((0, 1), key=lambda h: h != near)
+            ]  # fmt: skip
         best = None
-        for q, pos, unit_key in options:
-            t = start = max(self.earliest(v, pos) for v in op.ins)
-            while not self.try_simple(op, t, pos, unit_key, lat, []):
-                self.res.rollback()
-                t += 1
-                assert t - start < LIMIT_CYCLES, f"cannot place vop {op.id}: scheduler bug"
-            self.res.rollback()
+        for q, pos, keys in units:
+            t0 = max(c.ready + self.rl + abs(hw.slice_position(c.group) - pos) for c in picked)
+
+            def claims(pos=pos, keys=keys):
+                out = [lambda: (([(k, 0, n)], 0, None) for k in keys)]
+                for s, v, c in zip(segs, operands, picked, strict=True):
+                    out.append(
+                        lambda s=s, v=v, c=c: self.read_options(s, v, self.width(v), pos, n, c)
+                    )
+                out.append(lambda: self.write_options(w_out, pos, lat, n, pin))
+                return out
+
+            t, chosen = self._solve(t0, claims())
             if best is None or t < best[0]:
-                best = (t, q, pos, unit_key)
-        t, q, pos, unit_key = best
-        pend: list = []
-        streams = self.try_simple(op, t, pos, unit_key, lat, pend)
+                best = (t, chosen, q)
+        t, chosen, q = best
+        self._commit(t, chosen)
+        streams = {}
+        for (items, pay), v in zip(chosen[1:-1], operands, strict=True):
+            streams[v] = self.record_read(t, items, pay, v, n, op.src)
+        sd = self.record_write(t, *chosen[-1], out, n, op.src)
         rec = dict(
-            op=op.op,
-            cycle=t,
-            queue=q,
-            dtype=op.dtype,
-            vid=op.outs[0],
-            src=op.src,
-            sd=pend[-1]["s0"],
-            count=op.count,
-            table=op.table,
-        )
-        for k, (st, v) in enumerate(zip(streams, op.ins, strict=True)):
-            rec[f"s{k}"], rec[f"in{k}"] = st, v
+            op=op.op, cycle=t, queue=q, dtype=op.dtype, vid=out, src=op.src, sd=sd,
+            count=op.count, table=op.table, repeat=n,
+        )  # fmt: skip
+        for k, v in enumerate(op.ins):
+            rec[f"s{k}"], rec[f"in{k}"] = streams[v + j0], v + j0
         if op.imm is not None:
             rec["imm"] = op.imm
-        self.commit(pend + [rec])
+        self.records.append(rec)
 
-    def try_simple(self, op: VOp, t: int, pos: int, unit_key, lat: int, pend: list):
-        if not self.res.free(unit_key, t):
-            return None
-        self.res.take(unit_key, t)
-        streams = self.read_operands(op.ins, t, pos, op.src, pend)
-        if streams is None or not self.write(op.outs[0], t + lat, pos, op.src, pend):
-            return None
-        return streams
+    def row_pieces(self, vids: np.ndarray) -> list[tuple[int, int, int]]:
+        """(first row, first vid, count) of each stretch of consecutive vids in one segment."""
+        out = []
+        breaks = np.flatnonzero(np.diff(vids) != 1) + 1
+        for a, b in zip([0, *breaks.tolist()], [*breaks.tolist(), len(vids)], strict=True):
+            k, v = a, int(vids[a])
+            while k < b:
+                seg = self.store.get(v)
+                n = min(b - k, seg.v0 + seg.n - v)
+                out.append((k, v, n))
+                k, v = k + n, v + n
+        return out
+
+    def matmul_pieces(self, ins: np.ndarray, out0: int) -> list[tuple[int, int, int]]:
+        """Input stretches (row_pieces), cut where the outputs' pinned segments begin or end."""
+        out = []
+        for j0, x0, n in self.row_pieces(ins):
+            cuts = self.boundaries([], n, out0 + j0)
+            out += [(j0 + a, x0 + a, b - a) for a, b in zip(cuts, cuts[1:], strict=False)]
+        return out
 
     def place_mxm(self, op: VOp) -> None:
         hw = self.hw
-        best = None
-        for plane in range(hw.mxm_planes):
-            plan = self.plan_tile(op, plane)
-            self.res.rollback()
-            if best is None or plan[0] < best[0]:
-                best = (plan[0], plane)
-        end, pend = self.plan_tile(op, best[1])
-        self.plane_free[best[1]] = end + 1
-        self.commit(pend)
-
-    def plan_tile(self, op: VOp, plane: int) -> tuple[int, list]:
-        """Install the tile's rows, then stream the inputs: earliest free cycle for each."""
-        hw = self.hw
-        pos = hw.mxm_position(plane)
-        q = queue_mxm(hw, plane)
+        plane = min(range(hw.mxm_planes), key=lambda p: (self.plane_free[p], p))
+        pos, q = hw.mxm_position(plane), queue_mxm(hw, plane)
         il, ml = hw.mxm_install_latency_cycles, hw.mxm_latency_cycles
-        pend: list = []
-        t = self.plane_free[plane]
-        ready = t
-        for k, v in enumerate(op.rows):
-            c = max(t, self.earliest(v, pos))
-            while True:
-                assert c - t < LIMIT_CYCLES, f"cannot place vop {op.id}: scheduler bug"
-                mark, res_mark = len(pend), self.res.mark()
-                if self.res.free(("mxi", plane), c) and self.read(v, c, pos, op.src, pend):
-                    self.res.take(("mxi", plane), c)
-                    break
-                del pend[mark:]
-                self.res.undo(res_mark)
-                c += 1
-            flags = FLAG_TRANSPOSED if op.transposed else 0
-            pend.append(
+        ports = [("mxi", plane, k) for k in range(hw.mxm_install_vectors_per_cycle)]
+        start = self.plane_free[plane]
+        ready = start
+        flags = FLAG_TRANSPOSED if op.transposed else 0
+        for row, v0, n in self.row_pieces(op.rows):
+            seg, w = self.store.get(v0), self.width(v0)
+            claims = [
+                lambda n=n: (([(k, 0, n)], 0, None) for k in ports),
+                lambda seg=seg, v0=v0, w=w, n=n: self.read_options(seg, v0, w, pos, n),
+            ]
+            t, chosen = self._solve(start, claims)
+            self._commit(t, chosen)
+            st = self.record_read(t, *chosen[1], v0, n, op.src)
+            self.records.append(
                 dict(
-                    op=Op.INSTALL,
-                    cycle=c,
-                    queue=q,
-                    plane=plane,
-                    s0=pend[-1]["sd"],
-                    in0=v,
-                    row=k,
-                    flags=flags,
-                    aux=op.id,
-                    dtype=self.vp.dtypes[v],
-                    vid=v,
-                    src=op.src,
+                    op=Op.INSTALL, cycle=t, queue=q, plane=plane, s0=st, in0=v0, row=row,
+                    flags=flags, aux=op.id, dtype=self.vp.dtypes[v0], vid=v0, src=op.src,
+                    repeat=n,
                 )
-            )
-            ready = max(ready, c + il)
-        c = ready
-        for x, y in zip(op.ins, op.outs, strict=True):
-            c = max(c, self.earliest(x, pos))
-            while True:
-                mark, res_mark = len(pend), self.res.mark()
-                if (
-                    self.res.free(("mxc", plane), c)
-                    and self.read(x, c, pos, op.src, pend)
-                    and self.write(y, c + ml, pos, op.src, pend)
-                ):
-                    self.res.take(("mxc", plane), c)
-                    break
-                del pend[mark:]
-                self.res.undo(res_mark)
-                c += 1
-            pend.append(
+            )  # fmt: skip
+            ready = max(ready, t + n - 1 + il)
+        last = ready
+        ins = np.asarray(op.ins, np.int64)
+        for j0, x0, n in self.matmul_pieces(ins, op.outs[0]):
+            y0 = op.outs[0] + j0
+            seg, w = self.store.get(x0), self.width(x0)
+            pin = self.pin_of(y0)
+            claims = [
+                lambda n=n: iter([([(("mxc", plane), 0, n)], 0, None)]),
+                lambda seg=seg, x0=x0, w=w, n=n: self.read_options(seg, x0, w, pos, n),
+                lambda n=n, pin=pin, y0=y0: self.write_options(self.width(y0), pos, ml, n, pin),
+            ]
+            t, chosen = self._solve(ready, claims)
+            self._commit(t, chosen)
+            st = self.record_read(t, *chosen[1], x0, n, op.src)
+            sd = self.record_write(t, *chosen[2], y0, n, op.src)
+            self.records.append(
                 dict(
-                    op=Op.MATMUL,
-                    cycle=c,
-                    queue=q,
-                    plane=plane,
-                    s0=pend[-2]["sd"],
-                    in0=x,
-                    sd=pend[-1]["s0"],
-                    count=op.count,
-                    aux=op.id,
-                    dtype=DType.FLOAT32,
-                    vid=y,
-                    src=op.src,
+                    op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, sd=sd,
+                    count=op.count, aux=op.id, dtype=DType.FLOAT32, vid=y0, src=op.src,
+                    repeat=n,
                 )
-            )
-            c += 1
-        return c - 1, pend
-
-    def commit(self, records: list[dict]) -> None:
-        self.res.commit()
-        hw = self.hw
-        for r in records:
-            r.setdefault("chip", 0)
-            lat = latency(hw, Op(r["op"]))
-            self.end = max(self.end, r["cycle"] + lat)
-            if r["op"] == Op.WRITE:
-                key = (r["vid"], r.pop("_home"))
-                self.home.setdefault(key[0], []).append(key[1])
-                self.write_cycle[key] = r["cycle"]
-                self.ready[key] = r["cycle"] + self.wl
-            elif r["op"] == Op.READ:
-                key = (r["vid"], r["slice"])
-                self.last_read[key] = max(self.last_read.get(key, -1), r["cycle"])
-            self.records.append(r)
+            )  # fmt: skip
+            last = max(last, t + n - 1)
+        self.plane_free[plane] = last + 1
 
 
-def _dependencies(vp: VProgram) -> tuple[list[int], dict[int, list[int]]]:
+def _dependencies(vp: VProgram) -> tuple[list[int], list[list[int]]]:
     """How many vops each vop waits for, and the vops that use each vop's results."""
-    producer = {o: op.id for op in vp.ops for o in op.outs}
-    waiting = [0] * len(vp.ops)
-    users: dict[int, list[int]] = defaultdict(list)
+    producer = np.full(len(vp.dtypes), -1, np.int64)
     for op in vp.ops:
-        preds = {producer[v] for v in (*op.ins, *op.rows) if v in producer}
+        producer[op.outs[0] : op.outs[0] + op.n] = op.id
+    waiting = [0] * len(vp.ops)
+    users: list[list[int]] = [[] for _ in vp.ops]
+    for op in vp.ops:
+        preds = np.unique(producer[op.in_vids()])
+        preds = preds[preds >= 0].tolist()
         waiting[op.id] = len(preds)
         for p in preds:
             users[p].append(op.id)
     return waiting, users
 
 
-def _priorities(vp: VProgram, hw: HardwareConfig, users: dict[int, list[int]]) -> list[int]:
+def _priorities(vp: VProgram, hw: HardwareConfig, users: list[list[int]]) -> list[int]:
     """Longest path (estimated cycles) from each vop to the end of the program."""
     prio = [0] * len(vp.ops)
     overhead = hw.mem_read_latency_cycles + hw.mem_write_latency_cycles + hw.half_slices
     for op in reversed(vp.ops):
-        own = latency(hw, op.op) + overhead
+        own = latency(hw, op.op) + overhead + op.n
         if op.unit == Unit.MXM:
-            own += len(op.rows) // hw.mxm_install_vectors_per_cycle + len(op.ins)
+            own += len(op.rows) // hw.mxm_install_vectors_per_cycle
         prio[op.id] = own + max((prio[u] for u in users[op.id]), default=0)
     return prio
 
 
-def schedule(vp: VProgram, hw: HardwareConfig, placement: Placement) -> Schedule:
-    s = _Scheduler(vp, hw, placement)
+def schedule(
+    vp: VProgram,
+    hw: HardwareConfig,
+    placement: Placement,
+    pins=(),
+    progress: Callable[[float], None] | None = None,
+) -> Schedule:
+    """`pins`: (v0, n, group, addr, old vid) of output runs that must be written in place (over
+    the static vectors old..old+n-1, or -1)."""
+    s = _Scheduler(vp, hw, placement, pins)
     waiting, users = _dependencies(vp)
     prio = _priorities(vp, hw, users)
     heap = [(-prio[op.id], op.id) for op in vp.ops if waiting[op.id] == 0]
     heapq.heapify(heap)
     done = 0
+    every = max(1, len(vp.ops) // 50)
     while heap:
         _, i = heapq.heappop(heap)
         op = vp.ops[i]
@@ -437,9 +598,16 @@ def schedule(vp: VProgram, hw: HardwareConfig, placement: Placement) -> Schedule
         else:
             s.place_simple(op)
         done += 1
+        if progress is not None and done % every == 0:
+            progress(done / len(vp.ops))
         for u in users[i]:
             waiting[u] -= 1
             if waiting[u] == 0:
                 heapq.heappush(heap, (-prio[u], u))
     assert done == len(vp.ops), "the vector program has a cycle"
-    return Schedule(s.records, s.home, s.write_cycle, s.last_read, s.end)
+    lat = {op: latency(hw, op) for op in Op}
+    for r in s.records:
+        r.setdefault("chip", 0)
+        s.end = max(s.end, r["cycle"] + r["repeat"] - 1 + lat[r["op"]])
+    segs = [s.store.by_start[v] for v in s.store.starts]
+    return Schedule(s.records, segs, s.copies, s.end, s.pinned_over)
