@@ -9,9 +9,11 @@ import jax
 import numpy as np
 
 from compiler.codegen.emit import emit
+from compiler.codegen.link import link, make_block, model_instances
 from compiler.frontend.jaxpr import UnsupportedPrimitive, trace
 from compiler.ir.graph import Graph, prune, verify
 from compiler.passes.decompose import decompose
+from compiler.passes.layout import layout_blocks
 from compiler.passes.place import ModelTooLarge, check_args_fit, check_fits, place_static
 from compiler.passes.relayout import fold_relayouts
 from compiler.passes.tile import tile
@@ -20,7 +22,14 @@ from sim.errors import LpuError
 from sim.hardware import HardwareConfig, load_hardware
 from sim.program import Program
 
-__all__ = ["compile", "compile_graph", "lower", "ModelTooLarge", "UnsupportedPrimitive"]
+__all__ = [
+    "compile",
+    "compile_graph",
+    "compile_model",
+    "lower",
+    "ModelTooLarge",
+    "UnsupportedPrimitive",
+]
 
 # LPUSIM_VERIFY=1 checks the IR's invariants after every pass.
 DEBUG = os.environ.get("LPUSIM_VERIFY", "") not in ("", "0")
@@ -63,12 +72,19 @@ def compile(
     phase: str = "decode",
     pos: int | None = None,
     context: int | None = None,
+    weights: str = "native",
+    layers: int | None = None,
+    replay: bool = True,
+    progress: Callable[[str, float], None] | None = None,
 ) -> Program:
     """Compile a function (with `args`: argument name -> pytree of arrays or ShapeDtypeStructs)
     or a model (a name from `models.list_models()` or a ModelConfig) for `hw`.
 
-    A model compiles one decode step at position `pos` (default: the last of `context`, which
-    defaults to the model's max_seq_len) with its KV cache in SRAM.
+    A model compiles one decode step of its first `layers` layers (default: all) at position `pos`
+    (default: the last of `context`, which defaults to min(64, the model's max_seq_len)) with its KV cache
+    in SRAM and its weights stored as `weights` ("native", "fp16", "bf16", "int8", "fp8"). Its
+    layers are scheduled once and replayed (`replay=False` schedules every layer anew: the same
+    Program, slower). `progress(stage, fraction)` hears how far along it is.
     """
     hw = load_hardware(hw)
     if chips != 1:
@@ -83,9 +99,60 @@ def compile(
         return compile_graph(graph, hw, chips=chips, meta={"function": target.__name__})
     if phase == "prefill":
         raise LpuError("phase='prefill' is not implemented yet for models; use phase='decode'")
-    from compiler.frontend.model import decode_target
+    from compiler.frontend.model import resolve_model
 
-    fn, fn_args, meta = decode_target(target, pos=pos, context=context)
-    _check_args_fit(fn_args, frozenset({"params"}), hw, chips)
-    graph = lower(fn, fn_args, frozenset({"params"}))
-    return compile_graph(graph, hw, chips=chips, meta=meta)
+    return compile_model(
+        resolve_model(target), hw, pos=pos, context=context, weights=weights, layers=layers,
+        replay=replay, progress=progress,
+    )  # fmt: skip
+
+
+def compile_model(
+    cfg,
+    hw: HardwareConfig,
+    *,
+    pos: int | None,
+    context: int | None,
+    weights: str = "native",
+    layers: int | None = None,
+    replay: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+) -> Program:
+    """One decode step of a model: a layer block scheduled once and replayed, then the head."""
+    from compiler.frontend import model as fm
+
+    report = progress or (lambda stage, fraction: None)
+    fm.check_weights(weights)
+    pos, context, layers = fm.resolve_step(cfg, pos=pos, context=context, layers=layers)
+    specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers)
+    _check_args_fit(specs, frozenset({"params"}), hw, 1)  # fit first: before any tracing
+    report("trace", 0.0)
+    fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights)
+    vp_layer = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
+    fn, args = fm.head_target(cfg, weights=weights)
+    vp_head = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
+    report("trace", 1.0)
+    lay = layout_blocks(vp_layer, vp_head, hw, layers)  # SRAM: shared, per-layer bands, dynamic
+
+    def scheduled(name, vp, placement, pins, stage):
+        sched = list_schedule(vp, hw, placement, pins, lambda f: report(stage, f))
+        return make_block(name, vp, sched, hw, lay.floor)
+
+    layer_blocks = [
+        scheduled("layer", vp_layer, lay.layer_placement(shift), lay.layer_pins(shift), stage)
+        for shift, stage in (
+            [(0, "schedule layer")]
+            if replay
+            else [(l * lay.band_words, f"schedule layer {l}") for l in range(layers)]
+        )
+    ]
+    head_block = scheduled("head", vp_head, lay.head_placement(), (), "schedule head")
+    report("link", 0.0)
+    meta = {
+        "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
+        "weights": weights, "layers": layers, "replay": replay,
+    }  # fmt: skip
+    words = max([lay.words()] + [b.words for b in (*layer_blocks, head_block)])
+    program = link(hw, model_instances(lay, layer_blocks, head_block, replay), meta, words)
+    report("link", 1.0)
+    return program

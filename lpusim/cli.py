@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="cycles, seconds and tokens/s of one decode step")
     _model_args(p)
-    p.add_argument("--context", type=int, default=None, help="KV-cache length (default: max)")
+    p.add_argument(
+        "--context", type=int, default=None, help="KV-cache length (default: min(64, max_seq_len))"
+    )
     _engine_arg(p)
     _json_arg(p)
 

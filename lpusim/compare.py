@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from compiler import ModelTooLarge
-from compiler.frontend.model import decode_target, resolve_model
+from compiler.frontend.model import decode_specs, resolve_model
 from compiler.passes.place import stored_bytes
 from lpusim.api import _table, estimate
 from models import ModelConfig, decode_step, embed, init_cache, init_params, param_count
@@ -172,9 +172,11 @@ def gpu_row(gpu, dims, *, weights, batch, context, prompt, tp, eff) -> dict:
 # --- the LPU side ---------------------------------------------------------------------------------
 
 
-def lpu_chips_needed(cfg: ModelConfig, hw: HardwareConfig, context: int) -> int:
+def lpu_chips_needed(
+    cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
+) -> int:
     """Chips whose SRAM holds the weights and KV cache, by the compiler's own fit arithmetic."""
-    _, args, _ = decode_target(cfg, context=context)
+    args = decode_specs(cfg, context=context, weights=weights, layers=cfg.n_layers)
     total = sum(
         stored_bytes(np.shape(leaf), np.dtype(leaf.dtype).name, hw)
         for leaf in jax.tree_util.tree_leaves(args)

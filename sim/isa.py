@@ -26,6 +26,22 @@ repetition j at cycle t = cycle + j, at the position p of the queue's unit:
 A vector of b-byte elements is b words wide: it uses b adjacent slices (from `slice`, aligned to
 b) at one address, and b adjacent streams (from the operand, aligned to b).
 
+Element types (DType). The executors carry every element as a float32 value that the type can
+hold exactly; rounding a float32 x "to dtype" gives:
+
+    FLOAT32   x
+    FLOAT16   NumPy's x.astype(float16): nearest, ties to even; |x| >= 65520 -> inf
+    BFLOAT16  ml_dtypes' x.astype(bfloat16): nearest, ties to even; NaN -> 0x7FC0 with x's sign
+    BOOL      1.0 if x != 0 else 0.0 (NaN is true)
+    INT8      x rounded to an integer, ties to even, saturated to [-128, 127]; NaN -> 0; the
+              result is a float32 integer, so never -0.0
+    FP8E4M3   ml_dtypes' x.astype(float8_e4m3fn): nearest, ties to even (464 -> 448); |x| > 464,
+              inf and NaN -> NaN with x's sign (the type has no inf), carried as the float32
+              0x7FC00000 (negative: 0xFFC00000)
+
+The weight types INT8 and FP8E4M3 need nothing of their own from the MXM: their values are exact
+float32s, so INSTALL and MATMUL treat them as any other tile.
+
 `vid` names the logical vector an instruction writes (or, for READ, expects at its address);
 `in0..in2` the vectors it expects on s0..s2 (-1: unchecked); `aux` the weight tile. None of them
 changes what the hardware computes: the executors use them to check that what arrives is what the
@@ -139,16 +155,36 @@ class DType(IntEnum):
     FLOAT16 = 1
     BFLOAT16 = 2
     BOOL = 3
+    INT8 = 4
+    FP8E4M3 = 5  # ml_dtypes.float8_e4m3fn: no infinities, one NaN per sign, max 448
 
 
-DTYPE_BYTES = {DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.BOOL: 1}
+DTYPE_BYTES = {
+    DType.FLOAT32: 4,
+    DType.FLOAT16: 2,
+    DType.BFLOAT16: 2,
+    DType.BOOL: 1,
+    DType.INT8: 1,
+    DType.FP8E4M3: 1,
+}
 DTYPE_NUMPY = {
     DType.FLOAT32: np.dtype(np.float32),
     DType.FLOAT16: np.dtype(np.float16),
     DType.BFLOAT16: np.dtype(ml_dtypes.bfloat16),
     DType.BOOL: np.dtype(np.bool_),
+    DType.INT8: np.dtype(np.int8),
+    DType.FP8E4M3: np.dtype(ml_dtypes.float8_e4m3fn),
 }
 DTYPE_BY_NAME = {np.dtype(v).name: k for k, v in DTYPE_NUMPY.items()}
+# Suffixes in listings (`READ.f16`).
+DTYPE_SHORT = {
+    DType.FLOAT32: "f32",
+    DType.FLOAT16: "f16",
+    DType.BFLOAT16: "bf16",
+    DType.BOOL: "bool",
+    DType.INT8: "i8",
+    DType.FP8E4M3: "f8e4m3",
+}
 
 
 # --- the instruction record -------------------------------------------------------------------------
@@ -278,7 +314,7 @@ def stream_name(hw: HardwareConfig, s: int) -> str:
 def disassemble_one(hw: HardwareConfig, ins) -> str:
     """One instruction as readable text, e.g. `READ.f16 MEMW3[12] -> E4 vid=88`."""
     op = Op(int(ins["op"]))
-    dt = DType(int(ins["dtype"])).name.lower().replace("float", "f").replace("bfloat", "bf")
+    dt = DTYPE_SHORT[DType(int(ins["dtype"]))]
     rep = f" x{int(ins['repeat'])}" if ins["repeat"] > 1 else ""
 
     def st(field):

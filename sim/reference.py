@@ -19,7 +19,8 @@ cycle, because every latency is at least one cycle.
   `sxm_units_per_hemisphere` SXM ops per hemisphere, `mxm_install_vectors_per_cycle` installs and
   one matmul per MXM plane.
 - Arithmetic. VXM/SXM/MXM compute in float64, round to float32, then to the instruction's element
-  type. Sums run sequentially in lane/row order.
+  type (`_round`, as the table in sim/isa.py says). Sums run sequentially in lane/row order.
+  Resident tensors are rounded to their symbol's element type when preloaded.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
 from sim.errors import ScheduleViolation
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
+    DTYPE_NUMPY,
     FLAG_TRANSPOSED,
     OP_UNIT,
     VXM_ARITY,
@@ -93,13 +94,17 @@ def _vxm(op: Op, a, b, c):
 
 
 def _round(values64: np.ndarray, code: int) -> np.ndarray:
+    """float64 values rounded to float32, then to element type `code`, kept as float32."""
     out = values64.astype(np.float32)
-    if code == DType.FLOAT16:
-        return out.astype(np.float16).astype(np.float32)
-    if code == DType.BFLOAT16:
-        return out.astype(ml_dtypes.bfloat16).astype(np.float32)
+    if code in (DType.FLOAT16, DType.BFLOAT16, DType.FP8E4M3):
+        return out.astype(DTYPE_NUMPY[code]).astype(np.float32)
     if code == DType.BOOL:
         return (out != 0).astype(np.float32)
+    if code == DType.INT8:
+        # NumPy leaves float -> int8 casts of NaN and out-of-range values undefined: saturate
+        # first; the int8 round trip turns rint's -0.0 into 0.0.
+        whole = np.rint(np.clip(np.nan_to_num(out, nan=0.0), -128, 127))
+        return whole.astype(np.int8).astype(np.float32)
     return out
 
 

@@ -107,7 +107,13 @@ ELEMENTWISE = {
     "max": Kind.MAX,
     "min": Kind.MIN,
 }
-UNARY = {"neg": Kind.NEG, "exp": Kind.EXP, "rsqrt": Kind.RSQRT, "logistic": Kind.LOGISTIC}
+UNARY = {
+    "neg": Kind.NEG,
+    "exp": Kind.EXP,
+    "rsqrt": Kind.RSQRT,
+    "logistic": Kind.LOGISTIC,
+    "tanh": Kind.TANH,
+}
 # Pure data movement: how many leading operands are data (None: all); the rest must be constants.
 MOVEMENT = {
     "broadcast_in_dim": 1,

@@ -1,75 +1,91 @@
-"""Frontend for the models/ registry: a model name or config -> the function and abstract
-arguments of one decode step, without materialising any weights (so a 70B model's fit can be
-checked in a second)."""
+"""Frontend for the models/ registry: a model name or config -> the blocks of one decode step (a
+decoder layer and the head, each a function with abstract arguments), without materialising any
+weights, so that a 70B model's fit is checked in well under a second."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from models import ModelConfig, decode_step, get_config
+from models import ModelConfig, get_config, head, head_params, layer_step, param_specs
+from models.quantize import FORMATS
 from sim.errors import LpuError
-
-
-def param_specs(cfg: ModelConfig) -> dict:
-    """Shapes and dtypes of `models.init_params(cfg)`, as ShapeDtypeStructs."""
-    dt, d, hd, ff = cfg.np_dtype, cfg.d_model, cfg.head_dim, cfg.d_ff
-
-    def s(*shape):
-        return jax.ShapeDtypeStruct(shape, dt)
-
-    layer = {
-        "attn_norm": s(d),
-        "wq": s(d, cfg.n_heads * hd),
-        "wk": s(d, cfg.n_kv_heads * hd),
-        "wv": s(d, cfg.n_kv_heads * hd),
-        "wo": s(cfg.n_heads * hd, d),
-        "mlp_norm": s(d),
-        "w_gate": s(d, ff),
-        "w_up": s(d, ff),
-        "w_down": s(ff, d),
-    }
-    return {
-        "embed": s(cfg.vocab_size, d),
-        "layers": [dict(layer) for _ in range(cfg.n_layers)],
-        "final_norm": s(d),
-        "lm_head": s(d, cfg.vocab_size),
-    }
-
-
-def cache_specs(cfg: ModelConfig, context: int) -> dict:
-    spec = jax.ShapeDtypeStruct((cfg.n_kv_heads, context, cfg.head_dim), cfg.np_dtype)
-    return {"k": [spec] * cfg.n_layers, "v": [spec] * cfg.n_layers}
 
 
 def resolve_model(model) -> ModelConfig:
     return model if isinstance(model, ModelConfig) else get_config(model)
 
 
-def decode_target(model, *, pos: int | None = None, context: int | None = None):
-    """(fn, args, meta) for one decode step of `model` at position `pos` of a `context` cache."""
-    cfg = resolve_model(model)
-    if cfg.family != "llama":
-        raise LpuError(
-            f"model {cfg.name!r} is family {cfg.family!r}; only the llama family compiles yet"
-        )
-    context = cfg.max_seq_len if context is None else int(context)
-    if context < 1:
-        raise LpuError(f"context={context} must be >= 1")
+def check_weights(weights: str) -> None:
+    if weights not in FORMATS:
+        raise LpuError(f"weights={weights!r}; valid weight formats: {', '.join(FORMATS)}")
+
+
+def decode_specs(cfg: ModelConfig, *, context: int, weights: str, layers: int) -> dict:
+    """The arguments of a decode step of the first `layers` layers: {"params" (without the
+    host's embedding table), "x", "cache"} as ShapeDtypeStructs."""
+    params = param_specs(cfg, weights)
+    params = {**head_params(params), "layers": params["layers"][:layers]}
+    kv = jax.ShapeDtypeStruct((cfg.n_kv_heads, context, cfg.head_dim), cfg.np_dtype)
+    return {
+        "params": params,
+        "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
+        "cache": {"k": [kv] * layers, "v": [kv] * layers},
+    }
+
+
+# KV-cache length of a decode step when none is given (capped at the model's max_seq_len): short,
+# so that a layer of a 7B model fits one chip; the weights, not the cache, set decode speed there.
+DEFAULT_CONTEXT = 64
+
+
+def resolve_step(cfg: ModelConfig, *, pos, context, layers) -> tuple[int, int, int]:
+    """(pos, context, layers) with defaults filled in and checked."""
+    context = min(cfg.max_seq_len, DEFAULT_CONTEXT) if context is None else int(context)
+    if not 1 <= context <= cfg.max_seq_len:
+        raise LpuError(f"context={context} must be in [1, {cfg.max_seq_len}] for {cfg.name!r}")
     pos = context - 1 if pos is None else int(pos)
     if not 0 <= pos < context:
         raise LpuError(f"pos={pos} must be in [0, {context}), the KV cache length (context)")
+    layers = cfg.n_layers if layers is None else int(layers)
+    if not 1 <= layers <= cfg.n_layers:
+        raise LpuError(f"layers={layers} must be in [1, {cfg.n_layers}] for {cfg.name!r}")
+    return pos, context, layers
 
-    def step(params, x, cache):
-        logits, new_cache = decode_step(params, x, cache, cfg=cfg, pos=pos)
-        return {"logits": logits, "cache": new_cache}
 
-    step.__name__ = f"{cfg.name}_decode"
-    params = param_specs(cfg)
+def _refuse_routing(cfg: ModelConfig) -> None:
+    if cfg.n_experts:
+        raise LpuError(
+            f"model {cfg.name!r} routes each token to {cfg.experts_per_token} of {cfg.n_experts} "
+            "experts; data-dependent expert selection does not compile yet (dense models do)"
+        )
+
+
+def layer_target(cfg: ModelConfig, *, pos: int, context: int, weights: str):
+    """(fn, args) of one decoder layer: params/layers/0/*, x, cache/{k,v}/0 -> x, cache."""
+    _refuse_routing(cfg)
+    specs = decode_specs(cfg, context=context, weights=weights, layers=1)
     args = {
-        "params": {k: v for k, v in params.items() if k != "embed"},  # the host embeds tokens
-        "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
-        "cache": cache_specs(cfg, context),
+        "params": {"layers": specs["params"]["layers"]},
+        "x": specs["x"],
+        "cache": specs["cache"],
     }
-    meta = {"model": cfg.name, "phase": "decode", "pos": pos, "context": context}
-    return step, args, meta
+
+    def layer(params, x, cache):
+        x, k, v = layer_step(params["layers"][0], x, cache["k"][0], cache["v"][0], cfg=cfg, pos=pos)
+        return {"x": x, "cache": {"k": [k], "v": [v]}}
+
+    layer.__name__ = f"{cfg.name}_layer"
+    return layer, args
+
+
+def head_target(cfg: ModelConfig, *, weights: str):
+    """(fn, args) of the head: params/* (final norm, LM head), x -> logits."""
+    specs = decode_specs(cfg, context=1, weights=weights, layers=1)
+    args = {"params": head_params(specs["params"]), "x": specs["x"]}
+
+    def head_fn(params, x):
+        return {"logits": head(params, x, cfg=cfg)}
+
+    head_fn.__name__ = f"{cfg.name}_head"
+    return head_fn, args

@@ -6,7 +6,7 @@ Grammar (printed form, like a jaxpr):
     node   := "%" id ":" dtype "[" shape "]" "=" kind "[" attrs "]" operands
     kind   := INPUT | CONST | unary | binary | SELECT | REDUCE_SUM | REDUCE_MAX
             | LANE_SUM | LANE_MAX | DOT | RELAYOUT
-    unary  := NEG | EXP | RSQRT | LOGISTIC | CONVERT
+    unary  := NEG | EXP | RSQRT | LOGISTIC | TANH | CONVERT
     binary := ADD | SUB | MUL | DIV | MAX | MIN       (attr imm: a scalar second operand)
 
 RELAYOUT is every pure data movement (reshape, broadcast, slice, concatenate, transpose, cache
@@ -33,6 +33,7 @@ class Kind(Enum):
     EXP = "exp"
     RSQRT = "rsqrt"
     LOGISTIC = "logistic"
+    TANH = "tanh"
     CONVERT = "convert"
     ADD = "add"
     SUB = "sub"
@@ -49,7 +50,7 @@ class Kind(Enum):
     RELAYOUT = "relayout"
 
 
-UNARY = frozenset({Kind.NEG, Kind.EXP, Kind.RSQRT, Kind.LOGISTIC, Kind.CONVERT})
+UNARY = frozenset({Kind.NEG, Kind.EXP, Kind.RSQRT, Kind.LOGISTIC, Kind.TANH, Kind.CONVERT})
 BINARY = frozenset({Kind.ADD, Kind.SUB, Kind.MUL, Kind.DIV, Kind.MAX, Kind.MIN})
 ELEMENTWISE = UNARY | BINARY | {Kind.SELECT}
 

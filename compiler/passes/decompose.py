@@ -3,6 +3,7 @@
 - DIV a/b     -> a * (b * rsqrt(b*b)^2)   (no divide instruction: REFERENCE.md, "VXM" row; the
                  b*b form keeps the sign of b)
 - LOGISTIC x  -> rsqrt(1 + exp(-x))^2
+- TANH x      -> 2 * logistic(2x) - 1, then as LOGISTIC (GPT-2's GELU)
 - REDUCE over axes including the last -> REDUCE over the others, then LANE_SUM/LANE_MAX (an SXM
   lane reduction to the splat layout), then a RELAYOUT that drops the size-1 axis.
 """
@@ -28,10 +29,17 @@ def _rule(g: Graph, n: Node, inputs: tuple[int, ...]) -> int | None:
         a, b = inputs
         r = op(Kind.RSQRT, op(Kind.MUL, b, b))
         return op(Kind.MUL, a, op(Kind.MUL, b, op(Kind.MUL, r, r)))
-    if n.kind == Kind.LOGISTIC:
+    if n.kind in (Kind.LOGISTIC, Kind.TANH):
         (x,) = inputs
-        r = op(Kind.RSQRT, op(Kind.ADD, op(Kind.EXP, op(Kind.NEG, x)), imm=1.0))
-        return op(Kind.MUL, r, r)
+        if n.kind == Kind.TANH:
+            x = op(Kind.MUL, x, imm=-2.0)
+        else:
+            x = op(Kind.NEG, x)
+        r = op(Kind.RSQRT, op(Kind.ADD, op(Kind.EXP, x), imm=1.0))
+        s = op(Kind.MUL, r, r)
+        if n.kind == Kind.LOGISTIC:
+            return s
+        return op(Kind.ADD, op(Kind.MUL, s, imm=2.0), imm=-1.0)
     if n.kind in (Kind.REDUCE_SUM, Kind.REDUCE_MAX):
         (x,) = inputs
         in_shape = g.nodes[x].shape

@@ -11,8 +11,8 @@ unit, cycle, instruction index, wording) as `sim.reference.run_reference`. In th
              few integers; `functional=False` compiles it without any arithmetic  kernel.py
     report   outputs, counts, trace; or the exception, worded as the reference does  violations.py
 
-with the compile flags in flags.py, the array layouts in schema.py, and float16/bfloat16 rounding
-by bit manipulation in rounding.py.
+with the compile flags in flags.py, the array layouts in schema.py, and rounding to the element
+types (float16, bfloat16, int8, float8_e4m3fn) by bit manipulation in rounding.py.
 
 Where the reference would crash or misbehave rather than report, the engine refuses up front with
 a ValueError: an instruction whose op or dtype is no valid code, a MEM instruction whose slice

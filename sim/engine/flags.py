@@ -4,7 +4,10 @@ decorated with `njit` or `njit_inline` from here.
 - nopython: the kernels must compile to machine code; a silent fallback to object mode would be
   a hundred times slower and hide a typing mistake.
 - cache: compiled kernels are written next to the sources (`__pycache__`), so only the first
-  simulation on a machine pays the compile time (seconds per kernel variant).
+  simulation on a machine pays the compile time (seconds per kernel variant). Numba checks a
+  cached function against its own file only, but the kernels also compile in tables built from
+  sim/isa.py and the inlined helpers of rounding.py: after changing those, delete the `*.nbi`
+  and `*.nbc` files in sim/engine/__pycache__ (or change kernel.py and prepare.py too).
 - fastmath off: the engine must agree bit for bit with the reference interpreter, so no
   reassociation of sums, no fused multiply-add contraction, no assumption that NaN/inf are absent.
 - error_model "numpy": 1/0 gives inf and sqrt(-1) NaN, as with NumPy arrays in the reference,

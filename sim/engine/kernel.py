@@ -1,5 +1,6 @@
 """The event loop, compiled: every repetition of every instruction, in (cycle, instruction, rep)
-order, with the reference interpreter's checks and arithmetic (sim/reference.py).
+order, with the reference interpreter's checks and arithmetic (sim/reference.py); VXM results and
+SXM reductions are rounded to the instruction's element type by rounding.round_vector.
 
 `make_kernel(functional)` is a cached factory: `functional` is a constant of the compiled code, so
 the timing-only variant has no arithmetic and never touches a value array. Helpers that do not

@@ -48,6 +48,7 @@ def _lut(table: dict) -> np.ndarray:
 
 
 # Per-op and per-dtype tables, indexed by the record's uint8 fields (0 for an invalid code).
+# They are constants of the compiled code: see flags.py on refreshing the cache after a change.
 UNIT_LUT = _lut(OP_UNIT)
 ARITY_LUT = _lut(VXM_ARITY)
 WIDTH_LUT = _lut(DTYPE_BYTES)

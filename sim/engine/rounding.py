@@ -1,9 +1,10 @@
 """Rounding to the chip's element types, by bit manipulation, inside compiled code.
 
-The reference rounds with NumPy (`astype(np.float16)`) and ml_dtypes (`astype(bfloat16)`); these
-helpers reproduce those conversions bit for bit, round to nearest even included, so the engine
-needs no NumPy casts of exotic dtypes in its kernels. Arithmetic is on int64 copies of the bits
-(Numba would turn mixed uint32/int64 arithmetic into float64).
+The reference rounds with NumPy (`astype(np.float16)`) and ml_dtypes (`astype(bfloat16)`,
+`astype(float8_e4m3fn)`); these helpers reproduce those conversions bit for bit, round to nearest
+even included, so the engine needs no NumPy casts of exotic dtypes in its kernels. Arithmetic is
+on int64 copies of the bits (Numba would turn mixed uint32/int64 arithmetic into float64). The
+semantics of each element type are in the table of sim/isa.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from sim.isa import DType
 FLOAT16 = int(DType.FLOAT16)
 BFLOAT16 = int(DType.BFLOAT16)
 BOOL = int(DType.BOOL)
+INT8 = int(DType.INT8)
+FP8E4M3 = int(DType.FP8E4M3)
 
 
 @njit_inline
@@ -75,6 +78,52 @@ def f32_bits_to_bf16_bits(f):
     return (f + 0x7FFF + ((f >> 16) & 1)) >> 16  # a carry into the exponent is right, up to inf
 
 
+@njit_inline
+def f32_bits_to_f8e4m3_bits(f):
+    """binary32 bits -> float8_e4m3fn bits (bias 7, 3 mantissa bits, exponent 15 with mantissa 7
+    the only NaN, no inf), as ml_dtypes: round to nearest even, overflow and inf to NaN."""
+    sign = (f >> 24) & 0x80
+    a = f & 0x7FFFFFFF
+    if a > 0x43E80000:  # NaN, inf, or above 464 (halfway from 448, the largest, to 480): NaN
+        return sign | 0x7F
+    exponent = a >> 23
+    if exponent >= 121:  # a normal fp8: rebias the exponent, round 23 -> 3 mantissa bits
+        return sign | _round_half_even(((exponent - 120) << 23) | (a & 0x7FFFFF), 20)
+    if exponent < 117:  # below 2**-10 (half the smallest subnormal): a signed zero
+        return sign
+    # A subnormal fp8 counts units of 2**-9; the float is mantissa * 2**(exponent - 150).
+    return sign | _round_half_even((a & 0x7FFFFF) | 0x800000, 141 - exponent)
+
+
+@njit_inline
+def f8e4m3_bits_to_f32_bits(b):
+    """float8_e4m3fn bits -> binary32 bits (exact; NaN -> the quiet NaN, as ml_dtypes)."""
+    sign = (b & 0x80) << 24
+    exponent = (b >> 3) & 0xF
+    mantissa = b & 0x7
+    if exponent == 0xF and mantissa == 0x7:
+        return sign | 0x7FC00000
+    if exponent:
+        return sign | ((exponent + 120) << 23) | (mantissa << 20)
+    if mantissa == 0:
+        return sign
+    exponent = 121  # normalise the subnormal: mantissa * 2**-9
+    while not mantissa & 0x8:
+        mantissa <<= 1
+        exponent -= 1
+    return sign | (exponent << 23) | ((mantissa & 0x7) << 20)
+
+
+@njit_inline
+def round_int8(x):
+    """float32 -> the nearest int8 (ties to even, saturating, NaN -> 0) as a float32: the
+    reference's rule, since NumPy leaves float -> int8 casts of NaN and large values undefined."""
+    if x != x:
+        return np.float32(0.0)
+    r = np.rint(min(max(x, np.float32(-128.0)), np.float32(127.0)))
+    return r if r != 0 else np.float32(0.0)  # an int8 zero has no sign
+
+
 @njit
 def quiet_nans(v):
     """Set the quiet bit of every signalling NaN in the float32 array v (in place): what passing
@@ -102,3 +151,11 @@ def round_vector(v, code):
     elif code == BOOL:
         for k in range(v.size):
             v[k] = 1.0 if v[k] != 0 else 0.0
+    elif code == INT8:
+        for k in range(v.size):
+            v[k] = round_int8(v[k])
+    elif code == FP8E4M3:
+        bits = v.view(np.uint32)
+        for k in range(v.size):
+            b = f32_bits_to_f8e4m3_bits(np.int64(bits[k]))
+            bits[k] = np.uint32(f8e4m3_bits_to_f32_bits(b))

@@ -1,0 +1,229 @@
+"""Link: scheduled blocks -> one Program, replaying a block once per identical layer.
+
+A model's decode step is a sequence of blocks run back to back: its decoder layers (one block,
+scheduled once) and the head. Every layer's weights and KV cache sit in a *band* of SRAM
+addresses, the same slices at an offset of `band_words` per layer, so layer l is layer 0's
+instructions with
+
+    cycle  + the cycles of the blocks before it
+    addr   + l * band_words        (READ/WRITE inside the band: that layer's weights and cache)
+    vid    -> layer l's vectors    (a lookup table; the layer input is the previous layer's output)
+    aux    + l * vops              (a fresh MXM tile id per layer)
+
+Everything else (the residual stream x, constants, the head's weights) sits below the band and
+computed vectors above every band, at the same addresses in every layer. The residual stream is
+updated in place: a layer writes its output x over its input x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from compiler.codegen.emit import allocate, instructions, symbols, words_used
+from compiler.ir.vector import VProgram
+from compiler.schedule.listsched import Schedule
+from sim.hardware import MAX_ELEMENT_BYTES, HardwareConfig
+from sim.isa import DTYPE_BYTES, DType, Op, latency, n_queues, queue_position
+from sim.program import Program, Symbol
+
+OPS = frozenset(int(o) for o in Op)
+WIDTH = np.array([DTYPE_BYTES.get(d, 1) for d in range(256)], np.int64)
+
+
+@dataclass
+class Block:
+    """A scheduled and allocated piece of a program, in its own vid space."""
+
+    name: str
+    vp: VProgram
+    instrs: np.ndarray
+    symbols: list[Symbol]
+    consts: dict
+    cycles: int
+    words: int
+    diag_lo: np.ndarray  # (2 * streams,) first and last diagonal each stream carries, relative
+    diag_hi: np.ndarray  # to the block's first cycle (lo > hi where unused)
+
+    @property
+    def vectors(self) -> int:
+        return len(self.vp.dtypes)
+
+
+def make_block(name: str, vp: VProgram, sched: Schedule, hw: HardwareConfig, floor) -> Block:
+    allocate(vp, sched, hw, floor)
+    syms, consts = symbols(vp, sched, hw.lanes)
+    instrs = instructions(sched.records)
+    lo, hi = stream_extent(hw, instrs)
+    return Block(name, vp, instrs, syms, consts, int(sched.cycles), words_used(sched), lo, hi)
+
+
+def stream_extent(hw: HardwareConfig, instrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per stream, the lowest and highest diagonal any vector of `instrs` occupies: a vector
+    flows to the chip's edge, so the next block must not put one on those diagonals."""
+    S = hw.streams_per_direction
+    lo = np.full(2 * S, np.iinfo(np.int64).max)
+    hi = np.full(2 * S, np.iinfo(np.int64).min)
+    op = instrs["op"].astype(np.int64)
+    puts = (op != int(Op.WRITE)) & (op != int(Op.INSTALL))
+    r = instrs[puts]
+    if not len(r):
+        return lo, hi
+    lat = np.array([latency(hw, Op(o)) if o in OPS else 0 for o in range(256)], np.int64)
+    pos = np.array([queue_position(hw, q) for q in range(n_queues(hw))], np.int64)
+    t0 = r["cycle"].astype(np.int64) + lat[r["op"]]
+    p = pos[r["queue"]]
+    sd = r["sd"].astype(np.int64)
+    d0 = np.where(sd // S == 0, t0 - p, t0 + p)
+    d1 = d0 + r["repeat"].astype(np.int64) - 1
+    width = np.where(
+        r["op"] == int(Op.MATMUL), DTYPE_BYTES[DType.FLOAT32], WIDTH[r["dtype"].astype(np.int64)]
+    )
+    for m in range(MAX_ELEMENT_BYTES):
+        sel = m < width
+        np.minimum.at(lo, sd[sel] + m, d0[sel])
+        np.maximum.at(hi, sd[sel] + m, d1[sel])
+    return lo, hi
+
+
+@dataclass
+class Instance:
+    """One appearance of a block in the program."""
+
+    block: Block
+    lut: np.ndarray  # (block vectors,) block vid -> program vid
+    shift: int  # words added to band addresses
+    band: tuple[int, int]  # [lo, hi) addresses that shift
+    label: str
+    rename: dict[tuple, str]  # (name, kind) -> program name; symbols absent here are dropped
+    table_base: int = 0
+    src_base: int = 0
+    aux_base: int = 0
+
+
+def _remap(instrs: np.ndarray, inst: Instance, first_cycle: int) -> np.ndarray:
+    out = instrs.copy()
+    out["cycle"] += first_cycle
+    for f in ("vid", "in0", "in1", "in2"):
+        v = out[f]
+        live = v >= 0
+        v[live] = inst.lut[v[live]]
+    mem = np.isin(out["op"], (int(Op.READ), int(Op.WRITE)))
+    lo, hi = inst.band
+    inband = mem & (out["addr"] >= lo) & (out["addr"] < hi)
+    out["addr"][inband] += inst.shift
+    mxm = out["aux"] >= 0
+    out["aux"][mxm] += inst.aux_base
+    out["table"][out["table"] >= 0] += inst.table_base
+    out["src"][out["src"] >= 0] += inst.src_base
+    return out
+
+
+def _symbol(sym: Symbol, inst: Instance, name: str) -> Symbol:
+    lo, hi = inst.band
+    addrs = sym.addrs.astype(np.int64)
+    addrs = np.where((addrs >= lo) & (addrs < hi), addrs + inst.shift, addrs).astype(np.int32)
+    return replace(sym, name=name, addrs=addrs, vids=inst.lut[sym.vids])
+
+
+def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) -> Program:
+    """The instances back to back; `words` is the highest address in use, plus one."""
+    parts, syms, consts, tables, sources, seen = [], [], {}, [], [], {}
+    cycle = end = 0
+    busy_hi = np.full(2 * hw.streams_per_direction, -(2**40))
+    blocks_meta = []
+    for inst in instances:
+        b = inst.block
+        if id(b) not in seen:  # each distinct block's tables and sources once
+            seen[id(b)] = (sum(len(t) for t in tables), len(sources))
+            tables.append(np.stack(b.vp.tables) if b.vp.tables else np.zeros((0, hw.lanes)))
+            srcs = b.vp.sources
+            sources += [srcs.get(i, "?") for i in range(max(srcs, default=-1) + 1)]
+        inst.table_base, inst.src_base = seen[id(b)]
+        # Start when the previous block is done and its vectors have left every stream it shares.
+        used = b.diag_lo <= b.diag_hi
+        clash = busy_hi[used] - b.diag_lo[used] + 1
+        cycle = max(end, int(clash.max()) if len(clash) else end)
+        busy_hi[used] = np.maximum(busy_hi[used], b.diag_hi[used] + cycle)
+        parts.append(_remap(b.instrs, inst, cycle))
+        for sym in b.symbols:
+            name = inst.rename.get((sym.name, sym.kind))
+            if name is None:
+                continue
+            syms.append(_symbol(sym, inst, name))
+            if sym.kind == "const":
+                consts[name] = b.consts[sym.name]
+        blocks_meta.append(
+            {
+                "name": inst.label,
+                "block": b.name,
+                "first_cycle": cycle,
+                "cycles": b.cycles,
+                "instructions": len(b.instrs),
+                "addr_shift_words": inst.shift,
+            }
+        )
+        end = cycle + b.cycles
+    instrs = np.concatenate(parts) if parts else np.zeros(0, instances[0].block.instrs.dtype)
+    all_tables = np.concatenate(tables).astype(np.int32) if tables else np.zeros((0, hw.lanes))
+    return Program(
+        hw=hw,
+        instrs=instrs,
+        tables=all_tables.astype(np.int32),
+        symbols=tuple(syms),
+        consts=consts,
+        sources=tuple(sources),
+        predicted_cycles=end,
+        words_used=int(words),
+        meta={**meta, "blocks": blocks_meta},
+    )
+
+
+def _sym(vp: VProgram, name: str, kind: str):
+    return next(s for s in vp.symbols if s.name == name and s.kind == kind)
+
+
+def model_instances(lay, layer_blocks: list[Block], head: Block, replay: bool) -> list[Instance]:
+    """Layer 0..L-1 (block 0 replayed, or each layer's own block) then the head, with the
+    lookup tables that chain x from each block to the next."""
+    vp = layer_blocks[0].vp
+    V = len(vp.dtypes)
+    x_in, x_out = _sym(vp, "x", "input").vids, _sym(vp, "x", "output").vids
+    consts = np.concatenate([s.vids for s in vp.symbols if s.kind == "const"] + [np.zeros(0, int)])
+    band = (lay.band_lo, lay.band_lo + lay.band_words)
+    instances, lut = [], None
+    for l in range(lay.layers):
+        block = layer_blocks[0] if replay else layer_blocks[l]
+        new = np.arange(V, dtype=np.int64) + l * V
+        if lut is not None:
+            new[consts] = consts
+            new[x_in] = lut[x_out]
+        lut = new
+        rename = {}
+        for s in vp.symbols:
+            key = (s.name, s.kind)
+            if s.name.startswith("params/layers/0/"):
+                rename[key] = f"params/layers/{l}/" + s.name[len("params/layers/0/") :]
+            elif s.name.startswith("cache/"):
+                rename[key] = s.name[: -len("/0")] + f"/{l}"
+            elif l == 0 and s.kind == "const":
+                rename[key] = f"layer/{s.name}"
+            elif l == 0 and s.kind == "input" and s.name == "x":
+                rename[key] = "x"
+        shift = l * lay.band_words if replay else 0
+        label = f"layer {l}" + (" (replay of layer 0)" if replay and l else "")
+        instances.append(Instance(block, lut, shift, band, label, rename, aux_base=l * len(vp.ops)))
+    hvp = head.vp
+    hlut = np.arange(len(hvp.dtypes), dtype=np.int64) + lay.layers * V
+    hlut[_sym(hvp, "x", "input").vids] = lut[x_out]
+    rename = {}
+    for s in hvp.symbols:
+        if s.kind == "const":
+            rename[(s.name, s.kind)] = f"head/{s.name}"
+        elif s.name != "x":
+            rename[(s.name, s.kind)] = s.name
+    instances.append(
+        Instance(head, hlut, 0, (0, 0), "head", rename, aux_base=lay.layers * len(vp.ops))
+    )
+    return instances

@@ -1,0 +1,131 @@
+"""Layout of a model's SRAM across its blocks, so that one layer's schedule serves every layer.
+
+Per slice, from address 0 up:
+
+    shared   the residual stream x, every block's constants, the head's weights
+    bands    layer l's weights and KV cache at band_lo + l * band_words (the same slices and
+             offsets in every band: layer 0's placement, shifted)
+    dynamic  computed vectors, from `floor` up, reused by every block (they run one at a time)
+
+The layer's outputs are written in place: its output x over its input x, and the KV-cache rows it
+updates over the rows they replace (`pins`), so the next layer finds its input where the previous
+one left it and the cache stays in its band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.ir.vector import VProgram, VSymbol
+from compiler.passes.place import ModelTooLarge, Placement, Segment, place_static
+from sim.hardware import HardwareConfig
+
+
+def _symbol(vp: VProgram, name: str, kind: str) -> VSymbol:
+    for s in vp.symbols:
+        if s.name == name and s.kind == kind:
+            return s
+    raise KeyError(f"block has no {kind} symbol {name!r}")
+
+
+def _locate(segments: list[Segment], vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group, address) of static vectors."""
+    segments = sorted(segments, key=lambda s: s.v0)
+    starts = np.array([s.v0 for s in segments], np.int64)
+    k = np.searchsorted(starts, vids, side="right") - 1
+    n = np.array([s.n for s in segments], np.int64)
+    assert (k >= 0).all() and (vids < starts[k] + n[k]).all(), "vector is not placed"
+    group = np.array([s.group for s in segments], np.int64)[k]
+    addr = np.array([s.addr for s in segments], np.int64)[k] + vids - starts[k]
+    return group, addr
+
+
+def _runs(out_vids, group, addr, old) -> list[tuple[int, int, int, int, int]]:
+    """Per-vector pins merged into runs (v0, n, group, addr, old v0)."""
+    order = np.argsort(out_vids, kind="stable")
+    runs: list[list[int]] = []
+    for k in order.tolist():
+        v, g, a, o = int(out_vids[k]), int(group[k]), int(addr[k]), int(old[k])
+        if runs:
+            r = runs[-1]
+            if v == r[0] + r[1] and g == r[2] and a == r[3] + r[1] and o == r[4] + r[1]:
+                r[1] += 1
+                continue
+        runs.append([v, 1, g, a, o])
+    return [tuple(r) for r in runs]
+
+
+@dataclass
+class Layout:
+    hw: HardwareConfig
+    vp_layer: VProgram
+    vp_head: VProgram
+    layers: int
+    shared: list[Segment]  # x and the layer's constants (layer vids)
+    head_static: list[Segment]  # the head's weights, constants and x (head vids)
+    band: list[Segment]  # layer 0's weights and cache (layer vids)
+    band_lo: int
+    band_words: int
+    floor: np.ndarray  # (slices,) first dynamic address
+
+    def layer_placement(self, shift: int) -> Placement:
+        band = [Segment(s.v0, s.n, s.group, s.addr + shift) for s in self.band]
+        return Placement(self.shared + band, self.floor)
+
+    def head_placement(self) -> Placement:
+        return Placement(self.head_static, self.floor)
+
+    def layer_pins(self, shift: int) -> list[tuple[int, int, int, int, int]]:
+        """Layer outputs written over the inputs they replace: x entirely, the cache's new rows."""
+        pins = []
+        placement = self.layer_placement(shift).segments
+        for sym in self.vp_layer.symbols:
+            if sym.kind != "output":
+                continue
+            src = _symbol(self.vp_layer, sym.name, "input")
+            new = sym.vids != src.vids
+            if not new.any():
+                continue
+            group, addr = _locate(placement, src.vids[new])
+            pins += _runs(sym.vids[new], group, addr, src.vids[new])
+        return pins
+
+    def words(self) -> int:
+        return int(self.floor.max())
+
+
+def layout_blocks(vp_layer: VProgram, vp_head: VProgram, hw: HardwareConfig, layers: int) -> Layout:
+    next_addr = np.zeros(hw.mem_slices, np.int64)
+    cursor: dict = {}
+    consts = {s.name for s in vp_layer.symbols if s.kind == "const"}
+    shared = place_static(vp_layer, hw, {"x"} | consts, next_addr, cursor).segments
+    head_names = {s.name for s in vp_head.symbols if s.kind != "output"} - {"x"}
+    head_static = place_static(vp_head, hw, head_names, next_addr, cursor).segments
+    # The head's x is the layer's x: same shape, both numbered column-major from one base.
+    x_layer, x_head = _symbol(vp_layer, "x", "input"), _symbol(vp_head, "x", "input")
+    delta = int(x_head.vids.min()) - int(x_layer.vids.min())
+    assert np.array_equal(x_head.vids - delta, x_layer.vids)
+    lo, hi = int(x_layer.vids.min()), int(x_layer.vids.max())
+    head_static += [Segment(s.v0 + delta, s.n, s.group, s.addr) for s in shared if lo <= s.v0 <= hi]
+    band_lo = int(next_addr.max())
+    next_addr[:] = band_lo
+    band_names = {
+        s.name for s in vp_layer.symbols if s.kind in ("param", "input") and s.name != "x"
+    }
+    band = place_static(vp_layer, hw, band_names, next_addr, cursor).segments
+    band_words = int(next_addr.max()) - band_lo
+    top = band_lo + layers * band_words
+    if top > hw.words_per_slice:
+        need = top * hw.lanes * hw.mem_slices
+        raise ModelTooLarge(
+            f"{layers} layers need {band_words} words per slice each for weights and KV cache, "
+            f"above {band_lo} shared words: {top} words of the {hw.words_per_slice} per slice "
+            f"of {hw.name} (about {need:,} bytes of {hw.sram_bytes:,}); "
+            f"it needs at least {-(-top // hw.words_per_slice)} chips"
+        )
+    floor = np.full(hw.mem_slices, top, np.int64)
+    return Layout(
+        hw, vp_layer, vp_head, layers, shared, head_static, band, band_lo, band_words, floor
+    )
