@@ -8,20 +8,44 @@ from models.configs import (
     list_models,
     param_count,
 )
-from models.llama import decode_step, embed, generate, init_cache, init_params, mm, prefill
+from models.decoder import (
+    decode_step,
+    embed,
+    generate,
+    head,
+    head_params,
+    init_cache,
+    init_params,
+    layer_step,
+    mlp,
+    param_specs,
+    prefill,
+    route,
+)
+from models.ops import mm
+from models.quantize import FORMATS, dequantize, quantize
 
 __all__ = [
+    "FORMATS",
     "MODELS",
     "ModelConfig",
     "UnknownModelError",
     "decode_step",
+    "dequantize",
     "embed",
     "generate",
     "get_config",
+    "head",
+    "head_params",
     "init_cache",
     "init_params",
+    "layer_step",
     "list_models",
+    "mlp",
     "mm",
     "param_count",
+    "param_specs",
     "prefill",
+    "quantize",
+    "route",
 ]

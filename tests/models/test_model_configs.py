@@ -1,7 +1,9 @@
 """Model registry: published parameter counts, validation messages, unknown names."""
 
 import dataclasses
+import math
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given
@@ -15,7 +17,9 @@ from models import (
     init_params,
     list_models,
     param_count,
+    param_specs,
 )
+from tests.models.strategies import decoder_configs
 
 TINY = get_config("tiny-llama")
 PUBLISHED = [name for name, cfg in MODELS.items() if cfg.published_params]
@@ -25,6 +29,8 @@ def test_registry_has_the_published_architectures():
     expected = {
         "tiny-llama",
         "tiny-llama-f32",
+        "tiny-gpt2",
+        "tiny-mixtral",
         "gpt2",
         "gpt2-medium",
         "gpt2-large",
@@ -41,7 +47,7 @@ def test_registry_has_the_published_architectures():
         "mixtral-8x7b",
     }
     assert set(list_models()) == expected
-    assert set(PUBLISHED) == expected - {"tiny-llama", "tiny-llama-f32"}
+    assert set(PUBLISHED) == {name for name in expected if not name.startswith("tiny-")}
     for name in list_models():
         cfg = get_config(name)
         assert cfg.name == name
@@ -64,33 +70,41 @@ def test_tiny_llama_dims():
     )
 
 
-@st.composite
-def llama_configs(draw):
-    kv = draw(st.integers(1, 3))
-    heads = kv * draw(st.integers(1, 3))
-    head_dim = 2 * draw(st.integers(1, 6))
-    return dataclasses.replace(
-        TINY,
-        name="drawn",
-        vocab_size=draw(st.integers(2, 50)),
-        d_model=heads * head_dim,
-        n_layers=draw(st.integers(1, 3)),
-        n_heads=heads,
-        n_kv_heads=kv,
-        d_ff=draw(st.integers(1, 40)),
-        tie_embeddings=False,
-        dtype=draw(st.sampled_from(["float32", "float16", "bfloat16"])),
-    )
-
-
-@given(llama_configs())
+@given(decoder_configs())
 def test_param_count_equals_initialised_weights(cfg):
     # An independent count: the elements of the arrays init_params actually builds.
-    params = init_params(cfg)
-    arrays = [params["embed"], params["final_norm"], params["lm_head"]]
-    arrays += [w for layer in params["layers"] for w in layer.values()]
+    arrays = jax.tree.leaves(init_params(cfg))
     assert sum(a.size for a in arrays) == param_count(cfg)
     assert {a.dtype for a in arrays} == {cfg.np_dtype}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_param_specs_count_every_parameter(name):
+    # The compiler's view of every registered model, 405B included, without building weights.
+    cfg = get_config(name)
+    leaves = jax.tree.leaves(param_specs(cfg))
+    assert sum(math.prod(s.shape) for s in leaves) == param_count(cfg)
+    assert {s.dtype for s in leaves} == {cfg.np_dtype}
+
+
+def test_tiny_gpt2_and_mixtral_dims():
+    gpt2, moe = get_config("tiny-gpt2"), get_config("tiny-mixtral")
+    assert (gpt2.family, gpt2.d_model, gpt2.n_layers, gpt2.n_heads, gpt2.d_ff) == (
+        "gpt2",
+        64,
+        2,
+        4,
+        256,
+    )
+    assert gpt2.tie_embeddings and gpt2.dtype == "float16" and gpt2.max_seq_len == 64
+    assert (moe.family, moe.d_model, moe.n_heads, moe.n_kv_heads, moe.d_ff) == (
+        "mixtral",
+        64,
+        4,
+        2,
+        128,
+    )
+    assert (moe.n_experts, moe.experts_per_token, moe.dtype) == (4, 2, "float16")
 
 
 def test_param_count_gqa_ties_and_experts():
