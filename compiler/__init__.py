@@ -80,9 +80,10 @@ def compile(
     """Compile a function (with `args`: argument name -> pytree of arrays or ShapeDtypeStructs)
     or a model (a name from `models.list_models()` or a ModelConfig) for `hw`.
 
-    A model compiles one decode step of its first `layers` layers (default: all) at position `pos`
+    A model compiles one decode step at position `pos`
     (default: the last of `context`, which defaults to min(64, the model's max_seq_len)) with its KV cache
-    in SRAM and its weights stored as `weights` ("native", "fp16", "bf16", "int8", "fp8"). Its
+    in SRAM and its weights stored as `weights` ("native", "fp16", "bf16", "int8", "fp8"): every
+    layer and the head, or, given `layers`, the first `layers` layers alone (output "x"). Its
     layers are scheduled once and replayed (`replay=False` schedules every layer anew: the same
     Program, slower). `progress(stage, fraction)` hears how far along it is.
     """
@@ -123,14 +124,17 @@ def compile_model(
 
     report = progress or (lambda stage, fraction: None)
     fm.check_weights(weights)
+    with_head = layers is None
     pos, context, layers = fm.resolve_step(cfg, pos=pos, context=context, layers=layers)
-    specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers)
+    specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers, head=with_head)
     _check_args_fit(specs, frozenset({"params"}), hw, 1)  # fit first: before any tracing
     report("trace", 0.0)
     fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights)
     vp_layer = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
-    fn, args = fm.head_target(cfg, weights=weights)
-    vp_head = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
+    vp_head = None
+    if with_head:
+        fn, args = fm.head_target(cfg, weights=weights)
+        vp_head = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
     report("trace", 1.0)
     lay = layout_blocks(vp_layer, vp_head, hw, layers)  # SRAM: shared, per-layer bands, dynamic
 
@@ -146,13 +150,15 @@ def compile_model(
             else [(l * lay.band_words, f"schedule layer {l}") for l in range(layers)]
         )
     ]
-    head_block = scheduled("head", vp_head, lay.head_placement(), (), "schedule head")
+    head_block = None
+    if with_head:
+        head_block = scheduled("head", vp_head, lay.head_placement(), (), "schedule head")
     report("link", 0.0)
     meta = {
         "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
-        "weights": weights, "layers": layers, "replay": replay,
+        "weights": weights, "layers": layers, "head": with_head, "replay": replay,
     }  # fmt: skip
-    words = max([lay.words()] + [b.words for b in (*layer_blocks, head_block)])
+    words = max([lay.words()] + [b.words for b in (*layer_blocks, head_block) if b is not None])
     program = link(hw, model_instances(lay, layer_blocks, head_block, replay), meta, words)
     report("link", 1.0)
     return program

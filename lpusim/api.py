@@ -5,6 +5,8 @@ readable table."""
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import jax
@@ -12,11 +14,13 @@ import numpy as np
 
 from compiler import compile as compile_program
 from compiler.frontend.jaxpr import flatten_named
-from compiler.frontend.model import resolve_model
+from compiler.frontend.model import check_weights, resolve_model
 from models import decode_step, embed, init_cache, init_params
 from sim import Program, simulate
 from sim.errors import LpuError
 from sim.hardware import load_hardware
+
+Progress = Callable[[str, float], None]
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -41,6 +45,8 @@ class Estimate:
     model: str
     hw: str
     chips: int
+    weights: str
+    layers: str  # "all (with head)" or "first N of M (no head)"
     context: int
     cycles_per_token: int
     predicted_cycles: int
@@ -50,8 +56,11 @@ class Estimate:
     bytes_read: int
     bytes_written: int
     instructions: int
+    vector_instructions: int  # instructions counted once per repetition
     vector_ops: int
     sram_high_water_bytes: int
+    compile_s: float
+    simulate_s: float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,14 +70,17 @@ class Estimate:
             [
                 ("model", self.model),
                 ("hardware", f"{self.hw} x {self.chips} chip(s)"),
+                ("weights", self.weights),
+                ("layers", self.layers),
                 ("context", self.context),
                 ("cycles per token", self.cycles_per_token),
                 ("seconds per token", self.seconds_per_token),
                 ("tokens/s (one user)", self.tokens_per_s),
                 ("bytes read per token", self.bytes_read),
                 ("SRAM high-water (bytes)", self.sram_high_water_bytes),
-                ("instructions", self.instructions),
+                ("instructions", f"{self.instructions} ({self.vector_instructions} unrolled)"),
                 ("unit utilisation", self.unit_utilisation),
+                ("compile / simulate (s)", f"{self.compile_s:.2f} / {self.simulate_s:.2f}"),
             ]
         )
 
@@ -80,16 +92,28 @@ def estimate(
     chips: int = 1,
     context: int | None = None,
     engine: str = "numba",
+    weights: str = "native",
+    layers: int | None = None,
+    progress: Progress | None = None,
 ) -> Estimate:
-    """Compile one decode step at the last position of `context` and time it on the simulator."""
+    """Compile one decode step at the last position of `context` (of the first `layers` layers
+    alone, if given) with weights stored as `weights`, and time it on the simulator."""
     cfg = resolve_model(model)
     hw = load_hardware(hw)
-    program = compile_program(cfg, hw, chips=chips, context=context)
+    t0 = time.perf_counter()
+    program = compile_program(
+        cfg, hw, chips=chips, context=context, weights=weights, layers=layers, progress=progress
+    )
+    t1 = time.perf_counter()
     result = simulate(program, mode="timing", engine=engine)
+    t2 = time.perf_counter()
+    n = program.meta["layers"]
     return Estimate(
         model=cfg.name,
         hw=hw.name,
         chips=chips,
+        weights=weights,
+        layers="all (with head)" if layers is None else f"first {n} of {cfg.n_layers} (no head)",
         context=program.meta["context"],
         cycles_per_token=result.cycles,
         predicted_cycles=result.predicted_cycles,
@@ -99,8 +123,11 @@ def estimate(
         bytes_read=result.bytes_read,
         bytes_written=result.bytes_written,
         instructions=result.instructions,
+        vector_instructions=int(program.instrs["repeat"].sum()),
         vector_ops=result.vector_ops,
         sram_high_water_bytes=program.words_used * hw.lanes * hw.mem_slices,
+        compile_s=t1 - t0,
+        simulate_s=t2 - t1,
     )
 
 
@@ -129,6 +156,7 @@ def run_decode_step(program: Program, params, x, cache, *, engine="numba"):
 class Validation:
     model: str
     hw: str
+    weights: str
     prompt: list[int]
     tokens_lpu: list[int]
     tokens_jax: list[int]
@@ -139,6 +167,11 @@ class Validation:
     within_tolerance: bool
     predicted_cycles: list[int]
     simulated_cycles: list[int]
+    # Against the unquantised model (the same seed's weights in the model's dtype): what the
+    # weight format costs. Equal to the above for weights="native".
+    tokens_unquantised: list[int] = field(default_factory=list)
+    tokens_match_unquantised: bool = True
+    max_abs_error_unquantised: float = 0.0
     steps: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -149,13 +182,17 @@ class Validation:
             [
                 ("model", self.model),
                 ("hardware", self.hw),
+                ("weights", self.weights),
                 ("prompt", self.prompt),
                 ("tokens (LPU)", self.tokens_lpu),
-                ("tokens (JAX)", self.tokens_jax),
+                ("tokens (JAX, same weights)", self.tokens_jax),
                 ("tokens match", self.tokens_match),
                 ("max |logit error|", self.max_abs_error),
                 ("max relative error", self.max_rel_error),
                 ("tolerance", f"{self.tolerance_abs:g} absolute on every logit"),
+                ("tokens (JAX, unquantised)", self.tokens_unquantised),
+                ("tokens match unquantised", self.tokens_match_unquantised),
+                ("max |logit error| unquantised", self.max_abs_error_unquantised),
                 ("cycles predicted = simulated", self.predicted_cycles == self.simulated_cycles),
                 ("cycles per step", self.simulated_cycles),
             ]
@@ -181,62 +218,96 @@ def validate(
     seed: int = 0,
     engine: str = "numba",
     tolerance: float | None = None,
+    weights: str = "native",
+    progress: Progress | None = None,
 ) -> Validation:
     """Generate `tokens` greedy tokens on the simulated chip (functional mode) and with the JAX
-    reference, each from its own cache, comparing logits at every step."""
+    reference of the same (quantised, for weights="int8"/"fp8") model, each from its own cache,
+    comparing logits at every step; and with the unquantised model, to show what the weight
+    format costs."""
     cfg = resolve_model(model)
     hw = load_hardware(hw)
+    check_weights(weights)
     if tokens < 1:
         raise LpuError(f"tokens={tokens} must be >= 1")
     prompt = [int(t) for t in prompt]
     if not prompt or any(not 0 <= t < cfg.vocab_size for t in prompt):
         raise LpuError(f"prompt {prompt} must be non-empty token ids in [0, {cfg.vocab_size})")
     tolerance = LOGIT_TOLERANCE[cfg.dtype] if tolerance is None else tolerance
-    params = init_params(cfg, seed)
+    report = progress or (lambda stage, fraction: None)
+    params = init_params(cfg, seed, weights)
+    native = params if weights == "native" else init_params(cfg, seed)
     context = len(prompt) + tokens - 1
     jit_step = jax.jit(decode_step, static_argnames=("cfg", "pos"))
-    lpu_cache = jax_cache = init_cache(cfg, context)
-    lpu_tok = jax_tok = prompt[0]
-    lpu_out, jax_out, steps = [], [], []
+    lpu = _Generation(params, cfg, context, prompt)
+    ref = _Generation(params, cfg, context, prompt)
+    unq = _Generation(native, cfg, context, prompt)
+    steps = []
     for pos in range(context):
-        program = compile_program(cfg, hw, chips=chips, pos=pos, context=context)
-        lpu_logits, lpu_cache, result = run_decode_step(
-            program, params, embed(params, lpu_tok), lpu_cache, engine=engine
+        report("validate", pos / context)
+        program = compile_program(cfg, hw, chips=chips, pos=pos, context=context, weights=weights)
+        lpu_logits, lpu.cache, result = run_decode_step(
+            program, params, lpu.x(pos), lpu.cache, engine=engine
         )
-        jax_logits, jax_cache = jit_step(
-            params, embed(params, jax_tok), jax_cache, cfg=cfg, pos=pos
-        )
-        jax_logits = np.asarray(jax_logits)
-        jax_cache = jax.tree.map(np.asarray, jax_cache)
+        jax_logits = ref.jax_step(jit_step, pos)
+        unq_logits = unq.jax_step(jit_step, pos)
         err = np.abs(lpu_logits - jax_logits)
         steps.append(
             {
                 "pos": pos,
                 "max_abs_error": float(err.max()),
                 "max_rel_error": float((err / np.maximum(np.abs(jax_logits), 1e-6)).max()),
+                "max_abs_error_unquantised": float(np.abs(lpu_logits - unq_logits).max()),
                 "predicted_cycles": program.predicted_cycles,
                 "simulated_cycles": result.cycles,
             }
         )
-        if pos + 1 < len(prompt):
-            lpu_tok = jax_tok = prompt[pos + 1]
-        else:
-            lpu_tok, jax_tok = int(np.argmax(lpu_logits[0])), int(np.argmax(jax_logits[0]))
-            lpu_out.append(lpu_tok)
-            jax_out.append(jax_tok)
+        for g, logits in ((lpu, lpu_logits), (ref, jax_logits), (unq, unq_logits)):
+            g.advance(pos, logits)
+    report("validate", 1.0)
     max_abs = max(s["max_abs_error"] for s in steps)
     return Validation(
         model=cfg.name,
         hw=hw.name,
+        weights=weights,
         prompt=prompt,
-        tokens_lpu=lpu_out,
-        tokens_jax=jax_out,
-        tokens_match=lpu_out == jax_out,
+        tokens_lpu=lpu.out,
+        tokens_jax=ref.out,
+        tokens_match=lpu.out == ref.out,
         max_abs_error=max_abs,
         max_rel_error=max(s["max_rel_error"] for s in steps),
         tolerance_abs=tolerance,
         within_tolerance=max_abs <= tolerance,
         predicted_cycles=[s["predicted_cycles"] for s in steps],
         simulated_cycles=[s["simulated_cycles"] for s in steps],
+        tokens_unquantised=unq.out,
+        tokens_match_unquantised=lpu.out == unq.out,
+        max_abs_error_unquantised=max(s["max_abs_error_unquantised"] for s in steps),
         steps=steps,
     )
+
+
+class _Generation:
+    """One greedy generation's state: its cache, the token fed next and the tokens it chose."""
+
+    def __init__(self, params: dict, cfg, context: int, prompt: list[int]):
+        self.params, self.cfg, self.prompt = params, cfg, prompt
+        self.cache = init_cache(cfg, context)
+        self.token = prompt[0]
+        self.out: list[int] = []
+
+    def x(self, pos: int) -> np.ndarray:
+        return embed(self.params, self.token, pos, self.cfg)
+
+    def jax_step(self, jit_step, pos: int) -> np.ndarray:
+        weights = {k: v for k, v in self.params.items() if k != "embed"}
+        logits, cache = jit_step(weights, self.x(pos), self.cache, cfg=self.cfg, pos=pos)
+        self.cache = jax.tree.map(np.asarray, cache)
+        return np.asarray(logits)
+
+    def advance(self, pos: int, logits: np.ndarray) -> None:
+        if pos + 1 < len(self.prompt):
+            self.token = self.prompt[pos + 1]
+        else:
+            self.token = int(np.argmax(logits[0]))
+            self.out.append(self.token)

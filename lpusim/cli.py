@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from lpusim.progress import StageProgress
 from sim.errors import LpuError
 
 
@@ -19,6 +20,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny-llama", help="a name from `lpusim models`")
     _hw_arg(p)
     p.add_argument("--chips", type=int, default=1, help="chips to map the model onto")
+
+
+def _weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        default="native",
+        help="weight storage: native (the model's dtype), fp16, bf16, int8, fp8 (e4m3); "
+        "int8/fp8 with one scale per output channel",
+    )
+
+
+def _layers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--layers", type=int, default=None, help="compile only the first N layers (no head)"
+    )
 
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
@@ -40,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--prompt", default="1", help="comma-separated token ids")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    _weights_arg(p)
     _engine_arg(p)
     _json_arg(p)
 
@@ -48,12 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--context", type=int, default=None, help="KV-cache length (default: min(64, max_seq_len))"
     )
+    _weights_arg(p)
+    _layers_arg(p)
     _engine_arg(p)
     _json_arg(p)
 
     p = sub.add_parser("compile", help="write a Program file and its listing")
     _model_args(p)
     p.add_argument("--context", type=int, default=None)
+    _weights_arg(p)
+    _layers_arg(p)
     p.add_argument("--pos", type=int, default=None, help="decode position (default: last)")
     p.add_argument("-o", "--output", required=True, help="Program file to write")
     p.add_argument("--listing", default=None, help="listing file (default: OUTPUT.txt)")
@@ -119,15 +140,18 @@ def _cmd_validate(args) -> int:
         prompt = tuple(int(t) for t in args.prompt.split(","))
     except ValueError:
         raise LpuError(f"--prompt {args.prompt!r} must be comma-separated integers") from None
-    v = validate(
-        args.model,
-        args.hw,
-        tokens=args.tokens,
-        prompt=prompt,
-        chips=args.chips,
-        seed=args.seed,
-        engine=args.engine,
-    )
+    with StageProgress() as progress:
+        v = validate(
+            args.model,
+            args.hw,
+            tokens=args.tokens,
+            prompt=prompt,
+            chips=args.chips,
+            seed=args.seed,
+            engine=args.engine,
+            weights=args.weights,
+            progress=progress,
+        )
     obj = v.to_dict()
     obj["predicted_cycles"] = sum(v.predicted_cycles)
     obj["simulated_cycles"] = sum(v.simulated_cycles)
@@ -139,7 +163,11 @@ def _cmd_validate(args) -> int:
 def _cmd_estimate(args) -> int:
     from lpusim.api import estimate
 
-    e = estimate(args.model, args.hw, chips=args.chips, context=args.context, engine=args.engine)
+    with StageProgress() as progress:
+        e = estimate(
+            args.model, args.hw, chips=args.chips, context=args.context, engine=args.engine,
+            weights=args.weights, layers=args.layers, progress=progress,
+        )  # fmt: skip
     _emit(args, e.to_dict(), str(e))
     return 0
 
@@ -147,9 +175,11 @@ def _cmd_estimate(args) -> int:
 def _cmd_compile(args) -> int:
     from compiler import compile as compile_program
 
-    prog = compile_program(
-        args.model, args.hw, chips=args.chips, context=args.context, pos=args.pos
-    )
+    with StageProgress() as progress:
+        prog = compile_program(
+            args.model, args.hw, chips=args.chips, context=args.context, pos=args.pos,
+            weights=args.weights, layers=args.layers, progress=progress,
+        )  # fmt: skip
     out = Path(args.output)
     prog.save(out)
     listing = Path(args.listing) if args.listing else out.with_name(out.name + ".txt")
@@ -162,7 +192,12 @@ def _cmd_compile(args) -> int:
         "predicted_cycles": prog.predicted_cycles,
         **prog.meta,
     }
-    text = "\n".join(f"{k:<17} {v}" for k, v in obj.items())
+    text = "\n".join(f"{k:<17} {v}" for k, v in obj.items() if k != "blocks")
+    for b in prog.meta.get("blocks", ()):
+        text += (
+            f"\n  {b['name']:<28} from cycle {b['first_cycle']:>9}, {b['cycles']} cycles, "
+            f"{b['instructions']} instructions"
+        )
     _emit(args, obj, text)
     return 0
 

@@ -150,6 +150,13 @@ class Program:
             f"; program {self.content_hash} for {hw.name} (hw {hw.hash}), {self.chips} chip(s)",
             f"; predicted cycles {self.predicted_cycles}, {len(self.instrs)} instructions",
         ]
+        for b in self.meta.get("blocks", ()):
+            # A replayed block is the same instructions at a later cycle (and, for a layer's
+            # weights and cache, a shifted address band).
+            lines.append(
+                f"; block {b['name']}: cycles {b['first_cycle']}..{b['first_cycle'] + b['cycles']}"
+                f", {b['instructions']} instructions, addresses +{b['addr_shift_words']} words"
+            )
         for s in self.symbols:
             lines.append(f"; {s.kind:6s} {s.name} {s.dtype}{list(s.shape)} {len(s.addrs)} vectors")
         shown = 0

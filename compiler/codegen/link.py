@@ -184,9 +184,11 @@ def _sym(vp: VProgram, name: str, kind: str):
     return next(s for s in vp.symbols if s.name == name and s.kind == kind)
 
 
-def model_instances(lay, layer_blocks: list[Block], head: Block, replay: bool) -> list[Instance]:
-    """Layer 0..L-1 (block 0 replayed, or each layer's own block) then the head, with the
-    lookup tables that chain x from each block to the next."""
+def model_instances(
+    lay, layer_blocks: list[Block], head: Block | None, replay: bool
+) -> list[Instance]:
+    """Layer 0..L-1 (block 0 replayed, or each layer's own block) then the head (if any; else the
+    last layer's x is the output), with the lookup tables that chain x from block to block."""
     vp = layer_blocks[0].vp
     V = len(vp.dtypes)
     x_in, x_out = _sym(vp, "x", "input").vids, _sym(vp, "x", "output").vids
@@ -201,6 +203,7 @@ def model_instances(lay, layer_blocks: list[Block], head: Block, replay: bool) -
             new[x_in] = lut[x_out]
         lut = new
         rename = {}
+        first_in, last_out = l == 0, head is None and l == lay.layers - 1
         for s in vp.symbols:
             key = (s.name, s.kind)
             if s.name.startswith("params/layers/0/"):
@@ -209,11 +212,13 @@ def model_instances(lay, layer_blocks: list[Block], head: Block, replay: bool) -
                 rename[key] = s.name[: -len("/0")] + f"/{l}"
             elif l == 0 and s.kind == "const":
                 rename[key] = f"layer/{s.name}"
-            elif l == 0 and s.kind == "input" and s.name == "x":
-                rename[key] = "x"
+            elif s.name == "x" and (first_in if s.kind == "input" else last_out):
+                rename[key] = "x"  # the program's input x, and its output when there is no head
         shift = l * lay.band_words if replay else 0
         label = f"layer {l}" + (" (replay of layer 0)" if replay and l else "")
         instances.append(Instance(block, lut, shift, band, label, rename, aux_base=l * len(vp.ops)))
+    if head is None:
+        return instances
     hvp = head.vp
     hlut = np.arange(len(hvp.dtypes), dtype=np.int64) + lay.layers * V
     hlut[_sym(hvp, "x", "input").vids] = lut[x_out]

@@ -21,11 +21,13 @@ def check_weights(weights: str) -> None:
         raise LpuError(f"weights={weights!r}; valid weight formats: {', '.join(FORMATS)}")
 
 
-def decode_specs(cfg: ModelConfig, *, context: int, weights: str, layers: int) -> dict:
-    """The arguments of a decode step of the first `layers` layers: {"params" (without the
-    host's embedding table), "x", "cache"} as ShapeDtypeStructs."""
+def decode_specs(
+    cfg: ModelConfig, *, context: int, weights: str, layers: int, head: bool = True
+) -> dict:
+    """The arguments of a decode step of the first `layers` layers (and the head): {"params"
+    (without the host's embedding table), "x", "cache"} as ShapeDtypeStructs."""
     params = param_specs(cfg, weights)
-    params = {**head_params(params), "layers": params["layers"][:layers]}
+    params = {**(head_params(params) if head else {}), "layers": params["layers"][:layers]}
     kv = jax.ShapeDtypeStruct((cfg.n_kv_heads, context, cfg.head_dim), cfg.np_dtype)
     return {
         "params": params,

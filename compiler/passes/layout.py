@@ -61,7 +61,7 @@ def _runs(out_vids, group, addr, old) -> list[tuple[int, int, int, int, int]]:
 class Layout:
     hw: HardwareConfig
     vp_layer: VProgram
-    vp_head: VProgram
+    vp_head: VProgram | None
     layers: int
     shared: list[Segment]  # x and the layer's constants (layer vids)
     head_static: list[Segment]  # the head's weights, constants and x (head vids)
@@ -96,19 +96,25 @@ class Layout:
         return int(self.floor.max())
 
 
-def layout_blocks(vp_layer: VProgram, vp_head: VProgram, hw: HardwareConfig, layers: int) -> Layout:
+def layout_blocks(
+    vp_layer: VProgram, vp_head: VProgram | None, hw: HardwareConfig, layers: int
+) -> Layout:
     next_addr = np.zeros(hw.mem_slices, np.int64)
     cursor: dict = {}
     consts = {s.name for s in vp_layer.symbols if s.kind == "const"}
     shared = place_static(vp_layer, hw, {"x"} | consts, next_addr, cursor).segments
-    head_names = {s.name for s in vp_head.symbols if s.kind != "output"} - {"x"}
-    head_static = place_static(vp_head, hw, head_names, next_addr, cursor).segments
-    # The head's x is the layer's x: same shape, both numbered column-major from one base.
-    x_layer, x_head = _symbol(vp_layer, "x", "input"), _symbol(vp_head, "x", "input")
-    delta = int(x_head.vids.min()) - int(x_layer.vids.min())
-    assert np.array_equal(x_head.vids - delta, x_layer.vids)
-    lo, hi = int(x_layer.vids.min()), int(x_layer.vids.max())
-    head_static += [Segment(s.v0 + delta, s.n, s.group, s.addr) for s in shared if lo <= s.v0 <= hi]
+    head_static = []
+    if vp_head is not None:
+        head_names = {s.name for s in vp_head.symbols if s.kind != "output"} - {"x"}
+        head_static = place_static(vp_head, hw, head_names, next_addr, cursor).segments
+        # The head's x is the layer's x: same shape, both numbered column-major from one base.
+        x_layer, x_head = _symbol(vp_layer, "x", "input"), _symbol(vp_head, "x", "input")
+        delta = int(x_head.vids.min()) - int(x_layer.vids.min())
+        assert np.array_equal(x_head.vids - delta, x_layer.vids)
+        lo, hi = int(x_layer.vids.min()), int(x_layer.vids.max())
+        head_static += [
+            Segment(s.v0 + delta, s.n, s.group, s.addr) for s in shared if lo <= s.v0 <= hi
+        ]
     band_lo = int(next_addr.max())
     next_addr[:] = band_lo
     band_names = {

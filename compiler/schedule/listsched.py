@@ -170,6 +170,8 @@ class _Scheduler:
             self.pin_at[v0] = (g, a, old)
         self.pinned_over: dict[int, int] = {}
         self.writes = [0] * hw.mem_slices
+        self.stream_next = [0, 0]  # per direction: the stream after the last one claimed
+        self._orders: dict[tuple, list[int]] = {}
         self.records: list[dict] = []
         self.end = 0
         self.plane_free = [0] * hw.mxm_planes
@@ -258,6 +260,11 @@ class _Scheduler:
         return True
 
     def _commit(self, t: int, chosen: list) -> None:
+        for _, payload in chosen:
+            if isinstance(payload, tuple) and len(payload) == 3:  # a READ or WRITE: (.., s, d)
+                _, st, d = payload
+                self.stream_next[d] = st + 1
+                self._orders.clear()
         for items, _ in chosen:
             for key, off, n in items:
                 b = self.busy.get(key)
@@ -266,6 +273,17 @@ class _Scheduler:
                 b.add(t + off, n)
 
     # --- claim options --------------------------------------------------------------------------
+
+    def stream_order(self, d: int, w: int) -> list[int]:
+        """Stream groups of width w in direction d, from the one after the last taken: streams
+        are claimed in turn, so the first tried is the one most likely free."""
+        key = (d, w)
+        order = self._orders.get(key)
+        if order is None:
+            groups = list(range(0, self.S, w))
+            k = (self.stream_next[d] // w) % len(groups)
+            order = self._orders[key] = groups[k:] + groups[:k]
+        return order
 
     def _stream_items(self, d: int, s: int, w: int, diag_off: int, n: int) -> Items:
         return [(("st", d, s + m), diag_off, n) for m in range(w)]
@@ -283,7 +301,7 @@ class _Scheduler:
             d = 0 if pos >= p0 else 1
             diag_off = jpass - pos if d == 0 else jpass + pos
             ports = [(("rd", c.group + m), off_r, n) for m in range(w)]
-            for s in range(0, self.S, w):
+            for s in self.stream_order(d, w):
                 yield ports + self._stream_items(d, s, w, diag_off, n), ready - off_r, (c, s, d)
 
     def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, avoid=()):
@@ -303,7 +321,7 @@ class _Scheduler:
             d = 0 if p >= pos else 1
             diag_off = joff - pos if d == 0 else joff + pos
             ports = [(("wr", g + m), joff + abs(p - pos), n) for m in range(w)]
-            for s in range(0, self.S, w):
+            for s in self.stream_order(d, w):
                 yield ports + self._stream_items(d, s, w, diag_off, n), 0, (g, s, d)
 
     # --- recording ------------------------------------------------------------------------------
