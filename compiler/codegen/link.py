@@ -135,12 +135,12 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
     blocks_meta = []
     for inst in instances:
         b = inst.block
-        if id(b) not in seen:  # each distinct block's tables and sources once
-            seen[id(b)] = (sum(len(t) for t in tables), len(sources))
+        if id(b.vp) not in seen:  # tables and sources once per vector program
+            seen[id(b.vp)] = (sum(len(t) for t in tables), len(sources))
             tables.append(np.stack(b.vp.tables) if b.vp.tables else np.zeros((0, hw.lanes)))
             srcs = b.vp.sources
             sources += [srcs.get(i, "?") for i in range(max(srcs, default=-1) + 1)]
-        inst.table_base, inst.src_base = seen[id(b)]
+        inst.table_base, inst.src_base = seen[id(b.vp)]
         # Start when the previous block is done and its vectors have left every stream it shares.
         used = b.diag_lo <= b.diag_hi
         clash = busy_hi[used] - b.diag_lo[used] + 1
