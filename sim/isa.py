@@ -22,6 +22,28 @@ repetition j at cycle t = cycle + j, at the position p of the queue's unit:
                                 of the plane's weight tile `aux`; usable from t + install latency
     MXM MATMUL plane count    : y = x[:count] @ W[:count, :] with W the installed tile `aux`
                                 (float64 accumulation, float32 result) enters sd at t + mxm latency
+    SXM TOPK count imm table  : the k = imm largest of lanes [0, count) of s0, largest first:
+                                lanes [0, k) of sd get their lane numbers, lanes [k, 2k) their
+                                values (bits unchanged), every other lane 0; the result is float32
+                                whatever the dtype field. Select registers sel[table + i] = the
+                                i-th lane number (i < k), readable from t + sxm latency
+    READ + FLAG_INDIRECT      : the unit-relative READ: address addr + j*stride + sel[row]*count,
+      slice addr row count aux  where it expects vector vid + j + sel[row]*aux (`count`: words
+                                between consecutive units, e.g. experts; `aux`: vector ids between
+                                them); it enters sd as vector vid + j, so consumers check the same
+                                ids whichever unit was selected
+
+TOPK orders values as jax.lax.top_k does: by IEEE 754 totalOrder (+NaN above +inf, -NaN below -inf,
+-0.0 below +0.0), ties to the lower lane. It needs an integer k with 1 <= k <= count <= lanes,
+2k <= lanes, and registers table .. table + k - 1 within the chip's SELECT_REGISTERS.
+
+Select registers (per chip) carry a data-dependent choice into addresses with *static timing*: which
+unit an indirect READ picks changes where it reads, never when, so the schedule and its cycle count
+are the same whatever the selection. A register holds 0 until a TOPK writes it; an indirect READ at
+cycle t sees the writes that became readable at cycles <= t, and a READ that comes before the first
+TOPK write of its register (while a later one exists) is a violation; each repetition of a READ
+reads the register at its own cycle. Timing mode computes no values, so there every register reads
+as 0 (unit 0 is the one whose vector ids are checked).
 
 A vector of b-byte elements is b words wide: it uses b adjacent slices (from `slice`, aligned to
 b) at one address, and b adjacent streams (from the operand, aligned to b).
@@ -81,6 +103,7 @@ class Op(IntEnum):
     REDUCE_SUM = 30
     REDUCE_MAX = 31
     PERMUTE = 32
+    TOPK = 33
     INSTALL = 40
     MATMUL = 41
 
@@ -107,6 +130,7 @@ OP_UNIT = {
     Op.REDUCE_SUM: Unit.SXM,
     Op.REDUCE_MAX: Unit.SXM,
     Op.PERMUTE: Unit.SXM,
+    Op.TOPK: Unit.SXM,
     Op.INSTALL: Unit.MXM,
     Op.MATMUL: Unit.MXM,
 }
@@ -128,7 +152,32 @@ VXM_ARITY = {
 # The VXM's "large" ALUs do transcendental functions (REFERENCE.md, "VXM" row).
 VXM_LARGE = frozenset({Op.EXP, Op.RSQRT})
 
-FLAG_TRANSPOSED = 1
+FLAG_TRANSPOSED = 1  # INSTALL: the vector is a column of the tile
+FLAG_INDIRECT = 2  # READ: the address and vector id are relative to the unit sel[row] selects
+
+# Select registers per chip: TOPK writes them, indirect READs use them. A register holds a lane
+# number, below TOPK's `count` (an int16 field), so 15 bits always suffice.
+SELECT_REGISTERS = 16
+
+
+def topk_problem(hw: HardwareConfig, ins) -> str | None:
+    """Why a TOPK's fields are malformed, or None; a malformed TOPK writes no register."""
+    kf, count, table = float(ins["imm"]), int(ins["count"]), int(ins["table"])
+    k = int(kf) if kf.is_integer() else -1
+    if 1 <= k <= count <= hw.lanes and 2 * k <= hw.lanes and 0 <= table <= SELECT_REGISTERS - k:
+        return None
+    return (
+        f"TOPK k={kf:g} of count={count} into select registers from {table}: needs an integer "
+        f"1 <= k <= count <= {hw.lanes}, 2k <= {hw.lanes} and registers "
+        f"table..table+k-1 within 0..{SELECT_REGISTERS - 1}"
+    )
+
+
+def topk_registers(hw: HardwareConfig, ins) -> range:
+    """The select registers a TOPK writes (none if it is malformed)."""
+    if topk_problem(hw, ins) is not None:
+        return range(0)
+    return range(int(ins["table"]), int(ins["table"]) + int(ins["imm"]))
 
 
 def latency(hw: HardwareConfig, op: Op) -> int:
@@ -320,7 +369,13 @@ def disassemble_one(hw: HardwareConfig, ins) -> str:
     def st(field):
         return stream_name(hw, int(ins[field]))
 
-    if op == Op.READ:
+    vid = f"{int(ins['vid'])}"
+    if op == Op.READ and ins["flags"] & FLAG_INDIRECT:
+        sel = f"sel{int(ins['row'])}"
+        where = f"{int(ins['addr'])} + {sel}*{int(ins['count'])}"
+        body = f"{queue_name(hw, int(ins['slice']))}[{where}] -> {st('sd')}"
+        vid += f" + {sel}*{int(ins['aux'])}"
+    elif op == Op.READ:
         body = f"{queue_name(hw, int(ins['slice']))}[{int(ins['addr'])}] -> {st('sd')}"
     elif op == Op.WRITE:
         body = f"{st('s0')} -> {queue_name(hw, int(ins['slice']))}[{int(ins['addr'])}]"
@@ -335,10 +390,13 @@ def disassemble_one(hw: HardwareConfig, ins) -> str:
         body = f"{st('s0')}[:{int(ins['count'])}] -> {st('sd')}"
     elif op == Op.PERMUTE:
         body = f"{st('s0')} table{int(ins['table'])} -> {st('sd')}"
+    elif op == Op.TOPK:
+        k = f"k={float(ins['imm']):g}"
+        body = f"{st('s0')}[:{int(ins['count'])}] {k} -> {st('sd')} sel{int(ins['table'])}"
     elif op == Op.INSTALL:
         t = "T" if ins["flags"] & FLAG_TRANSPOSED else ""
         body = f"{st('s0')} -> tile{int(ins['aux'])} row{t} {int(ins['row'])}"
     else:
         body = f"{st('s0')}[:{int(ins['count'])}] @ tile{int(ins['aux'])} -> {st('sd')}"
     stride = f" stride {int(ins['stride'])}" if ins["repeat"] > 1 and ins["stride"] else ""
-    return f"{op.name}.{dt}{rep} {body}{stride} vid={int(ins['vid'])}"
+    return f"{op.name}.{dt}{rep} {body}{stride} vid={vid}"

@@ -18,6 +18,9 @@ cycle, because every latency is at least one cycle.
 - Resources. Per cycle: one read and one write per MEM slice, `vxm_alus` VXM ops,
   `sxm_units_per_hemisphere` SXM ops per hemisphere, `mxm_install_vectors_per_cycle` installs and
   one matmul per MXM plane.
+- Select registers. A TOPK's register writes land `sxm_latency` cycles after issue, like a WRITE's
+  commit; an indirect READ sees those landed up to its cycle. Which cycle first writes each
+  register is known from the instructions alone, so a READ before it is caught in either mode.
 - Arithmetic. VXM/SXM/MXM compute in float64, round to float32, then to the instruction's element
   type (`_round`, as the table in sim/isa.py says). Sums run sequentially in lane/row order.
   Resident tensors are rounded to their symbol's element type when preloaded.
@@ -35,8 +38,10 @@ from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
     DTYPE_NUMPY,
+    FLAG_INDIRECT,
     FLAG_TRANSPOSED,
     OP_UNIT,
+    SELECT_REGISTERS,
     VXM_ARITY,
     DType,
     Op,
@@ -48,6 +53,8 @@ from sim.isa import (
     queue_position,
     queue_sxm,
     stream_name,
+    topk_problem,
+    topk_registers,
 )
 from sim.program import Program, pack_tensor, unpack_tensor
 
@@ -138,6 +145,14 @@ def run_reference(
     streams: dict[tuple, tuple] = {}  # (chip, dir, s, diag) -> (vid, values, p0, width, instr)
     busy: dict[tuple, int] = {}  # (resource..., cycle) -> uses
     planes: dict[tuple, dict] = {}  # (chip, plane) -> tile state
+    sel: dict[tuple, int] = {}  # (chip, register) -> unit index (functional mode; 0 if unwritten)
+    sel_pending: list[tuple[int, tuple, int]] = []  # TOPK register writes (cycle, key, index)
+    first_sel: dict[tuple, int] = {}  # (chip, register) -> cycle the first TOPK write lands
+    for i in np.nonzero(ins["op"] == Op.TOPK)[0]:
+        if ins[i]["repeat"] > 0:
+            for reg in topk_registers(hw, ins[i]):
+                key, ready = (int(ins[i]["chip"]), reg), int(ins[i]["cycle"]) + latency(hw, Op.TOPK)
+                first_sel[key] = min(first_sel.get(key, ready), ready)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     bytes_read = bytes_written = 0
     events_trace = []
@@ -212,6 +227,9 @@ def run_reference(
                 mem_vid[(chip, s + m, a)] = vid
             if values is not None:
                 mem_val[(chip, s, a)] = values
+        while sel_pending and sel_pending[0][0] <= t:
+            _, key, index = sel_pending.pop(0)
+            sel[key] = index
         if trace:
             events_trace.append((t, i, j))
         r = ins[i]
@@ -229,6 +247,21 @@ def run_reference(
             s, a = int(r["slice"]), int(r["addr"]) + j * int(r["stride"])
             if s % width or s + width > hw.mem_slices or q != s:
                 raise violation(i, t, f"slice group {s} x{width} is misaligned or not this queue")
+            expect_vid = vid
+            if op == Op.READ and r["flags"] & FLAG_INDIRECT:
+                reg = int(r["row"])
+                if not 0 <= reg < SELECT_REGISTERS:
+                    raise violation(
+                        i, t, f"select register {reg} is outside 0..{SELECT_REGISTERS - 1}"
+                    )
+                ready = first_sel.get((chip, reg), t)
+                if ready > t:
+                    raise violation(
+                        i, t, f"reads select register {reg} before TOPK writes it at cycle {ready}"
+                    )
+                unit_index = sel.get((chip, reg), 0) if functional else 0
+                a += unit_index * int(r["count"])
+                expect_vid += unit_index * int(r["aux"])
             if a < 0 or a >= hw.words_per_slice:
                 raise violation(i, t, f"address {a} is outside 0..{hw.words_per_slice - 1}")
             port = "rd" if op == Op.READ else "wr"
@@ -237,11 +270,11 @@ def run_reference(
             if op == Op.READ:
                 for m in range(width):
                     held = mem_vid.get((chip, s + m, a), -1)
-                    if held != vid:
+                    if held != expect_vid:
                         raise violation(
                             i,
                             t,
-                            f"expects vector {vid} at {queue_name(hw, s + m)}[{a}] but it holds "
+                            f"expects vector {expect_vid} at {queue_name(hw, s + m)}[{a}] but it holds "
                             + (
                                 f"vector {held} (overwritten before its last reader)"
                                 if held >= 0
@@ -286,11 +319,26 @@ def run_reference(
 
         elif unit == Unit.SXM:
             hemi = q - queue_sxm(hw, 0)
+            if op == Op.TOPK and (problem := topk_problem(hw, r)) is not None:
+                raise violation(i, t, problem)
             claim(i, t, (chip, "sxm", hemi), hw.sxm_units_per_hemisphere, "every SXM unit")
             _, a = take(i, chip, int(r["s0"]), p, t, expect[0])
             values = None
+            if op == Op.TOPK:
+                width = DTYPE_BYTES[DType.FLOAT32]
             if functional:
-                if op == Op.PERMUTE:
+                if op == Op.TOPK:
+                    k = int(r["imm"])
+                    # IEEE 754 totalOrder as a signed integer key of the float32 bits.
+                    bits = a[: int(r["count"])].view(np.int32).astype(np.int64)
+                    keys = np.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+                    best = np.argsort(-keys, kind="stable")[:k]  # ties: the lower lane first
+                    values = np.zeros(lanes, np.float32)
+                    values[:k] = best
+                    values[k : 2 * k] = a[best]
+                    for n, lane in enumerate(best):
+                        sel_pending.append((t + lat, (chip, int(r["table"]) + n), int(lane)))
+                elif op == Op.PERMUTE:
                     table = program.tables[int(r["table"])]
                     values = np.where(table >= 0, a[np.maximum(table, 0)], 0.0).astype(np.float32)
                 else:

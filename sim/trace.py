@@ -38,6 +38,7 @@ FAMILY = {
     Op.REDUCE_SUM: "SXM reduce",
     Op.REDUCE_MAX: "SXM reduce",
     Op.PERMUTE: "SXM permute",
+    Op.TOPK: "SXM select",
     Op.INSTALL: "MXM install",
     Op.MATMUL: "MXM matmul",
 }
@@ -49,6 +50,7 @@ FAMILY_COLOR = {
     "VXM exp/rsqrt": "#98df8a",
     "SXM reduce": "#9467bd",
     "SXM permute": "#c5b0d5",
+    "SXM select": "#8c564b",
     "MXM install": "#ff7f0e",
     "MXM matmul": "#d62728",
 }

@@ -113,9 +113,10 @@ def _remap(instrs: np.ndarray, inst: Instance, first_cycle: int) -> np.ndarray:
     lo, hi = inst.band
     inband = mem & (out["addr"] >= lo) & (out["addr"] < hi)
     out["addr"][inband] += inst.shift
-    mxm = out["aux"] >= 0
-    out["aux"][mxm] += inst.aux_base
-    out["table"][out["table"] >= 0] += inst.table_base
+    tile = np.isin(out["op"], (int(Op.INSTALL), int(Op.MATMUL)))  # aux: the tile id
+    out["aux"][tile] += inst.aux_base
+    permute = out["op"] == int(Op.PERMUTE)  # table: a permutation (TOPK's is a register)
+    out["table"][permute] += inst.table_base
     out["src"][out["src"] >= 0] += inst.src_base
     return out
 

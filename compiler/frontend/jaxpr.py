@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,19 @@ class UnsupportedPrimitive(LpuError, NotImplementedError):
     """A JAX primitive this compiler cannot lower: names it, its shapes and the source line."""
 
 
-Value = int | np.ndarray  # a graph node id, or a compile-time constant
+@dataclass(frozen=True)
+class Selector:
+    """Integers chosen at run time by a TOPK node (e.g. expert ids), known here only as *which*
+    of its k choices each element is (`lanes`, shaped like the value), plus a constant offset.
+    They may select a unit of a stacked parameter (dynamic_slice) and nothing else."""
+
+    topk: int  # graph node id of the TOPK
+    lanes: np.ndarray  # (value shape) int: which choice
+    units: int  # choices lie in [0, units)
+    offset: int = 0
+
+
+Value = int | np.ndarray | Selector  # a graph node id, a compile-time constant, or a choice
 
 
 def _source(eqn) -> str:
@@ -284,6 +297,109 @@ LOWERINGS: dict[str, Callable] = {
 }
 
 
+# --- run-time choices (top_k) ---------------------------------------------------------------------
+
+
+def _lower_top_k(b: _Builder, eqn, vals):
+    x = vals[0]
+    shape = b.shape(x)
+    k = int(eqn.params["k"])
+    if int(np.prod(shape[:-1])) != 1:
+        raise _unsupported(
+            eqn, b.src, f"top_k over {list(shape)}: one row (one token) is supported"
+        )
+    if eqn.params.get("axis", len(shape) - 1) not in (-1, len(shape) - 1):
+        raise _unsupported(eqn, b.src, "top_k over an axis other than the last")
+    both = (*shape[:-1], 2 * k)
+    x = b.node(x, shape, _aval(eqn.invars[0]).dtype)
+    t = b.graph.add(Kind.TOPK, (x,), both, "float32", {"k": k}, b.src)
+    out_shape = (*shape[:-1], k)
+    values = b.relayout([t], np.arange(k, 2 * k).reshape(out_shape), "float32")
+    dtype = np.dtype(_aval(eqn.outvars[0]).dtype).name
+    if dtype != "float32":
+        values = b.unary(Kind.CONVERT, values, dtype)
+    return [values, Selector(t, np.arange(k).reshape(out_shape), int(shape[-1]))]
+
+
+def _selector_movement(b: _Builder, eqn, vals):
+    """Data movement of choices: move the choice numbers (as constants are moved)."""
+    sel = next(v for v in vals if isinstance(v, Selector))
+    lanes = [jnp.asarray(v.lanes) if isinstance(v, Selector) else jnp.asarray(v) for v in vals]
+    out = eqn.primitive.bind(*lanes, **eqn.params)
+    return [replace(sel, lanes=np.asarray(out))]
+
+
+def _selector_lt(b: _Builder, eqn, vals):
+    """choice < c: known at compile time, as choices lie in [0, units) (JAX's index wrapping)."""
+    a, c = vals
+    if not isinstance(a, Selector) or not isinstance(c, np.ndarray):
+        raise _unsupported(eqn, b.src, "a comparison of run-time choices")
+    lo, hi = a.offset, a.offset + a.units - 1
+    if np.all(c <= lo):
+        return [np.zeros(a.lanes.shape, bool)]
+    if np.all(c > hi):
+        return [np.ones(a.lanes.shape, bool)]
+    raise _unsupported(eqn, b.src, "a comparison whose result depends on the run-time choice")
+
+
+def _selector_add(b: _Builder, eqn, vals):
+    a, c = vals if isinstance(vals[0], Selector) else vals[::-1]
+    if not isinstance(c, np.ndarray) or not np.all(c == c.ravel()[0]):
+        raise _unsupported(eqn, b.src, "arithmetic on run-time choices")
+    return [replace(a, offset=a.offset + int(c.ravel()[0]))]
+
+
+def _selector_convert(b: _Builder, eqn, vals):
+    return [vals[0]]
+
+
+def _selector_dynamic_slice(b: _Builder, eqn, vals):
+    """One unit of a parameter stacked along its first axis, picked by a run-time choice."""
+    operand, *index = vals
+    sizes = tuple(eqn.params["slice_sizes"])
+    shape = b.shape(operand)
+    sel = index[0]
+    ok = (
+        isinstance(operand, int)
+        and b.graph.nodes[operand].kind == Kind.INPUT
+        and b.graph.nodes[operand].attrs["kind"] == "param"
+        and isinstance(sel, Selector)
+        and sel.lanes.size == 1
+        and sel.offset == 0
+        and sel.units == shape[0]
+        and all(isinstance(i, np.ndarray) and int(i) == 0 for i in index[1:])
+        and sizes == (1, *shape[1:])
+    )
+    if not ok:
+        raise _unsupported(
+            eqn, b.src, "only a whole unit of a stacked parameter, picked by a top_k id"
+        )
+    n = b.graph.nodes[operand]
+    attrs = {"lane": int(sel.lanes.ravel()[0]), "units": int(shape[0])}
+    return [b.graph.add(Kind.SELECT_UNIT, (operand, sel.topk), sizes, n.dtype, attrs, b.src)]
+
+
+def _selector_select(b: _Builder, eqn, vals):
+    pred = vals[0]
+    if not isinstance(pred, np.ndarray) or not np.all(pred == pred.ravel()[0]):
+        raise _unsupported(eqn, b.src, "a choice between run-time choices")
+    return _lower_select(b, eqn, vals)
+
+
+SELECTOR_RULES: dict[str, Callable] = {
+    **dict.fromkeys(
+        ("squeeze", "reshape", "slice", "broadcast_in_dim", "expand_dims", "copy", "copy_p"),
+        _selector_movement,
+    ),
+    "lt": _selector_lt,
+    "add": _selector_add,
+    "convert_element_type": _selector_convert,
+    "dynamic_slice": _selector_dynamic_slice,
+    "select_n": lambda b, eqn, vals: _selector_select(b, eqn, vals),
+}
+LOWERINGS["top_k"] = _lower_top_k  # its ids are a Selector, its values a node
+
+
 def _unsupported(eqn, src: str, why: str | None = None) -> UnsupportedPrimitive:
     shapes = ", ".join(f"{np.dtype(_aval(v).dtype).name}{list(_aval(v).shape)}" for v in eqn.invars)
     reason = f" ({why})" if why else ""
@@ -317,6 +433,10 @@ def _run_jaxpr(b: _Builder, jaxpr, consts, args: list[Value]) -> list[Value]:
             inner = getattr(closed, "jaxpr", closed)
             inner_consts = getattr(closed, "consts", [])
             outs = _run_jaxpr(b, inner, inner_consts, vals)
+        elif any(isinstance(v, Selector) for v in vals):
+            if name not in SELECTOR_RULES:
+                raise _unsupported(eqn, b.src, "it computes with a run-time choice (top_k ids)")
+            outs = SELECTOR_RULES[name](b, eqn, vals)
         elif all(isinstance(v, np.ndarray) for v in vals):
             res = eqn.primitive.bind(*[jnp.asarray(v) for v in vals], **eqn.params)
             outs = [np.asarray(r) for r in (res if eqn.primitive.multiple_results else [res])]

@@ -55,17 +55,8 @@ def resolve_step(cfg: ModelConfig, *, pos, context, layers) -> tuple[int, int, i
     return pos, context, layers
 
 
-def _refuse_routing(cfg: ModelConfig) -> None:
-    if cfg.n_experts:
-        raise LpuError(
-            f"model {cfg.name!r} routes each token to {cfg.experts_per_token} of {cfg.n_experts} "
-            "experts; data-dependent expert selection does not compile yet (dense models do)"
-        )
-
-
 def layer_target(cfg: ModelConfig, *, pos: int, context: int, weights: str):
     """(fn, args) of one decoder layer: params/layers/0/*, x, cache/{k,v}/0 -> x, cache."""
-    _refuse_routing(cfg)
     specs = decode_specs(cfg, context=context, weights=weights, layers=1)
     args = {
         "params": {"layers": specs["params"]["layers"]},

@@ -5,7 +5,7 @@ Grammar (printed form, like a jaxpr):
     graph  := "{ lambda" inputs ";" node* "in" outputs "}"
     node   := "%" id ":" dtype "[" shape "]" "=" kind "[" attrs "]" operands
     kind   := INPUT | CONST | unary | binary | SELECT | REDUCE_SUM | REDUCE_MAX
-            | LANE_SUM | LANE_MAX | DOT | RELAYOUT
+            | LANE_SUM | LANE_MAX | DOT | RELAYOUT | TOPK | SELECT_UNIT
     unary  := NEG | EXP | RSQRT | LOGISTIC | TANH | CONVERT
     binary := ADD | SUB | MUL | DIV | MAX | MIN       (attr imm: a scalar second operand)
 
@@ -15,6 +15,11 @@ the element it copies from the concatenation of its operands, or -1 for zero.
 DOT is canonical: lhs [batch..., M..., K]; rhs [batch..., F..., K, N] (or [..., N, K] if
 `rhs_transposed`); out [batch..., M..., F..., N].
 LANE_SUM / LANE_MAX reduce the last axis to size 1 (the splat layout; see sim/program.py).
+TOPK [k] x: x (1, n) -> (1, 2k) float32: the lane numbers of x's k largest values, largest first,
+then those values; the numbers also go to select registers (a run-time choice, e.g. of experts).
+SELECT_UNIT [lane, units] param topk: unit `sel` of a parameter stacked along its first axis
+(units, ...) -> (1, ...), where sel is lane `lane` of the TOPK's choice: read by address, at a
+time that does not depend on the choice.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Kind(Enum):
     LANE_MAX = "lane_max"
     DOT = "dot"
     RELAYOUT = "relayout"
+    TOPK = "topk"
+    SELECT_UNIT = "select_unit"
 
 
 UNARY = frozenset({Kind.NEG, Kind.EXP, Kind.RSQRT, Kind.LOGISTIC, Kind.TANH, Kind.CONVERT})

@@ -43,15 +43,18 @@ class VOp:
     rows: np.ndarray | None = None  # MXM: (rows,) int64 weight vids installed, in row order
     transposed: bool = False  # MXM: rows are installed as columns
     n: int = 1  # run length
+    after: tuple[int, ...] = ()  # vids that must exist first (a TOPK's, for selected operands)
 
     def out_range(self) -> range:
         return range(self.outs[0], self.outs[0] + self.n)
 
     def in_vids(self) -> np.ndarray:
         """Every vector this vop reads (operands and installed rows)."""
+        after = np.asarray(self.after, np.int64)
         if self.unit == Unit.MXM:
-            return np.concatenate([np.asarray(self.ins, np.int64), self.rows])
-        return (np.asarray(self.ins, np.int64)[:, None] + np.arange(self.n)).ravel()
+            return np.concatenate([np.asarray(self.ins, np.int64), self.rows, after])
+        runs = np.asarray(self.ins, np.int64)[:, None] + np.arange(self.n)
+        return np.concatenate([runs.ravel(), after])
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,20 @@ class VSymbol:
     value: np.ndarray | None = None  # consts only
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A run of *virtual* vids standing for the unit a select register picks at run time: vid v
+    is read as the parameter's vector v + offset (unit 0) + choice * unit_vids."""
+
+    register: int
+    unit_vids: int  # vector ids between consecutive units
+    after: int  # the TOPK result: the register holds the choice once it exists
+    offset: int  # virtual vid -> unit 0's vid
+
+    def same_choice(self, other: Selection | None) -> bool:
+        return other is not None and (self.register, self.after) == (other.register, other.after)
+
+
 @dataclass
 class VProgram:
     dtypes: list[DType] = field(default_factory=list)  # vid -> element type
@@ -71,6 +88,17 @@ class VProgram:
     tables: list[np.ndarray] = field(default_factory=list)
     symbols: list[VSymbol] = field(default_factory=list)
     sources: dict[int, str] = field(default_factory=dict)  # graph node id -> description
+    units: dict[str, int] = field(default_factory=dict)  # stacked param -> units (a choice picks)
+    # Runs of virtual vids read through a select register: (first vid, end, Selection), sorted.
+    selected: list[tuple[int, int, Selection]] = field(default_factory=list)
+
+    def selection(self, vid: int) -> Selection | None:
+        from bisect import bisect_right
+
+        k = bisect_right(self.selected, (vid, float("inf"))) - 1
+        if k >= 0 and self.selected[k][0] <= vid < self.selected[k][1]:
+            return self.selected[k][2]
+        return None
 
     def new_vids(self, n: int, dtype: DType) -> np.ndarray:
         start = len(self.dtypes)

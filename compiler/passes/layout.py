@@ -14,6 +14,7 @@ one left it and the cache stays in its band.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,7 +72,7 @@ class Layout:
     floor: np.ndarray  # (slices,) first dynamic address
 
     def layer_placement(self, shift: int) -> Placement:
-        band = [Segment(s.v0, s.n, s.group, s.addr + shift) for s in self.band]
+        band = [dataclasses.replace(s, addr=s.addr + shift) for s in self.band]
         return Placement(self.shared + band, self.floor)
 
     def head_placement(self) -> Placement:

@@ -7,6 +7,7 @@ of one weight tile sit in different slices and can be read in the same cycle.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,7 @@ class Segment:
     n: int
     group: int  # base slice of the group
     addr: int
+    unit_words: int = 0  # a stacked parameter's unit 0: words to the next unit's copy of it
 
 
 @dataclass
@@ -121,22 +123,50 @@ def place_static(
         groups = slice_groups(hw, width)
         rows, tiles, _ = tensor_layout(sym.shape, hw.lanes)
         cols = sym.vids.reshape(rows, tiles).T  # (tiles, rows): each column is one run
+        units = vp.units.get(sym.name, 1)
+        per_unit = rows // units
+        if units > 1:  # every unit at the same slices, `stride` words above the one before
+            next_addr[:] = base = int(next_addr.max())
+        first = len(segments)
         for col in cols:
             if int(col[0]) in placed:
                 continue
             placed.update(int(v) for v in col[:1])
-            for r0 in range(0, rows, chunk):
-                n = min(chunk, rows - r0)
+            for r0 in range(0, per_unit, chunk):
+                n = min(chunk, per_unit - r0)
                 k = cursor.get(width, 0)
                 cursor[width] = k + 1
                 g = groups[k % len(groups)]
                 a = int(next_addr[g : g + width].max())
-                if a + n > hw.words_per_slice:
-                    raise ModelTooLarge(
-                        f"parameters, inputs and constants overflow slice {g} of {hw.name} "
-                        f"({hw.words_per_slice} words of {hw.lanes} bytes); "
-                        f"the chip has {hw.sram_bytes:,} bytes of SRAM"
-                    )
+                _check_room(a + n, g, hw)
                 next_addr[g : g + width] = a + n
                 segments.append(Segment(int(col[r0]), n, g, a))
+        if units > 1:
+            stride = int(next_addr.max()) - base
+            if stride > UNIT_WORDS_LIMIT:
+                raise ModelTooLarge(
+                    f"one unit of {sym.name} {list(sym.shape)} takes {stride} words per slice; an "
+                    f"indirect READ reaches units at most {UNIT_WORDS_LIMIT} words apart"
+                )
+            unit0 = [dataclasses.replace(s, unit_words=stride) for s in segments[first:]]
+            segments[first:] = unit0
+            for u in range(1, units):
+                segments += [
+                    Segment(s.v0 + u * per_unit, s.n, s.group, s.addr + u * stride) for s in unit0
+                ]
+            next_addr[:] = base + units * stride
+            _check_room(int(next_addr.max()), groups[0], hw)
     return Placement(segments, next_addr)
+
+
+# An indirect READ's distance between units is an int16 field (sim/isa.py).
+UNIT_WORDS_LIMIT = np.iinfo(np.int16).max
+
+
+def _check_room(top: int, g: int, hw: HardwareConfig) -> None:
+    if top > hw.words_per_slice:
+        raise ModelTooLarge(
+            f"parameters, inputs and constants overflow slice {g} of {hw.name} "
+            f"({hw.words_per_slice} words of {hw.lanes} bytes); "
+            f"the chip has {hw.sram_bytes:,} bytes of SRAM"
+        )

@@ -11,7 +11,10 @@ vectors, splat when the last axis is 1). Then per op kind:
 - DOT: per (batch, outer, N tile, K tile) a weight tile installed in an MXM plane and the lhs rows
   streamed through it; partial sums over K tiles added on the VXM, a run of M vectors at a time;
 - RELAYOUT: an output vector that is lane-for-lane an existing vector *is* that vector (free);
-  otherwise one SXM permute per source vector, summed on the VXM.
+  otherwise one SXM permute per source vector, summed on the VXM;
+- TOPK: one SXM TOPK, which also sets select registers;
+- SELECT_UNIT: no op: unit 0's vectors, read at run time from the unit a select register picks
+  (`VProgram.selected`); every vop reading them waits for the TOPK.
 """
 
 from __future__ import annotations
@@ -47,11 +50,16 @@ class _Tiler:
         self.vecs: dict[int, np.ndarray] = {}  # node id -> its vids
         self.tables: dict[tuple, int] = {}
         self.src = -1
+        self.registers = 0  # select registers handed out so far
 
     def op(self, unit, op, ins, dtype, n=1, out0: int | None = None, **kw) -> np.ndarray:
         """A vop on runs of n vectors (MXM: n = len(ins)) writing fresh vids, or the run from
         `out0` already numbered; returns its n output vids."""
         outs = self.vp.new_vids(n, dtype) if out0 is None else out0 + np.arange(n)
+        reads = list(ins) if unit != Unit.MXM else list(ins) + list(kw.get("rows", ()))
+        after = {s.after for v in reads if (s := self.vp.selection(int(v))) is not None}
+        if after:
+            kw["after"] = tuple(sorted(after))
         vop = VOp(
             len(self.vp.ops),
             unit,
@@ -332,6 +340,52 @@ def _gather_vector(t, e, want, src_vid, src_lane, code) -> int:
     return t.combine(Op.ADD, parts, code)
 
 
+def _topk(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
+    from sim.isa import SELECT_REGISTERS
+
+    x = g.nodes[n.inputs[0]]
+    count, k = x.shape[-1], n.attrs["k"]
+    if count > t.lanes or 2 * k > t.lanes:
+        raise LpuError(
+            f"top_k of {count} values (k={k}) at {n.src}: the chip chooses among at most "
+            f"{t.lanes} lanes, with 2k <= {t.lanes}"
+        )
+    register = t.registers % SELECT_REGISTERS
+    if register + k > SELECT_REGISTERS:
+        register = 0
+    t.registers = register + k
+    (v,) = t.vecs[x.id]
+    return t.op(Unit.SXM, Op.TOPK, [v], DType.FLOAT32, count=count, imm=float(k), table=register)
+
+
+def _select_unit(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
+    """Fresh virtual vids (each choice of a unit is its own vectors) standing for unit 0's."""
+    from compiler.ir.vector import Selection
+
+    param, topk = (g.nodes[i] for i in n.inputs)
+    units = n.attrs["units"]
+    rows, tiles, _ = tensor_layout(param.shape, t.lanes)
+    per_unit = rows // units  # vid(row, tile) = base + tile * rows + row
+    real = t.vecs[param.id].reshape(rows, tiles)[:per_unit]  # (per_unit, tiles)
+    virtual = t.vp.tensor_vids(per_unit, tiles, _code(param)).reshape(per_unit, tiles)
+    (topk_vid,) = t.vecs[topk.id]
+    register = _register_of(t, int(topk_vid)) + n.attrs["lane"]
+    name = param.attrs["name"]
+    if t.vp.units.setdefault(name, units) != units:
+        raise LpuError(f"parameter {name} is split into units two ways")
+    for j in range(tiles):
+        lo = int(virtual[0, j])
+        sel = Selection(register, per_unit, int(topk_vid), int(real[0, j]) - lo)
+        t.vp.selected.append((lo, lo + per_unit, sel))
+    t.vp.selected.sort(key=lambda r: r[0])
+    return virtual.ravel()
+
+
+def _register_of(t: _Tiler, topk_vid: int) -> int:
+    op = next(o for o in t.vp.ops if o.op == Op.TOPK and o.outs[0] == topk_vid)
+    return op.table
+
+
 LOWER = {
     Kind.INPUT: _input,
     Kind.CONST: _const,
@@ -342,6 +396,8 @@ LOWER = {
     Kind.REDUCE_MAX: _reduce_rows,
     Kind.DOT: _dot,
     Kind.RELAYOUT: _relayout,
+    Kind.TOPK: _topk,
+    Kind.SELECT_UNIT: _select_unit,
 }
 
 

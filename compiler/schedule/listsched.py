@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.ir.vector import VOp, VProgram
+from compiler.ir.vector import Selection, VOp, VProgram
 from compiler.passes.place import Placement, slice_groups
 from sim.hardware import HardwareConfig
 from sim.isa import (
     DTYPE_BYTES,
+    FLAG_INDIRECT,
     FLAG_TRANSPOSED,
     DType,
     Op,
@@ -104,6 +105,8 @@ class Copy:
     addr: int = -1  # fixed address (static or pinned), or -1 until the allocator places it
     last_read: int = -1
     index: int = 0  # position in Schedule.copies
+    unit_words: int = 0  # unit 0 of a stacked parameter: read through a select register
+    selection: Selection | None = None  # a copy of the unit some choice picked
 
 
 @dataclass(eq=False)
@@ -161,8 +164,9 @@ class _Scheduler:
         self.copies: list[Copy] = []
         for s in placement.segments:
             seg = Seg(s.v0, s.n)
-            self.add_copy(seg, Copy(s.group, 0, addr=s.addr))
+            self.add_copy(seg, Copy(s.group, 0, addr=s.addr, unit_words=s.unit_words))
             self.store.add(seg)
+        self.reg_ready: dict[int, int] = {}  # select register -> cycle its TOPK value is readable
         self.pins = _Store()  # output vids that must be written to a fixed (group, address)
         self.pin_at: dict[int, tuple[int, int, int]] = {}  # pin v0 -> (group, addr, old vid)
         for v0, n, g, a, old in pins:
@@ -288,14 +292,25 @@ class _Scheduler:
     def _stream_items(self, d: int, s: int, w: int, diag_off: int, n: int) -> Items:
         return [(("st", d, s + m), diag_off, n) for m in range(w)]
 
-    def read_options(self, seg: Seg, v0: int, w: int, pos: int, n: int, only: Copy | None = None):
+    def usable(self, seg: Seg, sel: Selection | None) -> list[Copy]:
+        """The copies a read may use: for a chosen unit (`sel`), unit 0's home read through the
+        select register or a copy made of that same choice; else the plain copies."""
+        if sel is None:
+            return [c for c in seg.copies if c.selection is None]
+        return [c for c in seg.copies if c.unit_words or sel.same_choice(c.selection)]
+
+    def read_options(
+        self, seg: Seg, v0: int, w: int, pos: int, n: int, only: Copy | None = None, sel=None
+    ):
         """Options for READing vectors v0..v0+n-1 of `seg` (from copy `only`, if given) so that
         vector v0+j passes `pos` at t+j: payload (copy, stream, direction)."""
         hw = self.hw
         jpass = 0
-        for c in seg.copies if only is None else [only]:
+        for c in self.usable(seg, sel) if only is None else [only]:
             # A written copy's vectors land one per cycle from its first WRITE on.
             ready = c.ready + (v0 - seg.v0 if c.write >= 0 else 0)
+            if sel is not None and c.unit_words:  # its address waits for the TOPK's choice
+                ready = max(ready, self.reg_ready[sel.register])
             p0 = hw.slice_position(c.group)
             off_r = jpass - abs(pos - p0) - self.rl  # READ issue relative to t
             d = 0 if pos >= p0 else 1
@@ -326,18 +341,19 @@ class _Scheduler:
 
     # --- recording ------------------------------------------------------------------------------
 
-    def record_read(self, t, items, payload, vid, n, src) -> int:
+    def record_read(self, t, items, payload, vid, n, src, sel=None) -> int:
         c, s, d = payload
         tr = t + items[0][1]
         seg = self.store.get(vid)
         c.last_read = max(c.last_read, tr + n - 1)
-        self.records.append(
-            dict(
-                op=Op.READ, cycle=tr, queue=c.group, slice=c.group, dtype=self.vp.dtypes[vid],
-                vid=vid, src=src, sd=d * self.S + s, repeat=n, stride=1 if n > 1 else 0,
-                _copy=c, _off=vid - seg.v0,
-            )
+        rec = dict(
+            op=Op.READ, cycle=tr, queue=c.group, slice=c.group, dtype=self.vp.dtypes[vid],
+            vid=vid, src=src, sd=d * self.S + s, repeat=n, stride=1 if n > 1 else 0,
+            _copy=c, _off=vid - seg.v0,
         )  # fmt: skip
+        if sel is not None and c.unit_words:
+            rec.update(flags=FLAG_INDIRECT, row=sel.register, count=c.unit_words, aux=sel.unit_vids)
+        self.records.append(rec)
         return d * self.S + s
 
     def record_write(self, t, items, payload, vid, n, src) -> int:
@@ -389,27 +405,30 @@ class _Scheduler:
         seg = self.pins.find(vid)
         return None if seg is None else self.pin_at[seg.v0]
 
-    def separate(self, operands: list[int], src: int) -> list[Copy]:
+    def separate(self, operands: list[tuple[int, Selection | None]], src: int) -> list[Copy]:
         """Operands consumed in one cycle must come from different slices (one read port each):
-        pick a copy of each operand that shares no slice with the earlier operands' picks, and
-        make one (a MEM -> MEM copy) where there is none (always so for two vectors of one
-        segment)."""
+        pick a copy of each operand (vid, choice) that shares no slice with the earlier operands'
+        picks, and make one (a MEM -> MEM copy) where there is none (always so for two vectors of
+        one segment)."""
         picked: list[Copy] = []
         taken: set[int] = set()
-        for v in operands:
+        for v, sel in operands:
             seg, w = self.store.get(v), self.width(v)
-            free = [c for c in seg.copies if all(c.group + m not in taken for m in range(w))]
-            c = free[0] if free else self.copy(seg, taken, src)
+            free = [
+                c for c in self.usable(seg, sel) if all(c.group + m not in taken for m in range(w))
+            ]
+            c = free[0] if free else self.copy(seg, taken, src, sel)
             picked.append(c)
             taken.update(range(c.group, c.group + w))
         return picked
 
-    def copy(self, seg: Seg, avoid: set[int], src: int) -> Copy:
-        """MEM -> MEM move of a whole segment into a slice group none of whose slices is in
-        `avoid` nor holds it already: a READ and a WRITE on one stream."""
+    def copy(self, seg: Seg, avoid: set[int], src: int, sel: Selection | None = None) -> Copy:
+        """MEM -> MEM move of a whole segment (of the unit `sel` chose, if given) into a slice
+        group none of whose slices is in `avoid` nor holds it already: a READ and a WRITE on one
+        stream."""
         hw, w, n = self.hw, self.width(seg.v0), seg.n
         avoid = avoid | {c.group + m for c in seg.copies for m in range(w)}
-        p0 = hw.slice_position(seg.copies[0].group)
+        p0 = hw.slice_position(self.usable(seg, sel)[0].group)
         best = None
         for g in [g for g in self.nearest(w, p0) if all(g + m not in avoid for m in range(w))][:4]:
             pos = hw.slice_position(g)
@@ -418,7 +437,7 @@ class _Scheduler:
                 def wr():
                     yield [(("wr", g + m), 0, n) for m in range(w)], 0, g
 
-                return [lambda: self.read_options(seg, seg.v0, w, pos, n), wr]
+                return [lambda: self.read_options(seg, seg.v0, w, pos, n, sel=sel), wr]
 
             t, chosen = self._solve(0, claims())
             if best is None or t < best[0]:
@@ -426,8 +445,8 @@ class _Scheduler:
         t, chosen = best
         self._commit(t, chosen)
         (r_items, r_pay), (_, g) = chosen
-        st = self.record_read(t, r_items, r_pay, seg.v0, n, src)
-        c = self.add_copy(seg, Copy(g, t + self.wl, write=t))
+        st = self.record_read(t, r_items, r_pay, seg.v0, n, src, sel)
+        c = self.add_copy(seg, Copy(g, t + self.wl, write=t, selection=sel))
         self.records.append(
             dict(
                 op=Op.WRITE, cycle=t, queue=g, slice=g, dtype=self.vp.dtypes[seg.v0],
@@ -436,18 +455,23 @@ class _Scheduler:
         )  # fmt: skip
         return c
 
-    def place_simple(self, op: VOp) -> None:
-        operands = list(dict.fromkeys(op.ins))
-        cuts = self.boundaries(operands, op.n, op.outs[0])
-        for a, b in zip(cuts, cuts[1:], strict=False):
-            self.place_piece(op, a, b - a)
+    def real(self, v: int) -> tuple[int, Selection | None]:
+        """A vid as stored: a virtual one (a run-time choice of unit) as unit 0's."""
+        sel = self.vp.selection(v) if self.vp.selected else None
+        return (v, None) if sel is None else (v + sel.offset, sel)
 
-    def place_piece(self, op: VOp, j0: int, n: int) -> None:
+    def place_simple(self, op: VOp) -> None:
+        real = {v: self.real(v) for v in dict.fromkeys(op.ins)}
+        cuts = self.boundaries([r for r, _ in real.values()], op.n, op.outs[0])
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            self.place_piece(op, a, b - a, real)
+
+    def place_piece(self, op: VOp, j0: int, n: int, real: dict) -> None:
         hw = self.hw
         lat = latency(hw, op.op)
-        operands = list(dict.fromkeys(v + j0 for v in op.ins))
+        operands = [(r + j0, sel) for r, sel in real.values()]
         picked = self.separate(operands, op.src)
-        segs = [self.store.get(v) for v in operands]
+        segs = [self.store.get(v) for v, _ in operands]
         out = op.outs[0] + j0
         w_out = self.width(out)
         pin = self.pin_of(out)
@@ -465,9 +489,11 @@ class _Scheduler:
 
             def claims(pos=pos, keys=keys):
                 out = [lambda: (([(k, 0, n)], 0, None) for k in keys)]
-                for s, v, c in zip(segs, operands, picked, strict=True):
+                for s, (v, sel), c in zip(segs, operands, picked, strict=True):
                     out.append(
-                        lambda s=s, v=v, c=c: self.read_options(s, v, self.width(v), pos, n, c)
+                        lambda s=s, v=v, c=c, sel=sel: self.read_options(
+                            s, v, self.width(v), pos, n, c, sel
+                        )
                     )
                 out.append(lambda: self.write_options(w_out, pos, lat, n, pin))
                 return out
@@ -478,17 +504,21 @@ class _Scheduler:
         t, chosen, q = best
         self._commit(t, chosen)
         streams = {}
-        for (items, pay), v in zip(chosen[1:-1], operands, strict=True):
-            streams[v] = self.record_read(t, items, pay, v, n, op.src)
+        for (items, pay), (v, sel) in zip(chosen[1:-1], operands, strict=True):
+            streams[v] = self.record_read(t, items, pay, v, n, op.src, sel)
         sd = self.record_write(t, *chosen[-1], out, n, op.src)
         rec = dict(
             op=op.op, cycle=t, queue=q, dtype=op.dtype, vid=out, src=op.src, sd=sd,
             count=op.count, table=op.table, repeat=n,
         )  # fmt: skip
         for k, v in enumerate(op.ins):
-            rec[f"s{k}"], rec[f"in{k}"] = streams[v + j0], v + j0
+            r = real[v][0] + j0
+            rec[f"s{k}"], rec[f"in{k}"] = streams[r], r
         if op.imm is not None:
             rec["imm"] = op.imm
+        if op.op == Op.TOPK:  # its choices are readable from t + latency
+            for r in range(op.table, op.table + int(op.imm)):
+                self.reg_ready[r] = t + lat
         self.records.append(rec)
 
     def row_pieces(self, vids: np.ndarray) -> list[tuple[int, int, int]]:
@@ -521,15 +551,17 @@ class _Scheduler:
         start = self.plane_free[plane]
         ready = start
         flags = FLAG_TRANSPOSED if op.transposed else 0
-        for row, v0, n in self.row_pieces(op.rows):
+        _, sel = self.real(int(op.rows[0]))  # a tile's rows are one column of one choice, or none
+        rows = op.rows + (sel.offset if sel is not None else 0)
+        for row, v0, n in self.row_pieces(rows):
             seg, w = self.store.get(v0), self.width(v0)
             claims = [
                 lambda n=n: (([(k, 0, n)], 0, None) for k in ports),
-                lambda seg=seg, v0=v0, w=w, n=n: self.read_options(seg, v0, w, pos, n),
+                lambda seg=seg, v0=v0, w=w, n=n: self.read_options(seg, v0, w, pos, n, sel=sel),
             ]
             t, chosen = self._solve(start, claims)
             self._commit(t, chosen)
-            st = self.record_read(t, *chosen[1], v0, n, op.src)
+            st = self.record_read(t, *chosen[1], v0, n, op.src, sel)
             self.records.append(
                 dict(
                     op=Op.INSTALL, cycle=t, queue=q, plane=plane, s0=st, in0=v0, row=row,
@@ -540,6 +572,7 @@ class _Scheduler:
             ready = max(ready, t + n - 1 + il)
         last = ready
         ins = np.asarray(op.ins, np.int64)
+        assert self.real(int(ins[0]))[1] is None, "a chosen unit streamed through the MXM"
         for j0, x0, n in self.matmul_pieces(ins, op.outs[0]):
             y0 = op.outs[0] + j0
             seg, w = self.store.get(x0), self.width(x0)

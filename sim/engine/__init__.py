@@ -57,6 +57,9 @@ def run_engine(
     ring_val = np.zeros((prep.ring_slots if functional else 0, lanes), np.float32)
     weights = np.zeros((prep.planes if functional else 0, lanes, lanes), np.float32)
     pending_val = np.zeros((prep.pending if functional else 0, lanes), np.float32)
+    # Select registers hold values, so only functional mode keeps them (timing mode reads 0s).
+    sel = np.zeros(len(prep.sel_first) if functional else 0, np.int64)
+    sel_pending = np.zeros((prep.sel_pending if functional else 0, c.N_SEL_PENDING), np.int64)
     out = np.zeros(c.N_OUT, np.int64)
 
     kernel = make_kernel(bool(functional))
@@ -64,7 +67,8 @@ def run_engine(
         kernel(
             prep.ev_t, prep.ev_i, program.instrs, prep.g, prep.lat_lut, prep.pos_lut,
             prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid, mem_val, ring,
-            ring_val, busy, planes, weights, pending, pending_val, out,
+            ring_val, busy, planes, weights, pending, pending_val, prep.sel_first, sel,
+            sel_pending, out,
         )  # fmt: skip
     if out[c.O_CODE] != c.OK:
         raise_failure(program, prep, out)

@@ -13,6 +13,9 @@ builds the tables and the geometry `g`). State, all NumPy arrays (layouts in sch
 - busy[resource]: (last cycle claimed, claims in it); events come in cycle order, so that suffices
 - planes[plane], weights[plane]: MXM tile state and (lanes, lanes) float32 weights
 - pending[k], pending_val[k]: WRITE commits in flight, a FIFO
+- sel[chip * SELECT_REGISTERS + r], sel_pending[k]: select registers and TOPK writes in flight
+  (functional mode; timing mode reads every register as 0); sel_first[...]: when the first TOPK
+  write of each register lands (schema.NEVER: none), for the too-early check of both modes
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ from sim.engine.schema import (
     E_NO_VECTOR,
     E_PUT_ALIGN,
     E_PUT_TAKEN,
+    E_SEL_EARLY,
+    E_SEL_REGISTER,
     E_SLICE,
     E_TILE_MISSING,
     E_TILE_NOT_READY,
     E_TILE_ROWS,
     E_TILE_USED,
+    E_TOPK,
     E_TORN,
     E_WRONG_VECTOR,
     G_BASE_COMPUTE,
@@ -60,6 +66,7 @@ from sim.engine.schema import (
     G_PLANES,
     G_QUEUE_LO,
     G_RING_MASK,
+    G_SEL_PENDING_MASK,
     G_SLICES,
     G_STREAMS,
     G_SXM_CAP,
@@ -67,11 +74,13 @@ from sim.engine.schema import (
     G_VXM_CAP,
     G_WORDS_PER_SLICE,
     KEY_PAD,
+    NEVER,
     O_A,
     O_B,
     O_C,
     O_CODE,
     O_CYCLE,
+    O_D,
     O_EVENT,
     O_HOPS,
     OK,
@@ -89,13 +98,16 @@ from sim.engine.schema import (
     R_SRC,
     R_VID,
     R_WIDTH,
+    SQ_COMMIT,
+    SQ_INDEX,
+    SQ_REGISTER,
 )
-from sim.isa import FLAG_TRANSPOSED, Op, Unit
+from sim.isa import FLAG_INDIRECT, FLAG_TRANSPOSED, SELECT_REGISTERS, Op, Unit
 
 READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
 ADD, SUB, MUL, MAX, MIN = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.MAX), int(Op.MIN)
 NEG, EXP, RSQRT, CONVERT = int(Op.NEG), int(Op.EXP), int(Op.RSQRT), int(Op.CONVERT)
-REDUCE_SUM, PERMUTE = int(Op.REDUCE_SUM), int(Op.PERMUTE)
+REDUCE_SUM, PERMUTE, TOPK = int(Op.REDUCE_SUM), int(Op.PERMUTE), int(Op.TOPK)
 MEM, VXM, SXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM)
 
 
@@ -262,6 +274,25 @@ def _reduce_values(op, vals, a, n, res):
 
 
 @njit
+def _topk_values(vals, a, n, k, keys, res):
+    """res = the lanes of the k largest of lanes [0, n) of vector a, then their values, then 0s;
+    ordered by IEEE 754 totalOrder (an integer key of the bits), ties to the lower lane."""
+    bits = vals[a].view(np.int32)
+    for lane in range(n):
+        b = np.int64(bits[lane])
+        keys[lane] = b if b >= 0 else b ^ 0x7FFFFFFF
+    res[:] = 0.0
+    for i in range(k):
+        best = 0
+        for lane in range(1, n):
+            if keys[lane] > keys[best]:
+                best = lane
+        res[i] = best
+        res[k + i] = vals[a, best]
+        keys[best] = NEVER  # below every key of a float32: taken
+
+
+@njit
 def _matmul_values(vals, a, w, k, acc, res):
     """res = x[:k] @ w[:k, :], accumulated over k in order in float64, rounded to float32."""
     acc[:] = 0.0
@@ -280,7 +311,8 @@ def make_kernel(functional: bool):
     @njit
     def run(
         ev_t, ev_i, ins, g, lat_lut, pos_lut, hemi_map, plane_map, tables, table_ok,
-        mem_vid, mem_val, ring, ring_val, busy, planes, weights, pending, pending_val, out,
+        mem_vid, mem_val, ring, ring_val, busy, planes, weights, pending, pending_val,
+        sel_first, sel, sel_pending, out,
     ):  # fmt: skip
         lanes = g[G_LANES]
         slices = g[G_SLICES]
@@ -293,8 +325,12 @@ def make_kernel(functional: bool):
         qmask = g[G_PENDING_MASK]
         head = 0  # the pending FIFO holds entries head..tail-1, entry k at row k & qmask
         tail = 0
+        smask = g[G_SEL_PENDING_MASK]
+        sel_head = 0  # the same for sel_pending
+        sel_tail = 0
         res = np.zeros(lanes, np.float32)  # the vector an event computes
         acc = np.zeros(lanes, np.float64)
+        keys = np.zeros(lanes, np.int64)
         for e in range(ev_t.size):
             t = ev_t[e]
             i = ev_i[e]
@@ -303,6 +339,11 @@ def make_kernel(functional: bool):
                 if functional:
                     mem_val[pending[head & qmask, Q_CELL]] = pending_val[head & qmask]
                 head += 1
+            if functional:
+                while sel_head < sel_tail and sel_pending[sel_head & smask, SQ_COMMIT] <= t:
+                    k = sel_head & smask
+                    sel[sel_pending[k, SQ_REGISTER]] = sel_pending[k, SQ_INDEX]
+                    sel_head += 1
 
             r = ins[i]
             j = t - r["cycle"]
@@ -322,6 +363,21 @@ def make_kernel(functional: bool):
                     _fail(out, E_SLICE, e, t, 0, 0, 0)
                     return
                 a = np.int64(r["addr"]) + j * np.int64(r["stride"])
+                expect_vid = vid
+                if op == READ and np.int64(r["flags"]) & FLAG_INDIRECT:
+                    reg = np.int64(r["row"])
+                    if reg < 0 or reg >= SELECT_REGISTERS:
+                        _fail(out, E_SEL_REGISTER, e, t, reg, 0, 0)
+                        return
+                    ready = sel_first[ci * SELECT_REGISTERS + reg]
+                    if ready > t:  # NEVER is below every cycle
+                        _fail(out, E_SEL_EARLY, e, t, reg, ready, 0)
+                        return
+                    index = 0  # timing mode: every register reads as 0
+                    if functional:
+                        index = sel[ci * SELECT_REGISTERS + reg]
+                    a += index * np.int64(r["count"])
+                    expect_vid += index * r["aux"]
                 if a < 0 or a >= words_per_slice:
                     _fail(out, E_ADDRESS, e, t, a, 0, 0)
                     return
@@ -332,16 +388,23 @@ def make_kernel(functional: bool):
                         return
                 cell = (ci * cell_words + a) * cell_slices + s
                 if op == READ:
+                    # Beyond the memory arrays lie only words no WRITE or symbol names (an
+                    # indirect READ's unit may reach them): they hold nothing.
+                    inside = a < cell_words
                     for m in range(width):
-                        held = mem_vid[cell + m]
-                        if held != vid:
+                        held = mem_vid[cell + m] if inside else -1
+                        if held != expect_vid:
                             _fail(out, E_HELD, e, t, m, a, held)
+                            out[O_D] = expect_vid
                             return
                     slot = _put(ring, np.int64(r["sd"]), ci, geo, width, p, t0, vid, i, out, e)
                     if slot < 0:
                         return
                     if functional:
-                        ring_val[slot] = mem_val[cell]
+                        if inside:
+                            ring_val[slot] = mem_val[cell]
+                        else:
+                            ring_val[slot] = 0.0
                 else:
                     slot = _take(ring, np.int64(r["s0"]), ci, geo, 0, p, t, -1, out, e)
                     if slot < 0:
@@ -359,7 +422,20 @@ def make_kernel(functional: bool):
                     tail += 1
                 continue
 
-            # VXM, SXM, MXM: claim the unit, then take operand s0.
+            # VXM, SXM, MXM: claim the unit, then take operand s0 (a TOPK's fields come first).
+            if op == TOPK:
+                kf = r["imm"]
+                count = np.int64(r["count"])
+                tb = np.int64(r["table"])
+                if not (
+                    kf == np.floor(kf)
+                    and 1.0 <= kf <= count <= lanes
+                    and 2.0 * kf <= lanes
+                    and tb >= 0
+                    and tb + kf <= SELECT_REGISTERS
+                ):
+                    _fail(out, E_TOPK, e, t, 0, 0, 0)
+                    return
             pl = 0
             if unit == VXM:
                 claimed = _claim(busy, g[G_BASE_VXM] + ci, t, g[G_VXM_CAP])
@@ -399,8 +475,20 @@ def make_kernel(functional: bool):
                     round_vector(res, code)
 
             elif unit == SXM:
+                if op == TOPK:
+                    width = F32_WORDS
                 if functional:
-                    if op == PERMUTE:
+                    if op == TOPK:
+                        k = np.int64(r["imm"])
+                        tb = np.int64(r["table"])
+                        _topk_values(ring_val, a, np.int64(r["count"]), k, keys, res)
+                        for n in range(k):
+                            row = sel_tail & smask
+                            sel_pending[row, SQ_COMMIT] = t0
+                            sel_pending[row, SQ_REGISTER] = ci * SELECT_REGISTERS + tb + n
+                            sel_pending[row, SQ_INDEX] = np.int64(res[n])
+                            sel_tail += 1
+                    elif op == PERMUTE:
                         tb = np.int64(r["table"])
                         if tb < 0:  # Python indexing, as the reference's tables[table]
                             tb += g[G_TABLES]

@@ -24,6 +24,7 @@ from sim.isa import (
     DTYPE_BYTES,
     DTYPE_NUMPY,
     OP_UNIT,
+    SELECT_REGISTERS,
     VXM_ARITY,
     DType,
     Op,
@@ -31,10 +32,12 @@ from sim.isa import (
     latency,
     queue_position,
     queue_sxm,
+    topk_registers,
 )
 from sim.program import Program, pack_tensor
 
 READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
+TOPK = int(Op.TOPK)
 MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
 F32_WORDS = DTYPE_BYTES[DType.FLOAT32]  # a MATMUL result is float32 whatever its dtype field
 
@@ -148,6 +151,7 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
             stats[c.S_VXM] += reps
         elif unit == SXM:
             stats[c.S_SXM] += reps
+            stats[c.S_TOPK] += op == TOPK
         else:
             stats[c.S_INSTALL if op == INSTALL else c.S_MATMUL] += reps
 
@@ -209,6 +213,8 @@ class Prepared:
     resources: int
     planes: int
     pending: int  # capacity of the pending-commit FIFO
+    sel_first: np.ndarray  # (chips * SELECT_REGISTERS,) int64, see schema.NEVER
+    sel_pending: int  # capacity of the pending select-register FIFO
     cycles: int  # when the last event's result lands (the reference's `end`)
     counts: dict  # events per resource kind, except stream hops (counted by the kernel)
 
@@ -303,9 +309,17 @@ def prepare_program(program: Program) -> Prepared:
     tables = np.ascontiguousarray(program.tables, dtype=np.int32).reshape(-1, lanes)
     g[c.G_TABLES] = len(tables)
     g[c.G_RING_MASK], g[c.G_PENDING_MASK] = ring - 1, pending - 1
+    # TOPKs in flight: issued in the last sxm-latency cycles, each writing <= every register.
+    sel_pending = _pow2_at_least(
+        n_hemi * hw.sxm_units_per_hemisphere * hw.sxm_latency_cycles * SELECT_REGISTERS + 1
+    )
+    g[c.G_SEL_PENDING_MASK] = sel_pending - 1
     g[c.G_KEYS] = chips * dirs * (S + c.KEY_PAD)
 
     ev_t, ev_i = _events(ins, cycles, bool(stats[c.S_IN_ORDER]))
+    sel_first = np.full(chips * SELECT_REGISTERS, c.NEVER, np.int64)
+    if stats[c.S_TOPK]:  # one more pass over the records, only for programs that select
+        _first_select_writes(hw, ins, chip_lo, sel_first)
     counts = dict(
         zip(
             ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul"),
@@ -328,9 +342,24 @@ def prepare_program(program: Program) -> Prepared:
         resources=int(g[c.G_BASE_COMPUTE]) + n_planes,
         planes=n_planes,
         pending=pending,
+        sel_first=sel_first,
+        sel_pending=sel_pending,
         cycles=max(0, int(stats[c.S_END])),
         counts=counts,
     )
+
+
+def _first_select_writes(hw: HardwareConfig, ins: np.ndarray, chip_lo: int, first: np.ndarray):
+    """first[chip index * SELECT_REGISTERS + register] = when the first TOPK write lands."""
+    lat = latency(hw, Op.TOPK)
+    for i in np.nonzero(ins["op"] == TOPK)[0]:
+        r = ins[i]
+        if r["repeat"] <= 0:
+            continue
+        ready = int(r["cycle"]) + lat
+        for reg in topk_registers(hw, r):
+            k = (int(r["chip"]) - chip_lo) * SELECT_REGISTERS + reg
+            first[k] = ready if first[k] == c.NEVER else min(int(first[k]), ready)
 
 
 def preload(

@@ -8,6 +8,7 @@ Plain module-level ints, so Numba folds them into the kernels as constants. Gram
     ring    (slots, R_*)           stream slots: (diagonal mod RING, stream key)
     planes  (planes, PL_*)         MXM tile state per (chip, plane)
     pending (capacity, Q_*)        WRITE commits in flight, a FIFO (commit order = issue order)
+    sel_pending (capacity, SQ_*)   TOPK select-register writes in flight, a FIFO (same order)
     busy    (resources, 2)         (last cycle claimed, claims in that cycle) per resource
     out     (O_*,)                 status, where the kernel stopped and why, stream hop count
 """
@@ -40,7 +41,8 @@ G_RING_MASK = 22  # diagonals per stream key, minus one (a power of two)
 G_PENDING_MASK = 23
 G_KEYS = 24  # stream keys; slot = (diagonal & mask) * keys + key, so a group's slots are adjacent
 G_QUEUE_LO = 25  # queue of pos_lut[0]
-N_GEOMETRY = 26
+G_SEL_PENDING_MASK = 26
+N_GEOMETRY = 27
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.
@@ -69,7 +71,8 @@ S_SXM = 18
 S_INSTALL = 19
 S_MATMUL = 20
 S_QUEUE_LO = 21
-N_STATS = 22
+S_TOPK = 22  # TOPK instructions (their register writes are numbered up front)
+N_STATS = 23
 
 # --- ring: one slot per (diagonal mod RING, stream key) --------------------------------------------
 R_DIAG = 0  # the full diagonal held, or EMPTY: another diagonal means the slot is stale
@@ -95,6 +98,15 @@ Q_WIDTH = 2
 Q_VID = 3
 N_PENDING = 4
 
+# --- pending select-register writes ---------------------------------------------------------------
+SQ_COMMIT = 0
+SQ_REGISTER = 1  # chip index * SELECT_REGISTERS + register
+SQ_INDEX = 2
+N_SEL_PENDING = 3
+# sel_first[chip index * SELECT_REGISTERS + register]: the cycle the first TOPK write of a register
+# lands, or NEVER when no TOPK writes it.
+NEVER = -(2**63)
+
 # --- out ------------------------------------------------------------------------------------------
 O_CODE = 0
 O_EVENT = 1
@@ -103,14 +115,15 @@ O_A = 3
 O_B = 4
 O_C = 5
 O_HOPS = 6
-N_OUT = 7
+O_D = 7  # E_HELD: the vector expected there
+N_OUT = 8
 
 # Error codes (O_CODE): the kernel stops at the first; sim.engine.violations words it.
 OK = 0
 E_SLICE = 1  # MEM slice group misaligned or not this queue
 E_ADDRESS = 2  # a: address
 E_BUSY = 3  # a: offset of the claimed resource in the instruction's slice group
-E_HELD = 4  # a: slice offset, b: address, c: vector the memory holds
+E_HELD = 4  # a: slice offset, b: address, c: vector the memory holds, d: the one expected
 E_PUT_ALIGN = 5  # output stream group misaligned
 E_PUT_TAKEN = 6  # a: stream offset, b: vector already there, c: its instruction
 E_NO_VECTOR = 7  # a: operand (0, 1, 2)
@@ -122,3 +135,6 @@ E_TILE_NOT_READY = 12  # a: cycle it is ready
 E_TILE_ROWS = 13  # a: rows installed
 E_INDEX = 14  # functional only: where the reference's NumPy indexing fails; a: the index
 E_EXPECT = 15  # a: operand, b: vector expected (in0..in2), c: vector on the stream
+E_TOPK = 16  # malformed TOPK (k, count, table)
+E_SEL_REGISTER = 17  # indirect READ names no select register; a: the register
+E_SEL_EARLY = 18  # a: register, b: cycle its first TOPK write lands

@@ -12,12 +12,14 @@ from sim.isa import (
     DTYPE_BYTES,
     FLAG_TRANSPOSED,
     OP_UNIT,
+    SELECT_REGISTERS,
     DType,
     Op,
     Unit,
     disassemble_one,
     queue_name,
     stream_name,
+    topk_problem,
 )
 from sim.program import Program
 
@@ -46,7 +48,8 @@ def _conflict(program: Program, out: np.ndarray, i: int, j: int) -> str:
     code, t, a, b, x = (int(out[k]) for k in (c.O_CODE, c.O_CYCLE, c.O_A, c.O_B, c.O_C))
     vid = int(r["vid"]) + j
     op = Op(int(r["op"]))
-    width = DTYPE_BYTES[DType.FLOAT32 if op == Op.MATMUL else DType(int(r["dtype"]))]
+    float32 = op in (Op.MATMUL, Op.TOPK)  # results float32 whatever the dtype field says
+    width = DTYPE_BYTES[DType.FLOAT32 if float32 else DType(int(r["dtype"]))]
     tile = int(r["aux"])
     if code == c.E_SLICE:
         return f"slice group {int(r['slice'])} x{width} is misaligned or not this queue"
@@ -61,8 +64,9 @@ def _conflict(program: Program, out: np.ndarray, i: int, j: int) -> str:
             if x >= 0
             else "nothing yet (read before the write arrives)"
         )
+        want = int(out[c.O_D])  # vid + j, plus the selected unit's offset for an indirect READ
         return (
-            f"expects vector {vid} at {queue_name(hw, int(r['slice']) + a)}[{b}] but it holds "
+            f"expects vector {want} at {queue_name(hw, int(r['slice']) + a)}[{b}] but it holds "
             + held
         )
     if code == c.E_PUT_ALIGN:
@@ -95,6 +99,12 @@ def _conflict(program: Program, out: np.ndarray, i: int, j: int) -> str:
         return f"tile {tile} is not installed until cycle {a}"
     if code == c.E_TILE_ROWS:
         return f"uses {int(r['count'])} rows of tile {tile}; {a} installed"
+    if code == c.E_TOPK:
+        return topk_problem(hw, r)
+    if code == c.E_SEL_REGISTER:
+        return f"select register {a} is outside 0..{SELECT_REGISTERS - 1}"
+    if code == c.E_SEL_EARLY:
+        return f"reads select register {a} before TOPK writes it at cycle {b}"
     raise AssertionError(f"unknown engine error code {code}")
 
 

@@ -28,3 +28,10 @@ def test_estimate_reports_format_and_layers():
     full = lpusim.estimate("tiny-gpt2", "teaching", weights="int8")
     assert full.cycles_per_token > e.cycles_per_token
     assert e.vector_instructions > e.instructions
+
+
+def test_mixtral_top2_routing_tokens_match_jax():
+    """Experts chosen on the chip by TOPK, their weights read through select registers."""
+    v = lpusim.validate("tiny-mixtral", "groq-tsp-v1", tokens=5)
+    assert v.tokens_match and v.within_tolerance, (v.tokens_lpu, v.tokens_jax, v.max_abs_error)
+    assert v.predicted_cycles == v.simulated_cycles
