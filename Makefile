@@ -28,12 +28,14 @@ test: $(VENV)/.installed-dev
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest tests/sim -k "engine"
 	$(BIN)/python benchmarks/sim_speed.py --small
 	$(BIN)/python benchmarks/calibrate_gpu.py --small
+	$(BIN)/python benchmarks/compile_speed.py --small
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/sim_speed.py
+	$(BIN)/python benchmarks/compile_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

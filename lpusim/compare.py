@@ -47,7 +47,17 @@ from sim.hardware import HardwareConfig, load_hardware
 
 DEFAULT_GPUS = ("a100-80gb", "h100-sxm", "h200", "b200", "mi300x")
 # Storage dtypes the LPU compiler accepts, by the weight-format names both sides share.
-LPU_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# compare's weight format -> (the model's storage dtype for the LPU, or None to keep it; the
+# compiler's weight format)
+# the model's storage dtype -> its format name
+DTYPE_FORMAT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+LPU_FORMATS = {
+    "fp16": ("float16", "native"),
+    "bf16": ("bfloat16", "native"),
+    "fp32": ("float32", "native"),
+    "int8": (None, "int8"),
+    "fp8": (None, "fp8"),
+}
 WEIGHTS = tuple(FORMATS) + ("fp32",)
 # A TP group larger than one 8-GPU node crosses nodes, whose network REFERENCE.md does not give.
 NODE_GPUS = 8
@@ -205,15 +215,17 @@ def lpu_bound(utilisation: dict[str, float]) -> str:
 def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache) -> dict:
     """Estimate's figures where the configuration compiles; otherwise a row saying why not."""
     row = _empty_row(hw.name, "lpu", weights, batch, context, prompt, "")
-    if weights not in LPU_DTYPES:
+    if weights not in LPU_FORMATS:
         row["note"] = (
             f"{weights} weights do not compile for the LPU yet (storage: "
-            f"{', '.join(LPU_DTYPES)} only)"
+            f"{', '.join(LPU_FORMATS)} only)"
         )
         return row
-    cfg = dataclasses.replace(cfg, dtype=LPU_DTYPES[weights])
+    dtype, fmt = LPU_FORMATS[weights]
+    if dtype is not None:
+        cfg = dataclasses.replace(cfg, dtype=dtype)
     try:
-        chips = lpu_chips_needed(cfg, hw, context)
+        chips = lpu_chips_needed(cfg, hw, context, fmt)
     except LpuError as e:  # a family the compiler does not trace yet
         row["note"] = str(e)
         return row
@@ -226,10 +238,10 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache) -> dict:
     if why:
         row["note"] = "; ".join(why)
         return row
-    key = (cfg.dtype, context)
+    key = (cfg.dtype, fmt, context)
     if key not in cache:
         try:
-            cache[key] = estimate(cfg, hw, chips=1, context=context, engine=engine)
+            cache[key] = estimate(cfg, hw, chips=1, context=context, engine=engine, weights=fmt)
         except ModelTooLarge as e:
             cache[key] = e
     e = cache[key]
@@ -290,7 +302,7 @@ def compare(
     cfg = resolve_model(model)
     dims = model_dims(cfg)
     context, prompt = _check_lengths(cfg, context, prompt)
-    default = {v: k for k, v in LPU_DTYPES.items()}[cfg.dtype]
+    default = DTYPE_FORMAT[cfg.dtype]
     weights_list = _as_list(weights if weights is not None else default, "weights")
     for w in weights_list:
         if w not in WEIGHTS:
@@ -490,7 +502,7 @@ class Measurement:
         return {
             "model": self.model,
             "tp": 1,
-            "weights": {v: k for k, v in LPU_DTYPES.items()}[self.dtype],
+            "weights": DTYPE_FORMAT[self.dtype],
             "tokens_per_s": self.tokens_per_s,
             "device": self.device,
             "context": self.context,

@@ -95,6 +95,10 @@ def slice_groups(hw: HardwareConfig, width: int) -> list[int]:
     return [s for pair in zip(west, east, strict=True) for s in pair]
 
 
+# Vectors per stored segment of a tensor no MXM installs (activations, inputs).
+STREAM_CHUNK = 256
+
+
 def chunk_vectors(hw: HardwareConfig) -> int:
     """Vectors per stored segment: a weight tile's rows come from lanes / chunk slice groups at
     once, as many as the MXM installs per cycle (REFERENCE.md "MXM": < 40 cycles for a tile)."""
@@ -113,7 +117,10 @@ def place_static(
     sit in different slices and stream out together), from `next_addr` up."""
     next_addr = np.zeros(hw.mem_slices, np.int64) if next_addr is None else next_addr
     cursor = {} if cursor is None else cursor
-    chunk = chunk_vectors(hw)
+    installed = np.zeros(len(vp.dtypes), bool)  # vectors some MXM vop installs as weights
+    for op in vp.ops:
+        if op.rows is not None:
+            installed[op.rows] = True
     placed: set[int] = set()
     segments = []
     for sym in vp.symbols:
@@ -123,6 +130,9 @@ def place_static(
         groups = slice_groups(hw, width)
         rows, tiles, _ = tensor_layout(sym.shape, hw.lanes)
         cols = sym.vids.reshape(rows, tiles).T  # (tiles, rows): each column is one run
+        # Weights stream out of several slices at once, at the MXM's install rate; anything
+        # else streams one vector per cycle anyway, so its runs stay long (fewer instructions).
+        chunk = chunk_vectors(hw) if installed[sym.vids].any() else STREAM_CHUNK
         units = vp.units.get(sym.name, 1)
         per_unit = rows // units
         if units > 1:  # every unit at the same slices, `stride` words above the one before

@@ -56,10 +56,11 @@ class _Tiler:
         """A vop on runs of n vectors (MXM: n = len(ins)) writing fresh vids, or the run from
         `out0` already numbered; returns its n output vids."""
         outs = self.vp.new_vids(n, dtype) if out0 is None else out0 + np.arange(n)
-        reads = list(ins) if unit != Unit.MXM else list(ins) + list(kw.get("rows", ()))
-        after = {s.after for v in reads if (s := self.vp.selection(int(v))) is not None}
-        if after:
-            kw["after"] = tuple(sorted(after))
+        if self.vp.selected:  # a vop reading a run-time choice of unit waits for its TOPK
+            reads = list(ins) if unit != Unit.MXM else list(ins) + list(kw.get("rows", ()))
+            after = {s.after for v in reads if (s := self.vp.selection(int(v))) is not None}
+            if after:
+                kw["after"] = tuple(sorted(after))
         vop = VOp(
             len(self.vp.ops),
             unit,

@@ -71,6 +71,8 @@ class Busy:
     def earliest(self, t: int, n: int) -> int:
         """The first s >= t with [s, s + n) free."""
         lo, hi = self.lo, self.hi
+        if not lo or t >= hi[-1]:  # past everything (the common case at the frontier)
+            return t
         i = bisect_right(lo, t) - 1
         if i >= 0 and hi[i] > t:
             t = hi[i]
@@ -173,7 +175,11 @@ class _Scheduler:
             self.pins.add(Seg(v0, n))
             self.pin_at[v0] = (g, a, old)
         self.pinned_over: dict[int, int] = {}
-        self.writes = [0] * hw.mem_slices
+        self.writes = [0] * hw.mem_slices  # words written into each group so far
+        # A group that has taken this many more words than another yields to it.
+        self.spill_words = max(1, hw.words_per_slice // 8)
+        self.tier_version = 0
+        self._targets: dict[tuple, list[int]] = {}
         self.stream_next = [0, 0]  # per direction: the stream after the last one claimed
         self._orders: dict[tuple, list[int]] = {}
         self.records: list[dict] = []
@@ -192,6 +198,19 @@ class _Scheduler:
 
     def width(self, vid: int) -> int:
         return DTYPE_BYTES[self.vp.dtypes[vid]]
+
+    def write_targets(self, w: int, pos: int) -> list[int]:
+        """Where results entering a stream at `pos` may go: the nearest groups that have not yet
+        taken much more than the others (so bulk results spread over the chip instead of filling
+        the slices next to a unit), the least written of the nearest few first (so that operands
+        of one op rarely share a slice and need a copy)."""
+        key = (w, pos, self.tier_version)
+        if key not in self._targets:
+            tier = {g: self.writes[g] // self.spill_words for g in self.groups[w]}
+            near = sorted(self.nearest(w, pos), key=lambda g: tier[g])  # stable: by distance
+            self._targets[key] = near[:WRITE_REACH]
+        near = self._targets[key]
+        return sorted(near[:SPREAD], key=lambda g: self.writes[g]) + near[SPREAD:]
 
     def nearest(self, width: int, pos: int) -> list[int]:
         key = (width, pos)
@@ -225,23 +244,17 @@ class _Scheduler:
                 return t
 
     def _solve(self, t: int, claims: list[Callable[[], Iterable]]) -> tuple[int, list]:
-        """Earliest t at which one option of every claim fits, each option being (items, lower
-        bound on t, payload); options are tried in order, the first that fits at t is taken."""
+        """Earliest t at which one option of every claim fits. An option is (ports, streams,
+        lower bound on t, payload): the intervals it needs on ports or units, and on streams;
+        options of one claim that share their `ports` list differ only in the stream they take.
+        Options are tried in order, and the first that fits at t is taken."""
         for _ in range(LIMIT_ATTEMPTS):
             tent: dict[tuple, list] = {}
             chosen = []
             for claim in claims:
-                best = None
-                for items, lb, payload in claim():  # first, an option that fits at t as it is
-                    if lb <= t and self._fits(items, t, tent):
-                        best = (t, items, payload)
-                        break
-                if best is None:  # else the earliest any option can start
-                    for items, lb, payload in claim():
-                        tt = self._conj(items, max(t, lb), tent)
-                        if best is None or tt < best[0]:
-                            best = (tt, items, payload)
-                assert best is not None, "a claim with no option: scheduler bug"
+                best = self._first_fit(claim, t, tent)
+                if best is None:  # none fits at t: the earliest any option can start
+                    best = self._earliest_option(claim, t, tent)
                 if best[0] > t:
                     t = best[0]
                     break
@@ -251,6 +264,34 @@ class _Scheduler:
             else:
                 return t, chosen
         raise AssertionError("no common free slot found: scheduler bug")
+
+    def _first_fit(self, claim, t: int, tent: dict):
+        busy_ports = {}  # ports lists already found busy at t, by identity (kept alive here)
+        for ports, streams, lb, payload in claim():
+            if lb > t or id(ports) in busy_ports:
+                continue
+            if not self._fits(ports, t, tent):
+                busy_ports[id(ports)] = ports
+                continue
+            if self._fits(streams, t, tent):
+                return t, ports + streams, payload
+        return None
+
+    def _earliest_option(self, claim, t: int, tent: dict):
+        best = None
+        bound: dict[int, tuple] = {}  # per ports list (kept alive): when its ports alone are free
+        for ports, streams, lb, payload in claim():
+            k = id(ports)
+            if k not in bound:
+                bound[k] = (self._conj(ports, max(t, lb), tent), ports)
+            if best is not None and bound[k][0] >= best[0]:
+                continue  # no stream can make this one earlier than the best
+            items = ports + streams
+            tt = self._conj(items, bound[k][0], tent)
+            if best is None or tt < best[0]:
+                best = (tt, items, payload)
+        assert best is not None, "a claim with no option: scheduler bug"
+        return best
 
     def _fits(self, items: Items, t: int, tent: dict) -> bool:
         for key, off, n in items:
@@ -317,7 +358,7 @@ class _Scheduler:
             diag_off = jpass - pos if d == 0 else jpass + pos
             ports = [(("rd", c.group + m), off_r, n) for m in range(w)]
             for s in self.stream_order(d, w):
-                yield ports + self._stream_items(d, s, w, diag_off, n), ready - off_r, (c, s, d)
+                yield ports, self._stream_items(d, s, w, diag_off, n), ready - off_r, (c, s, d)
 
     def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, avoid=()):
         """Options for WRITing n results that enter a stream at `pos` at t+joff+j: payload
@@ -325,10 +366,8 @@ class _Scheduler:
         hw = self.hw
         if pin is not None:
             groups = [pin[0]]
-        else:  # the nearest few, least written first (so that operands of one op rarely share
-            # a slice and need a copy), then the rest by distance
-            near = self.nearest(w, pos)
-            groups = sorted(near[:SPREAD], key=lambda g: self.writes[g]) + near[SPREAD:WRITE_REACH]
+        else:
+            groups = self.write_targets(w, pos)
         for g in groups:
             if avoid and any(g + m in avoid for m in range(w)):
                 continue
@@ -337,7 +376,7 @@ class _Scheduler:
             diag_off = joff - pos if d == 0 else joff + pos
             ports = [(("wr", g + m), joff + abs(p - pos), n) for m in range(w)]
             for s in self.stream_order(d, w):
-                yield ports + self._stream_items(d, s, w, diag_off, n), 0, (g, s, d)
+                yield ports, self._stream_items(d, s, w, diag_off, n), 0, (g, s, d)
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -366,6 +405,8 @@ class _Scheduler:
             assert pg == g
             addr = pa + vid - pin_seg.v0
         seg = Seg(vid, n)
+        if (self.writes[g] + n) // self.spill_words != self.writes[g] // self.spill_words:
+            self.tier_version += 1
         self.writes[g] += n
         c = self.add_copy(seg, Copy(g, tw + self.wl, write=tw, addr=addr))
         if pin_seg is not None:
@@ -435,7 +476,7 @@ class _Scheduler:
 
             def claims(g=g, pos=pos):
                 def wr():
-                    yield [(("wr", g + m), 0, n) for m in range(w)], 0, g
+                    yield [(("wr", g + m), 0, n) for m in range(w)], [], 0, g
 
                 return [lambda: self.read_options(seg, seg.v0, w, pos, n, sel=sel), wr]
 
@@ -488,7 +529,7 @@ class _Scheduler:
             t0 = max(c.ready + self.rl + abs(hw.slice_position(c.group) - pos) for c in picked)
 
             def claims(pos=pos, keys=keys):
-                out = [lambda: (([(k, 0, n)], 0, None) for k in keys)]
+                out = [lambda: (([(k, 0, n)], [], 0, None) for k in keys)]
                 for s, (v, sel), c in zip(segs, operands, picked, strict=True):
                     out.append(
                         lambda s=s, v=v, c=c, sel=sel: self.read_options(
@@ -556,7 +597,7 @@ class _Scheduler:
         for row, v0, n in self.row_pieces(rows):
             seg, w = self.store.get(v0), self.width(v0)
             claims = [
-                lambda n=n: (([(k, 0, n)], 0, None) for k in ports),
+                lambda n=n: (([(k, 0, n)], [], 0, None) for k in ports),
                 lambda seg=seg, v0=v0, w=w, n=n: self.read_options(seg, v0, w, pos, n, sel=sel),
             ]
             t, chosen = self._solve(start, claims)
@@ -578,7 +619,7 @@ class _Scheduler:
             seg, w = self.store.get(x0), self.width(x0)
             pin = self.pin_of(y0)
             claims = [
-                lambda n=n: iter([([(("mxc", plane), 0, n)], 0, None)]),
+                lambda n=n: iter([([(("mxc", plane), 0, n)], [], 0, None)]),
                 lambda seg=seg, x0=x0, w=w, n=n: self.read_options(seg, x0, w, pos, n),
                 lambda n=n, pin=pin, y0=y0: self.write_options(self.width(y0), pos, ml, n, pin),
             ]
