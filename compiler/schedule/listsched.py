@@ -631,7 +631,7 @@ class _Scheduler:
                 dict(
                     op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, sd=sd,
                     count=op.count, aux=op.id, dtype=DType.FLOAT32, vid=y0, src=op.src,
-                    repeat=n,
+                    repeat=n, row=len(op.rows),  # row: the tile's extent, for the checker
                 )
             )  # fmt: skip
             last = max(last, t + n - 1)
