@@ -29,6 +29,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/sim_speed.py --small
 	$(BIN)/python benchmarks/calibrate_gpu.py --small
 	$(BIN)/python benchmarks/compile_speed.py --small
+	$(BIN)/python benchmarks/roofline.py --small
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -36,6 +37,7 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/compile_speed.py
+	$(BIN)/python benchmarks/roofline.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

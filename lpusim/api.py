@@ -17,6 +17,7 @@ from compiler.frontend.jaxpr import flatten_named
 from compiler.frontend.model import check_weights, resolve_model
 from models import decode_step, embed, init_cache, init_params
 from sim import Program, simulate
+from sim.bounds import bounds
 from sim.errors import LpuError
 from sim.hardware import load_hardware
 
@@ -61,6 +62,10 @@ class Estimate:
     sram_high_water_bytes: int
     compile_s: float
     simulate_s: float
+    bound_cycles: int  # the step's lower bound on this chip (sim.bounds)
+    bound_by: str  # what sets it: mxm_install, sram_read, streams, dependency, ...
+    bound_fraction: float  # bound / simulated cycles: how close the schedule comes
+    bounds: dict[str, int] = field(default_factory=dict)  # every lower bound, cycles
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +84,8 @@ class Estimate:
                 ("bytes read per token", self.bytes_read),
                 ("SRAM high-water (bytes)", self.sram_high_water_bytes),
                 ("instructions", f"{self.instructions} ({self.vector_instructions} unrolled)"),
+                ("lower bound (cycles)", f"{self.bound_cycles} ({self.bound_by})"),
+                ("bound / simulated", self.bound_fraction),
                 ("unit utilisation", self.unit_utilisation),
                 ("compile / simulate (s)", f"{self.compile_s:.2f} / {self.simulate_s:.2f}"),
             ]
@@ -108,6 +115,7 @@ def estimate(
     result = simulate(program, mode="timing", engine=engine)
     t2 = time.perf_counter()
     n = program.meta["layers"]
+    b = bounds(program)
     return Estimate(
         model=cfg.name,
         hw=hw.name,
@@ -128,6 +136,10 @@ def estimate(
         sram_high_water_bytes=program.words_used * hw.lanes * hw.mem_slices,
         compile_s=t1 - t0,
         simulate_s=t2 - t1,
+        bound_cycles=b.cycles,
+        bound_by=b.binding,
+        bound_fraction=b.fraction(result.cycles),
+        bounds=b.terms,
     )
 
 
