@@ -54,11 +54,13 @@ def lower(fn: Callable, args: dict, params: frozenset = frozenset()) -> Graph:
     return graph
 
 
-def compile_graph(graph: Graph, hw: HardwareConfig, *, chips: int = 1, meta=None) -> Program:
+def compile_graph(
+    graph: Graph, hw: HardwareConfig, *, chips: int = 1, meta=None, chaining: bool = True
+) -> Program:
     check_fits(graph, hw, chips)  # fail before any work if the model cannot fit
     vp = tile(graph, hw.lanes)  # tensors -> runs of vectors, ops -> VXM/SXM/MXM vops
     placement = place_static(vp, hw)  # weights, inputs, constants: fixed SRAM homes
-    sched = list_schedule(vp, hw, placement)  # list scheduler over the chip's resources
+    sched = list_schedule(vp, hw, placement, chaining=chaining)  # over the chip's resources
     return emit(vp, sched, hw, meta or {}, placement.next_addr)  # addresses, instructions
 
 
@@ -75,6 +77,7 @@ def compile(
     weights: str = "native",
     layers: int | None = None,
     replay: bool = True,
+    chaining: bool = True,
     progress: Callable[[str, float], None] | None = None,
 ) -> Program:
     """Compile a function (with `args`: argument name -> pytree of arrays or ShapeDtypeStructs)
@@ -85,7 +88,8 @@ def compile(
     in SRAM and its weights stored as `weights` ("native", "fp16", "bf16", "int8", "fp8"): every
     layer and the head, or, given `layers`, the first `layers` layers alone (output "x"). Its
     layers are scheduled once and replayed (`replay=False` schedules every layer anew: the same
-    Program, slower). `progress(stage, fraction)` hears how far along it is.
+    Program, slower). `chaining=False` sends every result through SRAM (no unit takes another's
+    result straight from its stream). `progress(stage, fraction)` hears how far along it is.
     """
     hw = load_hardware(hw)
     if chips != 1:
@@ -97,14 +101,15 @@ def compile(
             raise LpuError("compiling a function needs args=: argument name -> example pytree")
         _check_args_fit(args, frozenset(params), hw, chips)  # before spending time on tracing
         graph = lower(target, args, frozenset(params))
-        return compile_graph(graph, hw, chips=chips, meta={"function": target.__name__})
+        meta = {"function": target.__name__}
+        return compile_graph(graph, hw, chips=chips, meta=meta, chaining=chaining)
     if phase == "prefill":
         raise LpuError("phase='prefill' is not implemented yet for models; use phase='decode'")
     from compiler.frontend.model import resolve_model
 
     return compile_model(
         resolve_model(target), hw, pos=pos, context=context, weights=weights, layers=layers,
-        replay=replay, progress=progress,
+        replay=replay, chaining=chaining, progress=progress,
     )  # fmt: skip
 
 
@@ -117,6 +122,7 @@ def compile_model(
     weights: str = "native",
     layers: int | None = None,
     replay: bool = True,
+    chaining: bool = True,
     progress: Callable[[str, float], None] | None = None,
 ) -> Program:
     """One decode step of a model: a layer block scheduled once and replayed, then the head."""
@@ -139,7 +145,7 @@ def compile_model(
     lay = layout_blocks(vp_layer, vp_head, hw, layers)  # SRAM: shared, per-layer bands, dynamic
 
     def scheduled(name, vp, placement, pins, stage):
-        sched = list_schedule(vp, hw, placement, pins, lambda f: report(stage, f))
+        sched = list_schedule(vp, hw, placement, pins, lambda f: report(stage, f), chaining)
         return make_block(name, vp, sched, hw, lay.floor)
 
     layer_blocks = [

@@ -31,7 +31,7 @@ def allocate(vp: VProgram, sched: Schedule, hw: HardwareConfig, floor: np.ndarra
     free_from = np.full((hw.mem_slices, hw.words_per_slice), -1, np.int64)
     free_from[np.arange(hw.words_per_slice)[None, :] < np.asarray(floor)[:, None]] = NEVER
     segs = {c.index: seg for seg in sched.segs for c in seg.copies}
-    pending = [c for c in sched.copies if c.write >= 0 and c.addr < 0]
+    pending = [c for c in sched.copies if c.write >= 0 and c.addr < 0 and not c.dead]
     for c in sorted(pending, key=lambda c: (c.write, c.index)):
         seg = segs[c.index]
         g, n, w = c.group, seg.n, DTYPE_BYTES[vp.dtypes[seg.v0]]
@@ -112,4 +112,4 @@ def emit(
 
 def words_used(sched: Schedule) -> int:
     """Highest address in use in any slice, plus one."""
-    return max((c.addr + seg.n for seg in sched.segs for c in seg.copies), default=0)
+    return max((c.addr + seg.n for seg in sched.segs for c in seg.copies if not c.dead), default=0)

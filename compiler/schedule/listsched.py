@@ -19,6 +19,10 @@ stream by diagonal (sim.isa.diagonal), so a piece's claims are intervals of leng
 offsets from its issue cycle. The earliest cycle at which all of them are free is found by jumping
 from one busy interval's end to the next (a bisection each), never cycle by cycle.
 
+Stream chaining: a unit's results flow on their stream to the chip's edge, so a consumer
+downstream may take them straight from it at the one cycle they pass (a `Flow`), with no WRITE and
+READ between; a result every consumer took so is then not written at all.
+
 The output: instruction records (READ/WRITE addresses still relative to a `Copy`, which the
 allocator places), every copy of every stored run, and the predicted cycle count, which the
 simulator must measure too.
@@ -30,6 +34,7 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -109,6 +114,7 @@ class Copy:
     index: int = 0  # position in Schedule.copies
     unit_words: int = 0  # unit 0 of a stacked parameter: read through a select register
     selection: Selection | None = None  # a copy of the unit some choice picked
+    dead: bool = False  # written, but every consumer took the vectors from the stream
 
 
 @dataclass(eq=False)
@@ -118,6 +124,18 @@ class Seg:
     v0: int
     n: int
     copies: list[Copy] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Flow:
+    """A unit's results on a stream: vector v0 + j enters stream group `stream` at position
+    `pos` at cycle t + j and flows on to the chip's edge, where any unit downstream may take it."""
+
+    v0: int
+    n: int
+    stream: int
+    t: int
+    pos: int
 
 
 @dataclass
@@ -159,8 +177,8 @@ Items = list[tuple[tuple, int, int]]
 
 
 class _Scheduler:
-    def __init__(self, vp: VProgram, hw: HardwareConfig, placement: Placement, pins):
-        self.vp, self.hw = vp, hw
+    def __init__(self, vp: VProgram, hw: HardwareConfig, placement: Placement, pins, chaining):
+        self.vp, self.hw, self.chaining = vp, hw, chaining
         self.busy: dict[tuple, Busy] = {}
         self.store = _Store()
         self.copies: list[Copy] = []
@@ -169,6 +187,7 @@ class _Scheduler:
             self.add_copy(seg, Copy(s.group, 0, addr=s.addr, unit_words=s.unit_words))
             self.store.add(seg)
         self.reg_ready: dict[int, int] = {}  # select register -> cycle its TOPK value is readable
+        self.flows = _Store()  # unit results on streams, which consumers downstream may take
         self.pins = _Store()  # output vids that must be written to a fixed (group, address)
         self.pin_at: dict[int, tuple[int, int, int]] = {}  # pin v0 -> (group, addr, old vid)
         for v0, n, g, a, old in pins:
@@ -245,9 +264,10 @@ class _Scheduler:
 
     def _solve(self, t: int, claims: list[Callable[[], Iterable]]) -> tuple[int, list]:
         """Earliest t at which one option of every claim fits. An option is (ports, streams,
-        lower bound on t, payload): the intervals it needs on ports or units, and on streams;
-        options of one claim that share their `ports` list differ only in the stream they take.
-        Options are tried in order, and the first that fits at t is taken."""
+        lower and upper bound on t (None: none), payload): the intervals it needs on ports or
+        units, and on streams; options of one claim that share their `ports` list differ only in
+        the stream they take. Options are tried in order, and the first that fits at t is
+        taken."""
         for _ in range(LIMIT_ATTEMPTS):
             tent: dict[tuple, list] = {}
             chosen = []
@@ -267,8 +287,8 @@ class _Scheduler:
 
     def _first_fit(self, claim, t: int, tent: dict):
         busy_ports = {}  # ports lists already found busy at t, by identity (kept alive here)
-        for ports, streams, lb, payload in claim():
-            if lb > t or id(ports) in busy_ports:
+        for ports, streams, lb, ub, payload in claim():
+            if lb > t or (ub is not None and t > ub) or id(ports) in busy_ports:
                 continue
             if not self._fits(ports, t, tent):
                 busy_ports[id(ports)] = ports
@@ -280,7 +300,7 @@ class _Scheduler:
     def _earliest_option(self, claim, t: int, tent: dict):
         best = None
         bound: dict[int, tuple] = {}  # per ports list (kept alive): when its ports alone are free
-        for ports, streams, lb, payload in claim():
+        for ports, streams, lb, ub, payload in claim():
             k = id(ports)
             if k not in bound:
                 bound[k] = (self._conj(ports, max(t, lb), tent), ports)
@@ -288,6 +308,8 @@ class _Scheduler:
                 continue  # no stream can make this one earlier than the best
             items = ports + streams
             tt = self._conj(items, bound[k][0], tent)
+            if ub is not None and tt > ub:
+                continue  # an exact-time option (a forward) that cannot be met
             if best is None or tt < best[0]:
                 best = (tt, items, payload)
         assert best is not None, "a claim with no option: scheduler bug"
@@ -358,7 +380,29 @@ class _Scheduler:
             diag_off = jpass - pos if d == 0 else jpass + pos
             ports = [(("rd", c.group + m), off_r, n) for m in range(w)]
             for s in self.stream_order(d, w):
-                yield ports, self._stream_items(d, s, w, diag_off, n), ready - off_r, (c, s, d)
+                yield (
+                    ports,
+                    self._stream_items(d, s, w, diag_off, n),
+                    ready - off_r,
+                    None,
+                    (c, s, d),
+                )
+
+    def forward_options(self, v0: int, pos: int, n: int):
+        """Taking vectors v0..v0+n-1 straight from the stream their unit put them on, where it
+        passes `pos` (downstream of the unit): only at the one cycle they pass (stream chaining,
+        no SRAM round trip). Payload ("forward", stream)."""
+        f = self.flows.find(v0) if self.chaining else None
+        if f is None or v0 + n > f.v0 + f.n:
+            return
+        east = f.stream // self.S == 0
+        if (pos < f.pos) if east else (pos > f.pos):
+            return
+        t = f.t + (v0 - f.v0) + abs(pos - f.pos)
+        yield [], [], t, t, ("forward", f.stream)
+
+    def add_flow(self, v0: int, n: int, stream: int, t: int, pos: int) -> None:
+        self.flows.add(Flow(v0, n, stream, t, pos))
 
     def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, avoid=()):
         """Options for WRITing n results that enter a stream at `pos` at t+joff+j: payload
@@ -376,7 +420,7 @@ class _Scheduler:
             diag_off = joff - pos if d == 0 else joff + pos
             ports = [(("wr", g + m), joff + abs(p - pos), n) for m in range(w)]
             for s in self.stream_order(d, w):
-                yield ports, self._stream_items(d, s, w, diag_off, n), 0, (g, s, d)
+                yield ports, self._stream_items(d, s, w, diag_off, n), 0, None, (g, s, d)
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -394,6 +438,12 @@ class _Scheduler:
             rec.update(flags=FLAG_INDIRECT, row=sel.register, count=c.unit_words, aux=sel.unit_vids)
         self.records.append(rec)
         return d * self.S + s
+
+    def take(self, t, items, payload, vid, n, src, sel=None) -> int:
+        """The stream an operand arrives on: straight from its unit, or by a READ."""
+        if payload[0] == "forward":
+            return payload[1]
+        return self.record_read(t, items, payload, vid, n, src, sel)
 
     def record_write(self, t, items, payload, vid, n, src) -> int:
         g, s, d = payload
@@ -476,7 +526,7 @@ class _Scheduler:
 
             def claims(g=g, pos=pos):
                 def wr():
-                    yield [(("wr", g + m), 0, n) for m in range(w)], [], 0, g
+                    yield [(("wr", g + m), 0, n) for m in range(w)], [], 0, None, g
 
                 return [lambda: self.read_options(seg, seg.v0, w, pos, n, sel=sel), wr]
 
@@ -526,14 +576,21 @@ class _Scheduler:
             ]  # fmt: skip
         best = None
         for q, pos, keys in units:
-            t0 = max(c.ready + self.rl + abs(hw.slice_position(c.group) - pos) for c in picked)
+            t0 = max(
+                min(
+                    [c.ready + self.rl + abs(hw.slice_position(c.group) - pos)]
+                    + [lb for _, _, lb, _, _ in self.forward_options(v, pos, n)]
+                )
+                for (v, _), c in zip(operands, picked, strict=True)
+            )
 
             def claims(pos=pos, keys=keys):
-                out = [lambda: (([(k, 0, n)], [], 0, None) for k in keys)]
+                out = [lambda: (([(k, 0, n)], [], 0, None, None) for k in keys)]
                 for s, (v, sel), c in zip(segs, operands, picked, strict=True):
                     out.append(
-                        lambda s=s, v=v, c=c, sel=sel: self.read_options(
-                            s, v, self.width(v), pos, n, c, sel
+                        lambda s=s, v=v, c=c, sel=sel: chain(
+                            self.forward_options(v, pos, n) if sel is None else (),
+                            self.read_options(s, v, self.width(v), pos, n, c, sel),
                         )
                     )
                 out.append(lambda: self.write_options(w_out, pos, lat, n, pin))
@@ -541,13 +598,14 @@ class _Scheduler:
 
             t, chosen = self._solve(t0, claims())
             if best is None or t < best[0]:
-                best = (t, chosen, q)
-        t, chosen, q = best
+                best = (t, chosen, q, pos)
+        t, chosen, q, pos = best
         self._commit(t, chosen)
         streams = {}
         for (items, pay), (v, sel) in zip(chosen[1:-1], operands, strict=True):
-            streams[v] = self.record_read(t, items, pay, v, n, op.src, sel)
+            streams[v] = self.take(t, items, pay, v, n, op.src, sel)
         sd = self.record_write(t, *chosen[-1], out, n, op.src)
+        self.add_flow(out, n, sd, t + lat, pos)
         rec = dict(
             op=op.op, cycle=t, queue=q, dtype=op.dtype, vid=out, src=op.src, sd=sd,
             count=op.count, table=op.table, repeat=n,
@@ -597,12 +655,15 @@ class _Scheduler:
         for row, v0, n in self.row_pieces(rows):
             seg, w = self.store.get(v0), self.width(v0)
             claims = [
-                lambda n=n: (([(k, 0, n)], [], 0, None) for k in ports),
-                lambda seg=seg, v0=v0, w=w, n=n: self.read_options(seg, v0, w, pos, n, sel=sel),
+                lambda n=n: (([(k, 0, n)], [], 0, None, None) for k in ports),
+                lambda seg=seg, v0=v0, w=w, n=n: chain(
+                    self.forward_options(v0, pos, n) if sel is None else (),
+                    self.read_options(seg, v0, w, pos, n, sel=sel),
+                ),
             ]
             t, chosen = self._solve(start, claims)
             self._commit(t, chosen)
-            st = self.record_read(t, *chosen[1], v0, n, op.src, sel)
+            st = self.take(t, *chosen[1], v0, n, op.src, sel)
             self.records.append(
                 dict(
                     op=Op.INSTALL, cycle=t, queue=q, plane=plane, s0=st, in0=v0, row=row,
@@ -619,14 +680,17 @@ class _Scheduler:
             seg, w = self.store.get(x0), self.width(x0)
             pin = self.pin_of(y0)
             claims = [
-                lambda n=n: iter([([(("mxc", plane), 0, n)], [], 0, None)]),
-                lambda seg=seg, x0=x0, w=w, n=n: self.read_options(seg, x0, w, pos, n),
+                lambda n=n: iter([([(("mxc", plane), 0, n)], [], 0, None, None)]),
+                lambda seg=seg, x0=x0, w=w, n=n: chain(
+                    self.forward_options(x0, pos, n), self.read_options(seg, x0, w, pos, n)
+                ),
                 lambda n=n, pin=pin, y0=y0: self.write_options(self.width(y0), pos, ml, n, pin),
             ]
             t, chosen = self._solve(ready, claims)
             self._commit(t, chosen)
-            st = self.record_read(t, *chosen[1], x0, n, op.src)
+            st = self.take(t, *chosen[1], x0, n, op.src)
             sd = self.record_write(t, *chosen[2], y0, n, op.src)
+            self.add_flow(y0, n, sd, t + ml, pos)
             self.records.append(
                 dict(
                     op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, sd=sd,
@@ -636,6 +700,26 @@ class _Scheduler:
             )  # fmt: skip
             last = max(last, t + n - 1)
         self.plane_free[plane] = last + 1
+
+
+def _drop_unread_writes(vp: VProgram, s: _Scheduler) -> None:
+    """A result every consumer took from the stream needs no SRAM copy: drop its WRITE (unless
+    it is an output or written in place)."""
+    outputs = np.zeros(len(vp.dtypes), bool)
+    for sym in vp.symbols:
+        if sym.kind == "output":
+            outputs[sym.vids] = True
+    segs = {c.index: seg for seg in s.store.by_start.values() for c in seg.copies}
+    for c in s.copies:
+        seg = segs[c.index]
+        if (
+            c.write >= 0
+            and c.last_read < 0
+            and c.addr < 0
+            and not outputs[seg.v0 : seg.v0 + seg.n].any()
+        ):
+            c.dead = True
+    s.records = [r for r in s.records if not (r["op"] == Op.WRITE and r["_copy"].dead)]
 
 
 def _dependencies(vp: VProgram) -> tuple[list[int], list[list[int]]]:
@@ -672,10 +756,12 @@ def schedule(
     placement: Placement,
     pins=(),
     progress: Callable[[float], None] | None = None,
+    chaining: bool = True,
 ) -> Schedule:
     """`pins`: (v0, n, group, addr, old vid) of output runs that must be written in place (over
-    the static vectors old..old+n-1, or -1)."""
-    s = _Scheduler(vp, hw, placement, pins)
+    the static vectors old..old+n-1, or -1). `chaining`: a unit may take another unit's results
+    straight from the stream they flow on (and a result nobody reads from SRAM is not written)."""
+    s = _Scheduler(vp, hw, placement, pins, chaining)
     waiting, users = _dependencies(vp)
     prio = _priorities(vp, hw, users)
     heap = [(-prio[op.id], op.id) for op in vp.ops if waiting[op.id] == 0]
@@ -697,6 +783,7 @@ def schedule(
             if waiting[u] == 0:
                 heapq.heappush(heap, (-prio[u], u))
     assert done == len(vp.ops), "the vector program has a cycle"
+    _drop_unread_writes(vp, s)
     lat = {op: latency(hw, op) for op in Op}
     for r in s.records:
         r.setdefault("chip", 0)
