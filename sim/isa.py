@@ -6,6 +6,10 @@ Grammar of one instruction (every field explicit; NOP padding between issue cycl
               plane row count table imm vid in0 in1 in2 aux src
     stream := dir * streams_per_direction + s      dir 0 = eastward, 1 = westward; -1 = none
 
+Each op runs on one kind of unit (OP_UNIT), so only on its queues: a MEM op on the queue of its
+slice, a VXM op on the VXM's, an SXM op on either SXM's, an MXM op on the queue of its `plane`
+(queue_mxm); `unit_problem` words any other placement.
+
 An instruction with `repeat = n` acts n times, at cycles cycle+j (j = 0..n-1), on address
 addr + j*stride, with vid + j (and MXM row + j): the ICU's Repeat. Semantics of each opcode, for
 repetition j at cycle t = cycle + j, at the position p of the queue's unit:
@@ -19,9 +23,13 @@ repetition j at cycle t = cycle + j, at the position p of the queue's unit:
     SXM REDUCE_SUM/MAX count  : lanes [0, count) of s0 reduced, broadcast to every lane of sd
     SXM PERMUTE table         : out[i] = in[table[i]], or 0 where table[i] < 0
     MXM INSTALL plane row     : the vector on s0 becomes row `row` (column, if flags & TRANSPOSED)
-                                of the plane's weight tile `aux`; usable from t + install latency
-    MXM MATMUL plane count    : y = x[:count] @ W[:count, :] with W the installed tile `aux`
-                                (float64 accumulation, float32 result) enters sd at t + mxm latency
+                                of the plane's weight tile `aux`; usable from t + install latency.
+                                A tile's rows lie in 0..lanes-1, each installed once, all in one
+                                orientation; none after a MATMUL used the tile
+    MXM MATMUL plane count row: y = x[:count] @ W[:count, :] with W the installed tile `aux`
+                                (float64 accumulation, float32 result) enters sd at t + mxm latency.
+                                `row` is the tile's extent, 1..lanes: rows (columns, if installed
+                                transposed) 0..row-1 must all be installed, and no other
     SXM TOPK count imm table  : the k = imm largest of lanes [0, count) of s0, largest first:
                                 lanes [0, k) of sd get their lane numbers, lanes [k, 2k) their
                                 values (bits unchanged), every other lane 0; the result is float32
@@ -171,6 +179,14 @@ def topk_problem(hw: HardwareConfig, ins) -> str | None:
         f"1 <= k <= count <= {hw.lanes}, 2k <= {hw.lanes} and registers "
         f"table..table+k-1 within 0..{SELECT_REGISTERS - 1}"
     )
+
+
+def matmul_problem(hw: HardwareConfig, ins) -> str | None:
+    """Why a MATMUL's extent (its `row` field) is malformed, or None."""
+    extent = int(ins["row"])
+    if 1 <= extent <= hw.lanes:
+        return None
+    return f"MATMUL extent (row field) {extent} is outside 1..{hw.lanes}"
 
 
 def topk_registers(hw: HardwareConfig, ins) -> range:
@@ -325,6 +341,32 @@ def n_queues(hw: HardwareConfig) -> int:
     return hw.mem_slices + 3 + hw.mxm_planes
 
 
+def queue_unit(hw: HardwareConfig, q: int) -> tuple[Unit, int] | None:
+    """The unit queue q feeds and its index (slice, hemisphere or plane), or None: no such queue."""
+    if 0 <= q < hw.mem_slices:
+        return Unit.MEM, q
+    if q == queue_vxm(hw):
+        return Unit.VXM, 0
+    if q in (queue_sxm(hw, 0), queue_sxm(hw, 1)):
+        return Unit.SXM, q - queue_sxm(hw, 0)
+    if queue_mxm(hw, 0) <= q < n_queues(hw):
+        return Unit.MXM, q - queue_mxm(hw, 0)
+    return None
+
+
+def unit_problem(hw: HardwareConfig, ins) -> str | None:
+    """Why the instruction's queue cannot run its op, or None (see the module docstring)."""
+    op, q = Op(int(ins["op"])), int(ins["queue"])
+    unit, plane = OP_UNIT[op], int(ins["plane"])
+    held = queue_unit(hw, q)
+    if held is not None and held[0] == unit and (unit != Unit.MXM or held[1] == plane):
+        return None
+    what = f"{unit.name} op {op.name}" + (f" for plane {plane}" if unit == Unit.MXM else "")
+    if held is None:
+        return f"{what} issued on queue {q}, which does not exist"
+    return f"{what} issued on queue {queue_name(hw, q)}, which cannot run it"
+
+
 def queue_name(hw: HardwareConfig, q: int) -> str:
     if q < hw.mem_slices:
         return f"MEM{'WE'[hw.slice_hemisphere(q)]}{q % hw.half_slices}"
@@ -397,6 +439,7 @@ def disassemble_one(hw: HardwareConfig, ins) -> str:
         t = "T" if ins["flags"] & FLAG_TRANSPOSED else ""
         body = f"{st('s0')} -> tile{int(ins['aux'])} row{t} {int(ins['row'])}"
     else:
-        body = f"{st('s0')}[:{int(ins['count'])}] @ tile{int(ins['aux'])} -> {st('sd')}"
+        tile = f"tile{int(ins['aux'])} extent {int(ins['row'])}"
+        body = f"{st('s0')}[:{int(ins['count'])}] @ {tile} -> {st('sd')}"
     stride = f" stride {int(ins['stride'])}" if ins["repeat"] > 1 and ins["stride"] else ""
     return f"{op.name}.{dt}{rep} {body}{stride} vid={vid}"

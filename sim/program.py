@@ -26,7 +26,8 @@ from sim.hardware import HardwareConfig
 from sim.isa import INSTR_DTYPE, disassemble_one, n_queues, queue_name
 
 FORMAT_MAGIC = "lpusim-program"
-FORMAT_VERSION = 1
+# 2: a MATMUL's `row` is its tile's extent, which the executors check; version 1 files have 0.
+FORMAT_VERSION = 2
 
 
 # --- tensor layout --------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ cycle, because every latency is at least one cycle.
 - Memory. A WRITE commits `mem_write_latency` cycles after issue; a READ sees commits up to its
   cycle. Each word remembers the vector id it holds, so a READ of a vector that is not (yet, or any
   more) there is caught.
+- Units. An op runs only on a queue of its unit (and an MXM op on its plane's): `unit_problem`.
+- MXM tiles. Each plane holds one tile at a time, named by `aux`: an INSTALL of another tile
+  starts a new one. Per plane, a flag per lane says which rows (columns) of it are installed, so
+  a row installed twice, or a MATMUL whose extent (`row`) is not exactly the rows installed, is
+  caught in either mode (`tile_problem`), as is a MATMUL of a tile the plane no longer holds.
 - Resources. Per cycle: one read and one write per MEM slice, `vxm_alus` VXM ops,
   `sxm_units_per_hemisphere` SXM ops per hemisphere, `mxm_install_vectors_per_cycle` installs and
   one matmul per MXM plane.
@@ -49,12 +54,14 @@ from sim.isa import (
     diagonal,
     disassemble_one,
     latency,
+    matmul_problem,
     queue_name,
     queue_position,
     queue_sxm,
     stream_name,
     topk_problem,
     topk_registers,
+    unit_problem,
 )
 from sim.program import Program, pack_tensor, unpack_tensor
 
@@ -113,6 +120,36 @@ def _round(values64: np.ndarray, code: int) -> np.ndarray:
         whole = np.rint(np.clip(np.nan_to_num(out, nan=0.0), -128, 127))
         return whole.astype(np.int8).astype(np.float32)
     return out
+
+
+def _spans(rows: np.ndarray) -> str:
+    """Sorted row numbers as runs: [3, 5, 6, 7] -> '3, 5..7'."""
+    runs, first = [], 0
+    for k in range(1, len(rows) + 1):
+        if k == len(rows) or rows[k] != rows[k - 1] + 1:
+            a, b = int(rows[first]), int(rows[k - 1])
+            runs.append(f"{a}" if a == b else f"{a}..{b}")
+            first = k
+    return ", ".join(runs)
+
+
+def tile_problem(tile: int, extent: int, installed: np.ndarray, transposed: bool) -> str | None:
+    """Why a MATMUL of `extent` cannot use the tile whose installed rows (columns) are
+    `installed` ((lanes,) bool), or None: it must hold 0..extent-1, and no other."""
+    what = "column" if transposed else "row"
+    missing = np.flatnonzero(~installed[:extent])
+    if len(missing):
+        many = len(missing) > 1
+        return (
+            f"uses tile {tile} but {what}{'s' if many else ''} {_spans(missing)} "
+            f"{'are' if many else 'is'} not installed (its extent is {extent})"
+        )
+    beyond = np.flatnonzero(installed[extent:]) + extent
+    if len(beyond):
+        return (
+            f"uses tile {tile} of extent {extent} but it holds {what}s {_spans(beyond)} beyond it"
+        )
+    return None
 
 
 def run_reference(
@@ -235,6 +272,8 @@ def run_reference(
         r = ins[i]
         op, chip, q = Op(int(r["op"])), int(r["chip"]), int(r["queue"])
         unit = OP_UNIT[op]
+        if (problem := unit_problem(hw, r)) is not None:
+            raise violation(i, t, problem)
         code = int(r["dtype"])
         width = DTYPE_BYTES[DType(code)]
         vid = int(r["vid"]) + j
@@ -362,7 +401,7 @@ def run_reference(
                 {
                     "tile": -1,
                     "ready": 0,
-                    "rows": 0,
+                    "installed": np.zeros(lanes, bool),  # rows (columns) of the tile
                     "used": False,
                     "transposed": False,
                     "w": np.zeros((lanes, lanes)),
@@ -370,28 +409,41 @@ def run_reference(
             )
             tile = int(r["aux"])
             if op == Op.INSTALL:
+                transposed = bool(r["flags"] & FLAG_TRANSPOSED)
+                what = "column" if transposed else "row"
+                row = int(r["row"]) + j
+                if not 0 <= row < lanes:
+                    raise violation(
+                        i, t, f"installs {what} {row} of tile {tile}, outside 0..{lanes - 1}"
+                    )
                 claim(
                     i, t, (chip, "mxi", plane), hw.mxm_install_vectors_per_cycle, "the install port"
                 )
                 _, v = take(i, chip, int(r["s0"]), p, t, expect[0])
-                if st["tile"] != tile:
-                    st.update(tile=tile, rows=0, used=False, ready=0)
-                    st["transposed"] = bool(r["flags"] & FLAG_TRANSPOSED)
+                if st["tile"] != tile:  # a new tile; the old weights stay in place
+                    st.update(tile=tile, used=False, ready=0, transposed=transposed)
+                    st["installed"][:] = False
                 elif st["used"]:
                     raise violation(i, t, f"installs into tile {tile} after a matmul used it")
-                row = int(r["row"]) + j
+                elif st["transposed"] != transposed:
+                    held = "columns" if st["transposed"] else "rows"
+                    raise violation(i, t, f"installs a {what} of tile {tile}, which holds {held}")
+                if st["installed"][row]:
+                    raise violation(i, t, f"installs {what} {row} of tile {tile} twice")
+                st["installed"][row] = True
                 if functional:
-                    if r["flags"] & FLAG_TRANSPOSED:
+                    if transposed:
                         st["w"][:, row] = v
                     else:
                         st["w"][row, :] = v
-                st["rows"] += 1
                 st["ready"] = max(st["ready"], t + lat)
                 counts["mxm_install"] += 1
             else:
+                if (problem := matmul_problem(hw, r)) is not None:
+                    raise violation(i, t, problem)
                 claim(i, t, (chip, "mxc", plane), 1, "the plane's compute port")
                 _, x = take(i, chip, int(r["s0"]), p, t, expect[0])
-                k = int(r["count"])
+                k, extent = int(r["count"]), int(r["row"])
                 if st["tile"] != tile:
                     raise violation(
                         i,
@@ -401,8 +453,11 @@ def run_reference(
                     )
                 if t < st["ready"]:
                     raise violation(i, t, f"tile {tile} is not installed until cycle {st['ready']}")
-                if not st["transposed"] and st["rows"] < k:
-                    raise violation(i, t, f"uses {k} rows of tile {tile}; {st['rows']} installed")
+                problem = tile_problem(tile, extent, st["installed"], st["transposed"])
+                if problem is not None:
+                    raise violation(i, t, problem)
+                if not st["transposed"] and extent < k:
+                    raise violation(i, t, f"uses {k} rows of tile {tile}; {extent} installed")
                 st["used"] = True
                 values = None
                 if functional:

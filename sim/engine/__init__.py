@@ -15,8 +15,8 @@ with the compile flags in flags.py, the array layouts in schema.py, and rounding
 types (float16, bfloat16, int8, float8_e4m3fn) by bit manipulation in rounding.py.
 
 Where the reference would crash or misbehave rather than report, the engine refuses up front with
-a ValueError: an instruction whose op or dtype is no valid code, a MEM instruction whose slice
-and queue are the same negative number, a symbol with a negative slice or address.
+a ValueError: an instruction whose op or dtype is no valid code, a symbol with a negative slice or
+address.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def run_engine(
     busy[:, 0] = np.iinfo(np.int64).min  # never claimed
     planes = np.zeros((prep.planes, c.N_PLANE), np.int64)
     planes[:, c.PL_TILE] = -1
+    installed = np.zeros((prep.planes, lanes), np.bool_)  # timing mode checks rows too
     pending = np.zeros((prep.pending, c.N_PENDING), np.int64)
     # Value arrays (float32, the storage format of every vector) are empty in timing mode.
     ring_val = np.zeros((prep.ring_slots if functional else 0, lanes), np.float32)
@@ -66,12 +67,12 @@ def run_engine(
     with np.errstate(all="ignore"):  # NaN and inf are data here (this matters without the JIT)
         kernel(
             prep.ev_t, prep.ev_i, program.instrs, prep.g, prep.lat_lut, prep.pos_lut,
-            prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid, mem_val, ring,
-            ring_val, busy, planes, weights, pending, pending_val, prep.sel_first, sel,
-            sel_pending, out,
+            prep.queue_lut, prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid,
+            mem_val, ring, ring_val, busy, planes, installed, weights, pending, pending_val,
+            prep.sel_first, sel, sel_pending, out,
         )  # fmt: skip
     if out[c.O_CODE] != c.OK:
-        raise_failure(program, prep, out)
+        raise_failure(program, prep, out, installed)
 
     outputs = _outputs(program, prep, mem_vid, mem_val, functional)
     counts = dict.fromkeys(COUNT_KEYS, 0)

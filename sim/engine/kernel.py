@@ -11,7 +11,8 @@ builds the tables and the geometry `g`). State, all NumPy arrays (layouts in sch
 - mem_vid[cell]: vector id each memory word holds; mem_val[cell]: values (at a group's base slice)
 - ring[slot]: the vector on each (stream key, diagonal mod RING); ring_val[slot]: its values
 - busy[resource]: (last cycle claimed, claims in it); events come in cycle order, so that suffices
-- planes[plane], weights[plane]: MXM tile state and (lanes, lanes) float32 weights
+- planes[plane], installed[plane], weights[plane]: MXM tile state, which rows (columns) of the
+  tile are installed (a flag per lane), and (lanes, lanes) float32 weights
 - pending[k], pending_val[k]: WRITE commits in flight, a FIFO
 - sel[chip * SELECT_REGISTERS + r], sel_pending[k]: select registers and TOPK writes in flight
   (functional mode; timing mode reads every register as 0); sel_first[...]: when the first TOPK
@@ -31,20 +32,26 @@ from sim.engine.schema import (
     E_ADDRESS,
     E_BUSY,
     E_EXPECT,
+    E_EXTENT,
     E_HELD,
     E_INDEX,
+    E_INSTALL_ROW,
+    E_INSTALL_TWICE,
     E_NO_VECTOR,
     E_PUT_ALIGN,
     E_PUT_TAKEN,
     E_SEL_EARLY,
     E_SEL_REGISTER,
     E_SLICE,
+    E_TILE_HOLES,
     E_TILE_MISSING,
     E_TILE_NOT_READY,
+    E_TILE_ORIENTATION,
     E_TILE_ROWS,
     E_TILE_USED,
     E_TOPK,
     E_TORN,
+    E_UNIT,
     E_WRONG_VECTOR,
     G_BASE_COMPUTE,
     G_BASE_INSTALL,
@@ -84,6 +91,7 @@ from sim.engine.schema import (
     O_EVENT,
     O_HOPS,
     OK,
+    PL_HIGH,
     PL_READY,
     PL_ROWS,
     PL_TILE,
@@ -108,7 +116,7 @@ READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int
 ADD, SUB, MUL, MAX, MIN = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.MAX), int(Op.MIN)
 NEG, EXP, RSQRT, CONVERT = int(Op.NEG), int(Op.EXP), int(Op.RSQRT), int(Op.CONVERT)
 REDUCE_SUM, PERMUTE, TOPK = int(Op.REDUCE_SUM), int(Op.PERMUTE), int(Op.TOPK)
-MEM, VXM, SXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM)
+MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
 
 
 @njit_inline
@@ -310,9 +318,9 @@ def make_kernel(functional: bool):
 
     @njit
     def run(
-        ev_t, ev_i, ins, g, lat_lut, pos_lut, hemi_map, plane_map, tables, table_ok,
-        mem_vid, mem_val, ring, ring_val, busy, planes, weights, pending, pending_val,
-        sel_first, sel, sel_pending, out,
+        ev_t, ev_i, ins, g, lat_lut, pos_lut, queue_lut, hemi_map, plane_map, tables, table_ok,
+        mem_vid, mem_val, ring, ring_val, busy, planes, installed, weights, pending,
+        pending_val, sel_first, sel, sel_pending, out,
     ):  # fmt: skip
         lanes = g[G_LANES]
         slices = g[G_SLICES]
@@ -350,6 +358,10 @@ def make_kernel(functional: bool):
             op = np.int64(r["op"])
             unit = UNIT_LUT[op]
             q = np.int64(r["queue"])
+            held = queue_lut[q - queue_lo, 0]  # the unit this queue feeds, first of all
+            if held != unit or (unit == MXM and queue_lut[q - queue_lo, 1] != r["plane"]):
+                _fail(out, E_UNIT, e, t, 0, 0, 0)
+                return
             ci = np.int64(r["chip"]) - chip_lo
             p = pos_lut[q - queue_lo]
             t0 = t + lat_lut[op]
@@ -422,8 +434,17 @@ def make_kernel(functional: bool):
                     tail += 1
                 continue
 
-            # VXM, SXM, MXM: claim the unit, then take operand s0 (a TOPK's fields come first).
-            if op == TOPK:
+            # VXM, SXM, MXM: claim the unit, then take operand s0 (malformed fields come first).
+            if op == MATMUL:  # `row`: the tile's extent
+                if r["row"] < 1 or r["row"] > lanes:
+                    _fail(out, E_EXTENT, e, t, 0, 0, 0)
+                    return
+            elif op == INSTALL:
+                row = np.int64(r["row"]) + j
+                if row < 0 or row >= lanes:
+                    _fail(out, E_INSTALL_ROW, e, t, row, 0, 0)
+                    return
+            elif op == TOPK:
                 kf = r["imm"]
                 count = np.int64(r["count"])
                 tb = np.int64(r["table"])
@@ -508,38 +529,48 @@ def make_kernel(functional: bool):
                 tile = r["aux"]
                 transposed = np.int64(r["flags"]) & FLAG_TRANSPOSED
                 if op == INSTALL:
+                    row = np.int64(r["row"]) + j  # within the lanes, as checked above
                     if planes[pl, PL_TILE] != tile:  # a new tile; the old weights stay in place
                         planes[pl, PL_TILE] = tile
                         planes[pl, PL_ROWS] = 0
+                        planes[pl, PL_HIGH] = 0
                         planes[pl, PL_USED] = 0
                         planes[pl, PL_READY] = 0
                         planes[pl, PL_TRANSPOSED] = transposed
+                        installed[pl, :] = False
                     elif planes[pl, PL_USED]:
                         _fail(out, E_TILE_USED, e, t, 0, 0, 0)
                         return
+                    elif planes[pl, PL_TRANSPOSED] != transposed:
+                        _fail(out, E_TILE_ORIENTATION, e, t, 0, 0, 0)
+                        return
+                    if installed[pl, row]:
+                        _fail(out, E_INSTALL_TWICE, e, t, row, 0, 0)
+                        return
+                    installed[pl, row] = True
+                    planes[pl, PL_ROWS] += 1
+                    planes[pl, PL_HIGH] = max(planes[pl, PL_HIGH], row + 1)
                     if functional:
-                        row = np.int64(r["row"]) + j
-                        if row < -lanes or row >= lanes:
-                            _fail(out, E_INDEX, e, t, row, 0, 0)
-                            return
-                        if row < 0:
-                            row += lanes
                         if transposed:
                             weights[pl, :, row] = ring_val[a]
                         else:
                             weights[pl, row, :] = ring_val[a]
-                    planes[pl, PL_ROWS] += 1
                     planes[pl, PL_READY] = max(planes[pl, PL_READY], t0)
                     continue
                 k = np.int64(r["count"])
+                extent = np.int64(r["row"])  # 1..lanes (checked above)
                 if planes[pl, PL_TILE] != tile:
                     _fail(out, E_TILE_MISSING, e, t, planes[pl, PL_TILE], 0, 0)
                     return
                 if t < planes[pl, PL_READY]:
                     _fail(out, E_TILE_NOT_READY, e, t, planes[pl, PL_READY], 0, 0)
                     return
-                if not planes[pl, PL_TRANSPOSED] and planes[pl, PL_ROWS] < k:
-                    _fail(out, E_TILE_ROWS, e, t, planes[pl, PL_ROWS], 0, 0)
+                # Rows are installed at most once, so these two say they are exactly 0..extent-1.
+                if planes[pl, PL_ROWS] != extent or planes[pl, PL_HIGH] > extent:
+                    _fail(out, E_TILE_HOLES, e, t, pl, planes[pl, PL_TRANSPOSED], 0)
+                    return
+                if not planes[pl, PL_TRANSPOSED] and extent < k:
+                    _fail(out, E_TILE_ROWS, e, t, extent, 0, 0)
                     return
                 planes[pl, PL_USED] = 1
                 width = F32_WORDS

@@ -32,6 +32,7 @@ from sim.isa import (
     latency,
     queue_position,
     queue_sxm,
+    queue_unit,
     topk_registers,
 )
 from sim.program import Program, pack_tensor
@@ -103,8 +104,6 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
         q = np.int64(r["queue"])
         bad = 0 if not VALID_OP[op] else (1 if not VALID_DTYPE[np.int64(r["dtype"])] else -1)
         unit = UNIT_LUT[op]
-        if bad < 0 and unit == MEM and q < 0 and np.int64(r["slice"]) == q:
-            bad = 2  # the reference would store into a negative slice; refuse instead
         if bad >= 0:
             stats[c.S_BAD_OP] = i
             stats[c.S_BAD_FIELD] = bad
@@ -204,6 +203,7 @@ class Prepared:
     g: np.ndarray  # (schema.N_GEOMETRY,) int64
     lat_lut: np.ndarray  # (256,) int64 latency per op code
     pos_lut: np.ndarray  # (queues,) int64 floorplan position per queue, from schema.G_QUEUE_LO
+    queue_lut: np.ndarray  # (queues, 2) int64 (unit, index) of each queue, the same way
     hemi_map: np.ndarray  # dense slot of each (chip, hemisphere) / (chip, plane), see schema.G_*
     plane_map: np.ndarray
     tables: np.ndarray  # (tables, lanes) int32 PERMUTE tables
@@ -236,8 +236,8 @@ def prepare_program(program: Program) -> Prepared:
     cycles = np.empty(len(ins), np.int64)
     _scan(ins, lat_lut, queue_sxm(hw, 0), stats, cycles)
     if stats[c.S_BAD_OP] >= 0:
-        i, field = int(stats[c.S_BAD_OP]), ("op", "dtype", "slice")[int(stats[c.S_BAD_FIELD])]
-        valid = {"op": sorted(map(int, Op)), "dtype": sorted(map(int, DType)), "slice": ">= 0"}
+        i, field = int(stats[c.S_BAD_OP]), ("op", "dtype")[int(stats[c.S_BAD_FIELD])]
+        valid = {"op": sorted(map(int, Op)), "dtype": sorted(map(int, DType))}
         raise ValueError(
             f"instruction #{i} has {field} {int(ins[field][i])}, which no executor can run "
             f"(valid: {valid[field]})"
@@ -251,6 +251,11 @@ def prepare_program(program: Program) -> Prepared:
 
     queue_lo, queues = span(c.S_QUEUE_LO, c.S_QUEUE_HI)
     pos_lut = np.array([queue_position(hw, queue_lo + q) for q in range(queues)], np.int64)
+    queue_lut = np.full((queues, 2), -1, np.int64)
+    for q in range(queues):
+        held = queue_unit(hw, queue_lo + q)
+        if held is not None:
+            queue_lut[q] = int(held[0]), held[1]
 
     # Chips: the reference keys state by chip number; the arrays offset the chip axis to 0.
     chip_lo = min(0, int(stats[c.S_CHIP_LO])) if n else 0
@@ -333,6 +338,7 @@ def prepare_program(program: Program) -> Prepared:
         g=g,
         lat_lut=lat_lut,
         pos_lut=pos_lut,
+        queue_lut=queue_lut,
         hemi_map=hemi_map,
         plane_map=plane_map,
         tables=tables,

@@ -7,6 +7,8 @@ Plain module-level ints, so Numba folds them into the kernels as constants. Gram
     stats   (S_*,)                 what the pre-pass over the instructions found
     ring    (slots, R_*)           stream slots: (diagonal mod RING, stream key)
     planes  (planes, PL_*)         MXM tile state per (chip, plane)
+    installed (planes, lanes)      bool: which rows (columns) of its tile each plane holds
+    queue_lut (queues, 2)          (unit, index) of each queue from G_QUEUE_LO; unit -1: none
     pending (capacity, Q_*)        WRITE commits in flight, a FIFO (commit order = issue order)
     sel_pending (capacity, SQ_*)   TOPK select-register writes in flight, a FIFO (same order)
     busy    (resources, 2)         (last cycle claimed, claims in that cycle) per resource
@@ -50,7 +52,7 @@ KEY_PAD = 4
 
 # --- stats: the pre-pass (sim.engine.prepare._scan) -----------------------------------------------
 S_BAD_OP = 0  # first instruction no executor can run, or -1
-S_BAD_FIELD = 1  # 0: invalid op, 1: invalid dtype, 2: MEM slice and queue the same negative number
+S_BAD_FIELD = 1  # 0: invalid op, 1: invalid dtype
 S_CHIP_LO = 2
 S_CHIP_HI = 3
 S_QUEUE_HI = 4
@@ -86,10 +88,11 @@ EMPTY = -(2**63)
 # --- planes ---------------------------------------------------------------------------------------
 PL_TILE = 0
 PL_READY = 1
-PL_ROWS = 2
+PL_ROWS = 2  # rows (columns) installed; with PL_HIGH it tells whether they are 0..extent-1
 PL_USED = 3
 PL_TRANSPOSED = 4
-N_PLANE = 5
+PL_HIGH = 5  # highest row installed, plus one
+N_PLANE = 6
 
 # --- pending WRITE commits ------------------------------------------------------------------------
 Q_COMMIT = 0
@@ -132,9 +135,15 @@ E_WRONG_VECTOR = 9  # a: vector on the stream (WRITE)
 E_TILE_USED = 10
 E_TILE_MISSING = 11  # a: tile the plane holds
 E_TILE_NOT_READY = 12  # a: cycle it is ready
-E_TILE_ROWS = 13  # a: rows installed
+E_TILE_ROWS = 13  # a: the tile's extent (= rows installed)
 E_INDEX = 14  # functional only: where the reference's NumPy indexing fails; a: the index
 E_EXPECT = 15  # a: operand, b: vector expected (in0..in2), c: vector on the stream
 E_TOPK = 16  # malformed TOPK (k, count, table)
 E_SEL_REGISTER = 17  # indirect READ names no select register; a: the register
 E_SEL_EARLY = 18  # a: register, b: cycle its first TOPK write lands
+E_UNIT = 19  # the op's unit does not run on this queue (or, MXM, not for this plane)
+E_EXTENT = 20  # malformed MATMUL extent (row field)
+E_INSTALL_ROW = 21  # a: row outside the lanes
+E_INSTALL_TWICE = 22  # a: row already installed in this tile
+E_TILE_ORIENTATION = 23  # an INSTALL of a row into a tile of columns, or the reverse
+E_TILE_HOLES = 24  # the rows installed are not 0..extent-1; a: plane slot, b: transposed

@@ -17,11 +17,14 @@ from sim.isa import (
     Op,
     Unit,
     disassemble_one,
+    matmul_problem,
     queue_name,
     stream_name,
     topk_problem,
+    unit_problem,
 )
 from sim.program import Program
+from sim.reference import tile_problem
 
 OPERAND_FIELDS = ("s0", "s1", "s2")
 
@@ -42,7 +45,7 @@ def _busy_what(hw, r, m: int) -> tuple[str, int]:
     return "the plane's compute port", 1
 
 
-def _conflict(program: Program, out: np.ndarray, i: int, j: int) -> str:
+def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, j: int) -> str:
     hw = program.hw
     r = program.instrs[i]
     code, t, a, b, x = (int(out[k]) for k in (c.O_CODE, c.O_CYCLE, c.O_A, c.O_B, c.O_C))
@@ -99,6 +102,22 @@ def _conflict(program: Program, out: np.ndarray, i: int, j: int) -> str:
         return f"tile {tile} is not installed until cycle {a}"
     if code == c.E_TILE_ROWS:
         return f"uses {int(r['count'])} rows of tile {tile}; {a} installed"
+    what = "column" if int(r["flags"]) & FLAG_TRANSPOSED else "row"
+    if code == c.E_UNIT:
+        return unit_problem(hw, r)
+    if code == c.E_EXTENT:
+        return matmul_problem(hw, r)
+    if code == c.E_INSTALL_ROW:
+        return f"installs {what} {a} of tile {tile}, outside 0..{hw.lanes - 1}"
+    if code == c.E_INSTALL_TWICE:
+        return f"installs {what} {a} of tile {tile} twice"
+    if code == c.E_TILE_ORIENTATION:
+        held = "rows" if what == "column" else "columns"
+        return f"installs a {what} of tile {tile}, which holds {held}"
+    if code == c.E_TILE_HOLES:  # a: the plane's slot, b: whether its tile is transposed
+        problem = tile_problem(tile, int(r["row"]), installed[a], bool(b))
+        assert problem is not None, "the kernel and tile_problem disagree"
+        return problem
     if code == c.E_TOPK:
         return topk_problem(hw, r)
     if code == c.E_SEL_REGISTER:
@@ -114,7 +133,7 @@ def _index_error(program: Program, i: int, a: int) -> IndexError:
     r = program.instrs[i]
     lanes = program.hw.lanes
     op = Op(int(r["op"]))
-    axis, size, index = 0, lanes, a
+    size, index = lanes, a  # a MATMUL's count beyond the lanes, or a PERMUTE's table
     if op == Op.PERMUTE:
         table, n = int(r["table"]), len(program.tables)
         if not -n <= table < n:
@@ -122,13 +141,12 @@ def _index_error(program: Program, i: int, a: int) -> IndexError:
         else:
             row = program.tables[table]
             index = int(row[np.argmax(row >= lanes)])
-    elif op == Op.INSTALL:
-        axis = 1 if int(r["flags"]) & FLAG_TRANSPOSED else 0
-    return IndexError(f"index {index} is out of bounds for axis {axis} with size {size}")
+    return IndexError(f"index {index} is out of bounds for axis 0 with size {size}")
 
 
-def raise_failure(program: Program, prep: Prepared, out: np.ndarray) -> None:
-    """Raise what the reference raises at the event where the kernel stopped."""
+def raise_failure(program: Program, prep: Prepared, out: np.ndarray, installed: np.ndarray) -> None:
+    """Raise what the reference raises at the event where the kernel stopped (`installed`: the
+    kernel's MXM row flags, which a MATMUL's complaint lists)."""
     e = int(out[c.O_EVENT])
     i = int(prep.ev_i[e])
     j = int(prep.ev_t[e]) - int(program.instrs[i]["cycle"])
@@ -142,7 +160,7 @@ def raise_failure(program: Program, prep: Prepared, out: np.ndarray) -> None:
         index=i,
         instr=disassemble_one(program.hw, r),
         source=program.source(int(r["src"])),
-        conflict=_conflict(program, out, i, j),
+        conflict=_conflict(program, out, installed, i, j),
     )
 
 

@@ -197,7 +197,7 @@ def test_engine_install_int8_and_fp8_rows_into_one_tile():
     asm._read(x, s0, pos, tm, x.n)
     out = asm._write("float32", sd, pos, tm + latency(HW, Op.MATMUL), x.n, OUT_WEST)
     asm._emit(cycle=tm, queue=queue, op=Op.MATMUL, dtype=DType.FLOAT32, repeat=x.n, s0=s0, sd=sd,
-              plane=0, count=7, aux=5, vid=out.vid, in0=x.vid)  # fmt: skip
+              plane=0, count=7, row=7, aux=5, vid=out.vid, in0=x.vid)  # fmt: skip
     asm.output(out)
     ref = _run_both(asm)
     tile = np.zeros((HW.lanes, HW.lanes))

@@ -448,7 +448,8 @@ class Asm:
                           x.n, out_slice)  # fmt: skip
         self._emit(cycle=tm, queue=queue_mxm(HW, plane), op=Op.MATMUL, dtype=DType.FLOAT32,
                    repeat=x.n, s0=self._stream(east, 4), sd=self._stream(not east, 0),
-                   plane=plane, count=count, aux=tile, vid=out.vid, in0=x.vid)  # fmt: skip
+                   plane=plane, count=count, row=w.n, aux=tile, vid=out.vid,
+                   in0=x.vid)  # fmt: skip
         self.t = tm + self.WINDOW + x.n
         return out
 

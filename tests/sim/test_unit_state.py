@@ -1,0 +1,356 @@
+"""The checker knows what a unit holds and what it can run: fault injection on compiled programs.
+
+A dropped, duplicated or misplaced INSTALL leaves a plane with the wrong rows of a tile, which
+only wrong logits would show; an op on a queue whose unit cannot run it would not run at all.
+Each mutation below must be a ScheduleViolation in timing mode (and functional mode) in both
+executors, with the same chip, unit, cycle, instruction and wording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from compiler import compile
+from sim import Program, ProgramFormatError, ScheduleViolation, simulate
+from sim.isa import (
+    FLAG_TRANSPOSED,
+    OP_UNIT,
+    Op,
+    Unit,
+    disassemble_one,
+    queue_mxm,
+    queue_sxm,
+    queue_vxm,
+)
+from sim.program import FORMAT_VERSION
+from tests.programs import softmax_matmul_args, softmax_matmul_program
+
+
+def _matmul(x, w):
+    return jnp.dot(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def _scores(x, y):  # (b, m, d) x (b, n, d) -> (b, m, n): y installed as columns
+    return jnp.einsum("bmd,bnd->bmn", x, y)
+
+
+def _normal(rng, shape, dtype=np.float32):
+    return rng.normal(size=shape).astype(dtype)
+
+
+@functools.cache
+def _compiled(name: str) -> tuple[Program, dict]:
+    """Programs on the teaching chip (16 lanes) whose tiles come in several INSTALL pieces."""
+    if name == "softmax_matmul":
+        return softmax_matmul_program("teaching", 3, 20, 37), softmax_matmul_args(3, 20, 37)
+    rng = np.random.default_rng(0)
+    if name == "matmul":  # m > 1, three row tiles by two column tiles
+        fn, args = _matmul, {"x": _normal(rng, (4, 40)), "w": _normal(rng, (40, 20), np.float16)}
+    else:  # "scores": transposed tiles
+        fn, args = _scores, {"x": _normal(rng, (2, 3, 20)), "y": _normal(rng, (2, 5, 20))}
+    return compile(fn, "teaching", args=args, params=("w",) if "w" in args else ()), args
+
+
+NAMES = ["softmax_matmul", "matmul", "scores"]
+
+
+def _with(prog: Program, instrs: np.ndarray) -> Program:
+    return dataclasses.replace(prog, instrs=instrs)
+
+
+def _set(prog: Program, i: int, **fields) -> Program:
+    instrs = prog.instrs.copy()
+    for name, value in fields.items():
+        instrs[name][i] = value
+    return _with(prog, instrs)
+
+
+def _caught(prog: Program, args: dict, what: str) -> ScheduleViolation:
+    """The violation both executors raise, the same in timing and functional mode."""
+    caught = []
+    for mode in ("timing", "functional"):
+        for engine in ("reference", "numba"):
+            try:
+                simulate(prog, args if mode == "functional" else None, mode=mode, engine=engine)
+            except ScheduleViolation as e:
+                caught.append(e)
+            else:
+                pytest.fail(f"{what}: {engine} runs it in {mode} mode")
+    first = caught[0]
+    for e in caught[1:]:
+        assert str(e) == str(first), what
+        assert (e.chip, e.unit, e.cycle, e.index) == (
+            first.chip,
+            first.unit,
+            first.cycle,
+            first.index,
+        )
+    return first
+
+
+def _installs(prog: Program) -> np.ndarray:
+    return np.nonzero(prog.instrs["op"] == Op.INSTALL)[0]
+
+
+def _pieces(prog: Program, i: int) -> np.ndarray:
+    """The INSTALLs of instruction i's tile (on its plane)."""
+    ins = prog.instrs
+    return np.nonzero(
+        (ins["op"] == Op.INSTALL) & (ins["aux"] == ins["aux"][i]) & (ins["chip"] == ins["chip"][i])
+    )[0]
+
+
+def _what(prog: Program, i: int) -> str:
+    return f"#{i} {disassemble_one(prog.hw, prog.instrs[i])}"
+
+
+def test_compiled_programs_hold_exactly_their_tiles():
+    """The unmutated programs pass, and each MATMUL's extent is the rows its tile's INSTALLs
+    cover (0..extent-1, once each)."""
+    for name in NAMES:
+        prog, args = _compiled(name)
+        ins = prog.instrs
+        for m in np.nonzero(ins["op"] == Op.MATMUL)[0]:
+            pieces = _pieces(prog, m)
+            rows = np.concatenate([ins["row"][i] + np.arange(ins["repeat"][i]) for i in pieces])
+            assert sorted(rows) == list(range(ins["row"][m])), _what(prog, m)
+        for engine in ("reference", "numba"):
+            simulate(prog, mode="timing", engine=engine)
+            simulate(prog, args, engine=engine)
+
+
+# --- tile state ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(NAMES), pick=st.integers(0, 10**6))
+def test_dropped_install_is_caught(name, pick):
+    prog, args = _compiled(name)
+    installs = _installs(prog)
+    i = int(installs[pick % len(installs)])
+    e = _caught(_with(prog, np.delete(prog.instrs, i)), args, f"dropping {_what(prog, i)}")
+    assert e.instr.startswith("MATMUL")
+    if len(_pieces(prog, i)) > 1:  # the tile's other pieces are there, and its id
+        assert "not installed" in e.conflict, e
+    else:
+        assert "never installed" in e.conflict, e
+
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(NAMES), pick=st.integers(0, 10**6), delta=st.integers(0, 2))
+def test_duplicated_install_is_caught(name, pick, delta):
+    """A copy of an INSTALL delta cycles later. At the same cycle it takes the very vectors the
+    original takes (the plane has two install ports), so only the tile's row flags see it."""
+    prog, args = _compiled(name)
+    installs = _installs(prog)
+    i = int(installs[pick % len(installs)])
+    copy = prog.instrs[i : i + 1].copy()
+    copy["cycle"] += delta
+    bad = _with(prog, np.insert(prog.instrs, i + 1, copy))
+    e = _caught(bad, args, f"a copy {delta:+d} cycles after {_what(prog, i)}")
+    if delta == 0:
+        assert "twice" in e.conflict or "already in use" in e.conflict, e
+
+
+def test_duplicate_at_the_same_cycle_names_the_row():
+    prog, args = _compiled("softmax_matmul")
+    ins = prog.instrs
+    for i in _installs(prog):
+        copy = ins[i : i + 1].copy()
+        e = _caught(_with(prog, np.insert(ins, i + 1, copy)), args, _what(prog, i))
+        if "twice" in e.conflict:
+            row, tile = int(ins["row"][i]), int(ins["aux"][i])
+            assert e.index == i + 1 and e.cycle == int(ins["cycle"][i])
+            assert e.conflict == f"installs row {row} of tile {tile} twice"
+            return
+    pytest.fail("every INSTALL shares its cycles with another: no free port for a copy")
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(NAMES), pick=st.integers(0, 10**6), to=st.integers(0, 10**6))
+def test_install_into_another_row_is_caught(name, pick, to):
+    """An INSTALL's row changed to another row of its tile: some row is then installed twice,
+    or missing, or outside the lanes, whatever the other pieces of the tile install."""
+    prog, args = _compiled(name)
+    installs = _installs(prog)
+    i = int(installs[pick % len(installs)])
+    ins = prog.instrs
+    extent = max(int(ins["row"][k] + ins["repeat"][k]) for k in _pieces(prog, i))
+    rows = [r for r in range(extent) if r != ins["row"][i]]
+    if not rows:
+        return  # a one-row tile: no other row
+    row = rows[to % len(rows)]
+    e = _caught(_set(prog, i, row=row), args, f"{_what(prog, i)} into row {row}")
+    assert any(w in e.conflict for w in ("twice", "not installed", "outside", "beyond")), e
+
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(NAMES), pick=st.integers(0, 10**6))
+def test_install_one_vector_short_is_caught(name, pick):
+    prog, args = _compiled(name)
+    installs = _installs(prog)
+    i = int(installs[pick % len(installs)])
+    n = int(prog.instrs["repeat"][i])
+    e = _caught(_set(prog, i, repeat=n - 1), args, f"{_what(prog, i)} repeated {n - 1} times")
+    assert e.instr.startswith("MATMUL")
+    if n > 1:  # the last row of the piece is missing
+        row = int(prog.instrs["row"][i]) + n - 1
+        what = "column" if prog.instrs["flags"][i] & FLAG_TRANSPOSED else "row"
+        assert f"but {what} {row} is not installed" in e.conflict, e
+
+
+def test_missing_rows_are_listed_as_runs():
+    """Dropping the first piece of a tile of two: the MATMUL names every row it lacks."""
+    prog, args = _compiled("softmax_matmul")
+    ins = prog.instrs
+    i = next(int(i) for i in _installs(prog) if len(_pieces(prog, i)) > 1 and ins["row"][i] == 0)
+    n, tile = int(ins["repeat"][i]), int(ins["aux"][i])
+    e = _caught(_with(prog, np.delete(ins, i)), args, _what(prog, i))
+    extent = max(int(ins["row"][k] + ins["repeat"][k]) for k in _pieces(prog, i))
+    assert e.conflict == (
+        f"uses tile {tile} but rows 0..{n - 1} are not installed (its extent is {extent})"
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matmul_extent_must_match_the_tile(name):
+    """A MATMUL whose extent is one short sees a row beyond it; one more, a row missing; 0 (or
+    more than the lanes) is malformed. All in both modes, both executors."""
+    prog, args = _compiled(name)
+    m = int(np.nonzero(prog.instrs["op"] == Op.MATMUL)[0][0])
+    extent, tile = int(prog.instrs["row"][m]), int(prog.instrs["aux"][m])
+    what = "column" if prog.instrs["flags"][_pieces(prog, m)[0]] & FLAG_TRANSPOSED else "row"
+    lanes = prog.hw.lanes
+    if extent > 1:
+        e = _caught(_set(prog, m, row=extent - 1), args, "extent one short")
+        assert e.conflict == (
+            f"uses tile {tile} of extent {extent - 1} but it holds {what}s {extent - 1} beyond it"
+        )
+    if extent < lanes:
+        e = _caught(_set(prog, m, row=extent + 1), args, "extent one more")
+        assert e.conflict == (
+            f"uses tile {tile} but {what} {extent} is not installed (its extent is {extent + 1})"
+        )
+    for bad in (0, -1, lanes + 1):
+        e = _caught(_set(prog, m, row=bad), args, f"extent {bad}")
+        assert e.index == m and e.cycle == int(prog.instrs["cycle"][m])
+        assert e.conflict == f"MATMUL extent (row field) {bad} is outside 1..{lanes}"
+
+
+def test_install_row_outside_the_lanes_and_mixed_orientation():
+    prog, args = _compiled("softmax_matmul")
+    ins = prog.instrs
+    tiles = [_pieces(prog, i) for i in _installs(prog)]
+    # The last piece to start of a tile of rows in several pieces.
+    i = int(max(next(p for p in tiles if len(p) > 1), key=lambda k: (ins["cycle"][k], k)))
+    tile, lanes = int(ins["aux"][i]), prog.hw.lanes
+    for row in (-1, lanes, 1000):
+        e = _caught(_set(prog, i, row=row), args, f"row {row}")
+        assert e.index == i and e.cycle == int(ins["cycle"][i])
+        assert e.conflict == f"installs row {row} of tile {tile}, outside 0..{lanes - 1}"
+    e = _caught(_set(prog, i, flags=FLAG_TRANSPOSED), args, "a column among rows")
+    assert e.index == i and e.conflict == f"installs a column of tile {tile}, which holds rows"
+
+
+# --- unit validity ---------------------------------------------------------------------------------
+
+
+def _ops_of(prog: Program, unit: Unit) -> np.ndarray:
+    units = np.array([OP_UNIT[Op(int(op))] for op in prog.instrs["op"]])
+    return np.nonzero(units == unit)[0]
+
+
+def _moves(prog: Program, i: int) -> list[tuple[int, int]]:
+    """(queue, plane) placements of instruction i that its unit cannot run."""
+    hw, r = prog.hw, prog.instrs[i]
+    unit, plane = OP_UNIT[Op(int(r["op"]))], int(r["plane"])
+    mxm = [queue_mxm(hw, p) for p in range(hw.mxm_planes)]
+    if unit == Unit.VXM:
+        return [(q, plane) for q in [*mxm, queue_sxm(hw, 0), 0]]
+    if unit == Unit.SXM:
+        return [(q, plane) for q in [queue_vxm(hw), *mxm]]
+    if unit == Unit.MEM:
+        return [(q, plane) for q in [queue_vxm(hw), queue_sxm(hw, 1), mxm[-1]]]
+    others = [p for p in range(hw.mxm_planes) if p != plane]
+    # Another plane's queue; this queue with another plane; the VXM's queue; no queue at all.
+    return [(queue_mxm(hw, p), plane) for p in others] + [
+        (int(r["queue"]), others[0]),
+        (queue_vxm(hw), plane),
+        (queue_mxm(hw, hw.mxm_planes), hw.mxm_planes),
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    name=st.sampled_from(NAMES),
+    unit=st.sampled_from(list(Unit)),
+    pick=st.integers(0, 10**6),
+    where=st.integers(0, 10**6),
+)
+def test_op_on_a_queue_its_unit_cannot_run_is_caught(name, unit, pick, where):
+    prog, args = _compiled(name)
+    candidates = _ops_of(prog, unit)
+    assume(len(candidates))
+    i = int(candidates[pick % len(candidates)])
+    moves = _moves(prog, i)
+    q, plane = moves[where % len(moves)]
+    bad = _set(prog, i, queue=q, plane=plane)
+    e = _caught(bad, args, f"{_what(prog, i)} on queue {q}, plane {plane}")
+    # Nothing before its first cycle changed, so it is caught there, by the new check.
+    assert e.index == i and e.cycle == int(prog.instrs["cycle"][i])
+    op = Op(int(prog.instrs["op"][i])).name
+    assert e.conflict.startswith(f"{unit.name} op {op}")
+    assert e.conflict.endswith(("which cannot run it", "which does not exist"))
+
+
+def test_unit_violation_wording():
+    prog, args = _compiled("softmax_matmul")
+    hw, ins = prog.hw, prog.instrs
+    v = int(np.nonzero(ins["op"] == Op.EXP)[0][0])
+    e = _caught(_set(prog, v, queue=queue_mxm(hw, 1)), args, "EXP on MXM1")
+    assert e.unit == "MXM1" and e.conflict == "VXM op EXP issued on queue MXM1, which cannot run it"
+    s = int(_ops_of(prog, Unit.SXM)[0])
+    e = _caught(_set(prog, s, queue=queue_vxm(hw)), args, "SXM op on the VXM")
+    op = Op(int(ins["op"][s])).name
+    assert e.conflict == f"SXM op {op} issued on queue VXM, which cannot run it"
+    m = int(np.nonzero(ins["op"] == Op.MATMUL)[0][0])
+    plane = int(ins["plane"][m])
+    other = queue_mxm(hw, 1 - plane)
+    e = _caught(_set(prog, m, queue=other), args, "MATMUL on the other plane's queue")
+    assert e.unit == f"MXM{1 - plane}"
+    assert e.conflict == (
+        f"MXM op MATMUL for plane {plane} issued on queue MXM{1 - plane}, which cannot run it"
+    )
+    e = _caught(_set(prog, m, queue=99), args, "MATMUL on no queue")
+    assert e.conflict == f"MXM op MATMUL for plane {plane} issued on queue 99, which does not exist"
+
+
+# --- saved programs --------------------------------------------------------------------------------
+
+
+def test_program_files_of_the_previous_format_are_refused(tmp_path):
+    """Version 1 files carry MATMULs without an extent, which the executors would refuse."""
+    prog, _ = _compiled("matmul")
+    path = tmp_path / "p.lpu"
+    prog.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes().decode())
+    header["version"] = FORMAT_VERSION - 1
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    old = tmp_path / "old.lpu"
+    old.write_bytes(buf.getvalue())
+    with pytest.raises(ProgramFormatError, match=f"version {FORMAT_VERSION - 1}; this lpusim"):
+        Program.load(old)
+    assert Program.load(path).content_hash == prog.content_hash
