@@ -49,6 +49,7 @@ class HardwareConfig:
     mxm_install_vectors_per_cycle: int = 8
     mxm_install_latency_cycles: int = 4
     mxm_latency_cycles: int = 20
+    mxm_weight_buffers: int = 2
     vxm_alus: int = 16
     vxm_small_latency_cycles: int = 2
     vxm_large_latency_cycles: int = 8
@@ -82,6 +83,11 @@ class HardwareConfig:
             )
         if self.mxm_planes % 2:
             raise ConfigError(f"mxm_planes={self.mxm_planes} must be even (one half per side)")
+        if self.mxm_weight_buffers not in (1, 2):
+            raise ConfigError(
+                f"mxm_weight_buffers={self.mxm_weight_buffers}: a plane has 1 weight buffer, or 2 "
+                "(the next tile installs while the current one computes)"
+            )
         if self.mem_slice_bytes % self.lanes:
             raise ConfigError(
                 f"mem_slice_bytes={self.mem_slice_bytes} must be a multiple of lanes={self.lanes} "
@@ -188,6 +194,7 @@ PRESETS: dict[str, HardwareConfig] = {
         mxm_install_vectors_per_cycle=8,  # "MXM" row: install < 40 cycles for 320 rows (U)
         mxm_install_latency_cycles=4,  # U
         mxm_latency_cycles=20,  # U
+        mxm_weight_buffers=2,  # U: the next tile installs while the current one computes
         vxm_alus=16,  # "VXM" row: 16 ALUs per lane, each a whole vector op per cycle
         vxm_small_latency_cycles=2,  # U: add, mul, max
         vxm_large_latency_cycles=8,  # U: exp, rsqrt

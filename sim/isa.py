@@ -25,11 +25,14 @@ repetition j at cycle t = cycle + j, at the position p of the queue's unit:
     MXM INSTALL plane row     : the vector on s0 becomes row `row` (column, if flags & TRANSPOSED)
                                 of the plane's weight tile `aux`; usable from t + install latency.
                                 A tile's rows lie in 0..lanes-1, each installed once, all in one
-                                orientation; none after a MATMUL used the tile
+                                orientation; none after a MATMUL used the tile. With flags &
+                                BUFFER, into the plane's second weight buffer: a plane holds one
+                                tile per buffer, installs into one while MATMULs use the other
     MXM MATMUL plane count row: y = x[:count] @ W[:count, :] with W the installed tile `aux`
                                 (float64 accumulation, float32 result) enters sd at t + mxm latency.
                                 `row` is the tile's extent, 1..lanes: rows (columns, if installed
-                                transposed) 0..row-1 must all be installed, and no other
+                                transposed) 0..row-1 must all be installed, and no other; the
+                                tile of buffer 1 with flags & BUFFER
     SXM TOPK count imm table  : the k = imm largest of lanes [0, count) of s0, largest first:
                                 lanes [0, k) of sd get their lane numbers, lanes [k, 2k) their
                                 values (bits unchanged), every other lane 0; the result is float32
@@ -162,6 +165,7 @@ VXM_LARGE = frozenset({Op.EXP, Op.RSQRT})
 
 FLAG_TRANSPOSED = 1  # INSTALL: the vector is a column of the tile
 FLAG_INDIRECT = 2  # READ: the address and vector id are relative to the unit sel[row] selects
+FLAG_BUFFER = 4  # INSTALL/MATMUL: the plane's second weight buffer (mxm_weight_buffers = 2)
 
 # Select registers per chip: TOPK writes them, indirect READs use them. A register holds a lane
 # number, below TOPK's `count` (an int16 field), so 15 bits always suffice.
@@ -359,6 +363,8 @@ def unit_problem(hw: HardwareConfig, ins) -> str | None:
     op, q = Op(int(ins["op"])), int(ins["queue"])
     unit, plane = OP_UNIT[op], int(ins["plane"])
     held = queue_unit(hw, q)
+    if unit == Unit.MXM and int(ins["flags"]) & FLAG_BUFFER and hw.mxm_weight_buffers < 2:
+        return f"MXM op {op.name} uses weight buffer 1 but planes of {hw.name} have one buffer"
     if held is not None and held[0] == unit and (unit != Unit.MXM or held[1] == plane):
         return None
     what = f"{unit.name} op {op.name}" + (f" for plane {plane}" if unit == Unit.MXM else "")

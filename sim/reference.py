@@ -43,6 +43,7 @@ from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
     DTYPE_NUMPY,
+    FLAG_BUFFER,
     FLAG_INDIRECT,
     FLAG_TRANSPOSED,
     OP_UNIT,
@@ -181,7 +182,7 @@ def run_reference(
     pending: list[tuple[int, tuple, int, int, np.ndarray]] = []  # commits (cycle, key, w, vid, v)
     streams: dict[tuple, tuple] = {}  # (chip, dir, s, diag) -> (vid, values, p0, width, instr)
     busy: dict[tuple, int] = {}  # (resource..., cycle) -> uses
-    planes: dict[tuple, dict] = {}  # (chip, plane) -> tile state
+    planes: dict[tuple, dict] = {}  # (chip, plane, weight buffer) -> tile state
     sel: dict[tuple, int] = {}  # (chip, register) -> unit index (functional mode; 0 if unwritten)
     sel_pending: list[tuple[int, tuple, int]] = []  # TOPK register writes (cycle, key, index)
     first_sel: dict[tuple, int] = {}  # (chip, register) -> cycle the first TOPK write lands
@@ -396,8 +397,9 @@ def run_reference(
 
         else:  # MXM
             plane = int(r["plane"])
+            buffer = 1 if int(r["flags"]) & FLAG_BUFFER else 0  # a tile per weight buffer
             st = planes.setdefault(
-                (chip, plane),
+                (chip, plane, buffer),
                 {
                     "tile": -1,
                     "ready": 0,

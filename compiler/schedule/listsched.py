@@ -43,6 +43,7 @@ from compiler.passes.place import Placement, slice_groups
 from sim.hardware import HardwareConfig
 from sim.isa import (
     DTYPE_BYTES,
+    FLAG_BUFFER,
     FLAG_INDIRECT,
     FLAG_TRANSPOSED,
     DType,
@@ -203,7 +204,10 @@ class _Scheduler:
         self._orders: dict[tuple, list[int]] = {}
         self.records: list[dict] = []
         self.end = 0
-        self.plane_free = [0] * hw.mxm_planes
+        # (plane, weight buffer) -> the cycle after the last MATMUL of the tile it holds
+        self.plane_free = {
+            (p, b): 0 for p in range(hw.mxm_planes) for b in range(hw.mxm_weight_buffers)
+        }
         self.groups = {w: slice_groups(hw, w) for w in (1, 2, 4)}
         self.rl, self.wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
         self.S = hw.streams_per_direction
@@ -643,13 +647,14 @@ class _Scheduler:
 
     def place_mxm(self, op: VOp) -> None:
         hw = self.hw
-        plane = min(range(hw.mxm_planes), key=lambda p: (self.plane_free[p], p))
+        # The buffer free soonest: with two per plane, a tile installs while the other computes.
+        plane, buffer = min(self.plane_free, key=lambda pb: (self.plane_free[pb], pb[1], pb[0]))
         pos, q = hw.mxm_position(plane), queue_mxm(hw, plane)
         il, ml = hw.mxm_install_latency_cycles, hw.mxm_latency_cycles
         ports = [("mxi", plane, k) for k in range(hw.mxm_install_vectors_per_cycle)]
-        start = self.plane_free[plane]
+        start = self.plane_free[(plane, buffer)]
         ready = start
-        flags = FLAG_TRANSPOSED if op.transposed else 0
+        flags = (FLAG_TRANSPOSED if op.transposed else 0) | (FLAG_BUFFER if buffer else 0)
         _, sel = self.real(int(op.rows[0]))  # a tile's rows are one column of one choice, or none
         rows = op.rows + (sel.offset if sel is not None else 0)
         for row, v0, n in self.row_pieces(rows):
@@ -696,10 +701,11 @@ class _Scheduler:
                     op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, sd=sd,
                     count=op.count, aux=op.id, dtype=DType.FLOAT32, vid=y0, src=op.src,
                     repeat=n, row=len(op.rows),  # row: the tile's extent, for the checker
+                    flags=flags & FLAG_BUFFER,
                 )
             )  # fmt: skip
             last = max(last, t + n - 1)
-        self.plane_free[plane] = last + 1
+        self.plane_free[(plane, buffer)] = last + 1
 
 
 def _drop_unread_writes(vp: VProgram, s: _Scheduler) -> None:

@@ -50,13 +50,13 @@ def run_engine(
     ring[:, c.R_DIAG] = c.EMPTY
     busy = np.zeros((prep.resources, 2), np.int64)
     busy[:, 0] = np.iinfo(np.int64).min  # never claimed
-    planes = np.zeros((prep.planes, c.N_PLANE), np.int64)
+    planes = np.zeros((2 * prep.planes, c.N_PLANE), np.int64)  # per (plane, weight buffer)
     planes[:, c.PL_TILE] = -1
-    installed = np.zeros((prep.planes, lanes), np.bool_)  # timing mode checks rows too
+    installed = np.zeros((2 * prep.planes, lanes), np.bool_)  # timing mode checks rows too
     pending = np.zeros((prep.pending, c.N_PENDING), np.int64)
     # Value arrays (float32, the storage format of every vector) are empty in timing mode.
     ring_val = np.zeros((prep.ring_slots if functional else 0, lanes), np.float32)
-    weights = np.zeros((prep.planes if functional else 0, lanes, lanes), np.float32)
+    weights = np.zeros((2 * prep.planes if functional else 0, lanes, lanes), np.float32)
     pending_val = np.zeros((prep.pending if functional else 0, lanes), np.float32)
     # Select registers hold values, so only functional mode keeps them (timing mode reads 0s).
     sel = np.zeros(len(prep.sel_first) if functional else 0, np.int64)

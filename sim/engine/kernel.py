@@ -79,6 +79,7 @@ from sim.engine.schema import (
     G_SXM_CAP,
     G_TABLES,
     G_VXM_CAP,
+    G_WEIGHT_BUFFERS,
     G_WORDS_PER_SLICE,
     KEY_PAD,
     NEVER,
@@ -110,7 +111,7 @@ from sim.engine.schema import (
     SQ_INDEX,
     SQ_REGISTER,
 )
-from sim.isa import FLAG_INDIRECT, FLAG_TRANSPOSED, SELECT_REGISTERS, Op, Unit
+from sim.isa import FLAG_BUFFER, FLAG_INDIRECT, FLAG_TRANSPOSED, SELECT_REGISTERS, Op, Unit
 
 READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
 ADD, SUB, MUL, MAX, MIN = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.MAX), int(Op.MIN)
@@ -359,7 +360,12 @@ def make_kernel(functional: bool):
             unit = UNIT_LUT[op]
             q = np.int64(r["queue"])
             held = queue_lut[q - queue_lo, 0]  # the unit this queue feeds, first of all
-            if held != unit or (unit == MXM and queue_lut[q - queue_lo, 1] != r["plane"]):
+            second = np.int64(r["flags"]) & FLAG_BUFFER  # MXM: its plane's second weight buffer
+            if (
+                held != unit
+                or (unit == MXM and queue_lut[q - queue_lo, 1] != r["plane"])
+                or (unit == MXM and second and g[G_WEIGHT_BUFFERS] < 2)
+            ):
                 _fail(out, E_UNIT, e, t, 0, 0, 0)
                 return
             ci = np.int64(r["chip"]) - chip_lo
@@ -528,6 +534,8 @@ def make_kernel(functional: bool):
             else:  # MXM
                 tile = r["aux"]
                 transposed = np.int64(r["flags"]) & FLAG_TRANSPOSED
+                # the tile state of the plane's weight buffer (two per plane)
+                pl = 2 * pl + (1 if np.int64(r["flags"]) & FLAG_BUFFER else 0)
                 if op == INSTALL:
                     row = np.int64(r["row"]) + j  # within the lanes, as checked above
                     if planes[pl, PL_TILE] != tile:  # a new tile; the old weights stay in place

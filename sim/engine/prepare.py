@@ -311,6 +311,7 @@ def prepare_program(program: Program) -> Prepared:
     g[c.G_BASE_COMPUTE] = g[c.G_BASE_INSTALL] + n_planes
     g[c.G_VXM_CAP], g[c.G_SXM_CAP] = hw.vxm_alus, hw.sxm_units_per_hemisphere
     g[c.G_INSTALL_CAP] = hw.mxm_install_vectors_per_cycle
+    g[c.G_WEIGHT_BUFFERS] = hw.mxm_weight_buffers
     tables = np.ascontiguousarray(program.tables, dtype=np.int32).reshape(-1, lanes)
     g[c.G_TABLES] = len(tables)
     g[c.G_RING_MASK], g[c.G_PENDING_MASK] = ring - 1, pending - 1

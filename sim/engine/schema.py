@@ -6,8 +6,8 @@ Plain module-level ints, so Numba folds them into the kernels as constants. Gram
     g       (G_*,)                 sizes and ranges of one Program on one chip config
     stats   (S_*,)                 what the pre-pass over the instructions found
     ring    (slots, R_*)           stream slots: (diagonal mod RING, stream key)
-    planes  (planes, PL_*)         MXM tile state per (chip, plane)
-    installed (planes, lanes)      bool: which rows (columns) of its tile each plane holds
+    planes  (2 * planes, PL_*)     MXM tile state per (chip, plane, weight buffer)
+    installed (2 * planes, lanes)  bool: which rows (columns) of its tile each buffer holds
     queue_lut (queues, 2)          (unit, index) of each queue from G_QUEUE_LO; unit -1: none
     pending (capacity, Q_*)        WRITE commits in flight, a FIFO (commit order = issue order)
     sel_pending (capacity, SQ_*)   TOPK select-register writes in flight, a FIFO (same order)
@@ -44,7 +44,8 @@ G_PENDING_MASK = 23
 G_KEYS = 24  # stream keys; slot = (diagonal & mask) * keys + key, so a group's slots are adjacent
 G_QUEUE_LO = 25  # queue of pos_lut[0]
 G_SEL_PENDING_MASK = 26
-N_GEOMETRY = 27
+G_WEIGHT_BUFFERS = 27  # per MXM plane (tile state: 2 slots per plane whatever this is)
+N_GEOMETRY = 28
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.
