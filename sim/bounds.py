@@ -3,7 +3,7 @@
 Every bound is what the Program's own work needs on this machine, however it were scheduled:
 
     mxm_install   installed rows / (planes x rows a plane installs per cycle)
-    mxm_compute   streamed inputs / planes (one vector per plane per cycle)
+    mxm_compute   compute-pipeline cycles / planes (an INT8 input a cycle, FP16 at a quarter)
     sram_read     words read / slices (one read port per slice per cycle); sram_write likewise
     vxm, sxm      vector ops / ALUs (units) that run them each cycle
     streams       stream slots its vectors take / streams (one vector per stream per diagonal)
@@ -54,6 +54,15 @@ def _width(ins: np.ndarray) -> np.ndarray:
     return np.where(ins["op"] == int(Op.MATMUL), F32, w)
 
 
+def matmul_cycles(program: Program) -> int:
+    """Compute-pipeline cycles of every MATMUL repetition: one per INT8 input, more per wider
+    (its period, as the compiler streams them; at least the machine's rate)."""
+    ins = program.instrs
+    mm = ins[ins["op"] == int(Op.MATMUL)]
+    rate = np.maximum(mm["period"].astype(np.int64), 1)
+    return int((mm["repeat"].astype(np.int64) * rate).sum())
+
+
 def resource_bounds(program: Program) -> dict[str, int]:
     hw, ins = program.hw, program.instrs
     op = ins["op"].astype(np.int64)
@@ -78,7 +87,7 @@ def resource_bounds(program: Program) -> dict[str, int]:
         "mxm_install": ceil(
             events(Op.INSTALL), chips * hw.mxm_planes * hw.mxm_install_vectors_per_cycle
         ),
-        "mxm_compute": ceil(events(Op.MATMUL), chips * hw.mxm_planes),
+        "mxm_compute": ceil(matmul_cycles(program), chips * hw.mxm_planes),
         "sram_read": ceil(reads, chips * hw.mem_slices),
         "sram_write": ceil(writes, chips * hw.mem_slices),
         "vxm": ceil(int(reps[per_unit == int(Unit.VXM)].sum()), chips * hw.vxm_alus),
@@ -121,7 +130,9 @@ def dependency_bound(program: Program) -> int:
     for i in np.argsort(ins["cycle"], kind="stable"):
         r = ins[i]
         o = Op(int(r["op"]))
-        chip, q, n, t = int(r["chip"]), int(r["queue"]), int(r["repeat"]), int(r["cycle"])
+        chip, q, t = int(r["chip"]), int(r["queue"]), int(r["cycle"])
+        # a run's last vector comes period * (n - 1) cycles after its first
+        n = (int(r["repeat"]) - 1) * max(int(r["period"]), 1) + 1
         p = pos[q]
         if o == Op.READ:
             a = ready.get((chip, int(r["slice"]), int(r["addr"])), 0)
@@ -130,8 +141,9 @@ def dependency_bound(program: Program) -> int:
         elif o == Op.WRITE:
             a = arrival(chip, int(r["s0"]), t, p)
             s, a0, stride = int(r["slice"]), int(r["addr"]), int(r["stride"])
-            for j in range(n):  # vector j lands one cycle after vector j - 1
-                ready[(chip, s, a0 + j * stride)] = a + j + wl
+            per = max(int(r["period"]), 1)
+            for j in range(int(r["repeat"])):  # vector j lands `period` after vector j - 1
+                ready[(chip, s, a0 + j * stride)] = a + j * per + wl
             end = max(end, a + n - 1 + wl)
         elif o == Op.INSTALL:
             a = arrival(chip, int(r["s0"]), t, p)

@@ -50,6 +50,7 @@ class HardwareConfig:
     mxm_install_latency_cycles: int = 4
     mxm_latency_cycles: int = 20
     mxm_weight_buffers: int = 2
+    mxm_fp16_cycles_per_vector: int = 4
     vxm_alus: int = 16
     vxm_small_latency_cycles: int = 2
     vxm_large_latency_cycles: int = 8
@@ -195,6 +196,7 @@ PRESETS: dict[str, HardwareConfig] = {
         mxm_install_latency_cycles=4,  # U
         mxm_latency_cycles=20,  # U
         mxm_weight_buffers=2,  # U: the next tile installs while the current one computes
+        mxm_fp16_cycles_per_vector=4,  # "peak" row: 750 TOPS INT8, 188 TFLOPS FP16 (1/4)
         vxm_alus=16,  # "VXM" row: 16 ALUs per lane, each a whole vector op per cycle
         vxm_small_latency_cycles=2,  # U: add, mul, max
         vxm_large_latency_cycles=8,  # U: exp, rsqrt

@@ -10,9 +10,10 @@ Each op runs on one kind of unit (OP_UNIT), so only on its queues: a MEM op on t
 slice, a VXM op on the VXM's, an SXM op on either SXM's, an MXM op on the queue of its `plane`
 (queue_mxm); `unit_problem` words any other placement.
 
-An instruction with `repeat = n` acts n times, at cycles cycle+j (j = 0..n-1), on address
-addr + j*stride, with vid + j (and MXM row + j): the ICU's Repeat. Semantics of each opcode, for
-repetition j at cycle t = cycle + j, at the position p of the queue's unit:
+An instruction with `repeat = n` acts n times, at cycles cycle + j*period (j = 0..n-1), on
+address addr + j*stride, with vid + j (and MXM row + j): the ICU's Repeat n, d (d = period, 1 by
+default). Semantics of each opcode, for repetition j at cycle t = cycle + j*period, at the
+position p of the queue's unit:
 
     READ   slice addr         : the vector at (slice group, addr) must be `vid`; it enters stream
                                 group sd at p at t + mem_read_latency
@@ -216,6 +217,13 @@ def latency(hw: HardwareConfig, op: Op) -> int:
     return hw.mxm_latency_cycles
 
 
+def matmul_period(hw: HardwareConfig, input_bytes: int) -> int:
+    """Cycles a plane's compute pipeline takes per streamed input: INT8 inputs at the full rate,
+    wider ones (FP16, and FP32, which the MXM runs no faster) at `mxm_fp16_cycles_per_vector`
+    (REFERENCE.md "MXM" row: FP16 at ~1/4 the INT8 rate)."""
+    return 1 if input_bytes == 1 else hw.mxm_fp16_cycles_per_vector
+
+
 # --- element types --------------------------------------------------------------------------------
 
 
@@ -267,6 +275,7 @@ INSTR_DTYPE = np.dtype(
         ("dtype", np.uint8),
         ("flags", np.uint8),
         ("repeat", np.int32),
+        ("period", np.int16),
         ("slice", np.int16),
         ("addr", np.int32),
         ("stride", np.int32),
@@ -297,6 +306,7 @@ INSTR_DEFAULTS = dict(
     dtype=0,
     flags=0,
     repeat=1,
+    period=1,
     slice=-1,
     addr=0,
     stride=0,
@@ -413,6 +423,8 @@ def disassemble_one(hw: HardwareConfig, ins) -> str:
     op = Op(int(ins["op"]))
     dt = DTYPE_SHORT[DType(int(ins["dtype"]))]
     rep = f" x{int(ins['repeat'])}" if ins["repeat"] > 1 else ""
+    if ins["repeat"] > 1 and ins["period"] != 1:
+        rep += f" every {int(ins['period'])}"
 
     def st(field):
         return stream_name(hw, int(ins[field]))

@@ -27,7 +27,7 @@ from sim.isa import INSTR_DTYPE, disassemble_one, n_queues, queue_name
 
 FORMAT_MAGIC = "lpusim-program"
 # 2: a MATMUL's `row` is its tile's extent, which the executors check; version 1 files have 0.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 # --- tensor layout --------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from sim.isa import (
     diagonal,
     disassemble_one,
     latency,
+    matmul_period,
     matmul_problem,
     queue_name,
     queue_position,
@@ -229,6 +230,12 @@ def run_reference(
                 )
             streams[key] = (vid, values, p0, width, i)
 
+    def width_at(chip, st, p, t) -> int:
+        """Words of the vector on stream `st` at (p, t), 1 if none (taking it will say so)."""
+        d, s = divmod(st, S)
+        entry = streams.get((chip, d, s, diagonal(d, t, p)))
+        return 1 if entry is None else entry[3]
+
     def take(i, chip, st, p, t, expect=-1):
         d, s = divmod(st, S)
         diag = diagonal(d, t, p)
@@ -255,7 +262,9 @@ def run_reference(
     # --- events --------------------------------------------------------------------------------
     reps = ins["repeat"].astype(np.int64)
     order = sorted(
-        ((int(ins[i]["cycle"]) + j, i, j) for i in range(len(ins)) for j in range(int(reps[i]))),
+        (int(ins[i]["cycle"]) + j * max(int(ins[i]["period"]), 1), i, j)  # period < 1 acts as 1
+        for i in range(len(ins))
+        for j in range(int(reps[i]))
     )
     end = 0
     for t, i, j in order:
@@ -443,7 +452,10 @@ def run_reference(
             else:
                 if (problem := matmul_problem(hw, r)) is not None:
                     raise violation(i, t, problem)
-                claim(i, t, (chip, "mxc", plane), 1, "the plane's compute port")
+                # The pipeline takes a cycle per INT8 input, several per wider one.
+                busy_for = matmul_period(hw, width_at(chip, int(r["s0"]), p, t))
+                for k in range(busy_for):
+                    claim(i, t + k, (chip, "mxc", plane), 1, "the plane's compute port")
                 _, x = take(i, chip, int(r["s0"]), p, t, expect[0])
                 k, extent = int(r["count"]), int(r["row"])
                 if st["tile"] != tile:

@@ -74,7 +74,7 @@ def schedule_table(program: Program) -> pd.DataFrame:
     lat_of = np.zeros(max(Op) + 1, np.int64)
     for o in Op:
         lat_of[o] = latency(hw, o)
-    start = ins["cycle"][instr] + rep
+    start = ins["cycle"][instr] + rep * np.maximum(ins["period"][instr].astype(np.int64), 1)
     vid = ins["vid"][instr]
     vid = np.where(vid >= 0, vid + rep, vid)  # -1 (no vector) stays -1
     queue = ins["queue"][instr].astype(np.int64)

@@ -50,7 +50,8 @@ def allocate(vp: VProgram, sched: Schedule, hw: HardwareConfig, floor: np.ndarra
         c.addr = a
         first = seg.copies[0] is c
         keep = first and outputs[seg.v0 : seg.v0 + n].any()
-        free_from[g : g + w, a : a + n] = NEVER if keep else max(c.last_read, c.write + n - 1)
+        last_write = c.write + (n - 1) * c.period
+        free_from[g : g + w, a : a + n] = NEVER if keep else max(c.last_read, last_write)
 
 
 def instructions(records: list[dict]) -> np.ndarray:

@@ -76,7 +76,8 @@ def stream_extent(hw: HardwareConfig, instrs: np.ndarray) -> tuple[np.ndarray, n
     p = pos[r["queue"]]
     sd = r["sd"].astype(np.int64)
     d0 = np.where(sd // S == 0, t0 - p, t0 + p)
-    d1 = d0 + r["repeat"].astype(np.int64) - 1
+    period = np.maximum(r["period"].astype(np.int64), 1)
+    d1 = d0 + (r["repeat"].astype(np.int64) - 1) * period
     width = np.where(
         r["op"] == int(Op.MATMUL), DTYPE_BYTES[DType.FLOAT32], WIDTH[r["dtype"].astype(np.int64)]
     )

@@ -50,6 +50,7 @@ from sim.isa import (
     Op,
     Unit,
     latency,
+    matmul_period,
     queue_mxm,
     queue_sxm,
     queue_vxm,
@@ -116,6 +117,7 @@ class Copy:
     unit_words: int = 0  # unit 0 of a stacked parameter: read through a select register
     selection: Selection | None = None  # a copy of the unit some choice picked
     dead: bool = False  # written, but every consumer took the vectors from the stream
+    period: int = 1  # cycles between its vectors' WRITEs
 
 
 @dataclass(eq=False)
@@ -137,6 +139,7 @@ class Flow:
     stream: int
     t: int
     pos: int
+    period: int = 1  # cycles between its vectors
 
 
 @dataclass
@@ -367,48 +370,62 @@ class _Scheduler:
         return [c for c in seg.copies if c.unit_words or sel.same_choice(c.selection)]
 
     def read_options(
-        self, seg: Seg, v0: int, w: int, pos: int, n: int, only: Copy | None = None, sel=None
+        self,
+        seg: Seg,
+        v0: int,
+        w: int,
+        pos: int,
+        n: int,
+        only: Copy | None = None,
+        sel=None,
+        period: int = 1,
     ):
         """Options for READing vectors v0..v0+n-1 of `seg` (from copy `only`, if given) so that
-        vector v0+j passes `pos` at t+j: payload (copy, stream, direction)."""
+        vector v0+j passes `pos` at t+j*period: payload (copy, stream, direction). Ports and
+        streams are claimed for the whole span of a spaced run."""
         hw = self.hw
         jpass = 0
+        span = (n - 1) * period + 1
         for c in self.usable(seg, sel) if only is None else [only]:
-            # A written copy's vectors land one per cycle from its first WRITE on.
-            ready = c.ready + (v0 - seg.v0 if c.write >= 0 else 0)
+            ready = c.ready
+            if c.write >= 0:  # its vectors land one every c.period cycles from its first WRITE
+                k = v0 - seg.v0
+                ready += k * c.period + (n - 1) * max(0, c.period - period)
             if sel is not None and c.unit_words:  # its address waits for the TOPK's choice
                 ready = max(ready, self.reg_ready[sel.register])
             p0 = hw.slice_position(c.group)
             off_r = jpass - abs(pos - p0) - self.rl  # READ issue relative to t
             d = 0 if pos >= p0 else 1
             diag_off = jpass - pos if d == 0 else jpass + pos
-            ports = [(("rd", c.group + m), off_r, n) for m in range(w)]
+            ports = [(("rd", c.group + m), off_r, span) for m in range(w)]
             for s in self.stream_order(d, w):
                 yield (
                     ports,
-                    self._stream_items(d, s, w, diag_off, n),
+                    self._stream_items(d, s, w, diag_off, span),
                     ready - off_r,
                     None,
                     (c, s, d),
                 )
 
-    def forward_options(self, v0: int, pos: int, n: int):
+    def forward_options(self, v0: int, pos: int, n: int, period: int = 1):
         """Taking vectors v0..v0+n-1 straight from the stream their unit put them on, where it
-        passes `pos` (downstream of the unit): only at the one cycle they pass (stream chaining,
-        no SRAM round trip). Payload ("forward", stream)."""
+        passes `pos` (downstream of the unit): only at the one cycle they pass and at their pace
+        (stream chaining, no SRAM round trip). Payload ("forward", stream)."""
         f = self.flows.find(v0) if self.chaining else None
-        if f is None or v0 + n > f.v0 + f.n:
+        if f is None or v0 + n > f.v0 + f.n or (n > 1 and f.period != period):
             return
         east = f.stream // self.S == 0
         if (pos < f.pos) if east else (pos > f.pos):
             return
-        t = f.t + (v0 - f.v0) + abs(pos - f.pos)
+        t = f.t + (v0 - f.v0) * f.period + abs(pos - f.pos)
         yield [], [], t, t, ("forward", f.stream)
 
-    def add_flow(self, v0: int, n: int, stream: int, t: int, pos: int) -> None:
-        self.flows.add(Flow(v0, n, stream, t, pos))
+    def add_flow(self, v0: int, n: int, stream: int, t: int, pos: int, period: int = 1) -> None:
+        self.flows.add(Flow(v0, n, stream, t, pos, period))
 
-    def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, avoid=()):
+    def write_options(
+        self, w: int, pos: int, joff: int, n: int, pin=None, avoid=(), period: int = 1
+    ):
         """Options for WRITing n results that enter a stream at `pos` at t+joff+j: payload
         (group, stream, direction)."""
         hw = self.hw
@@ -422,34 +439,35 @@ class _Scheduler:
             p = hw.slice_position(g)
             d = 0 if p >= pos else 1
             diag_off = joff - pos if d == 0 else joff + pos
-            ports = [(("wr", g + m), joff + abs(p - pos), n) for m in range(w)]
+            span = (n - 1) * period + 1
+            ports = [(("wr", g + m), joff + abs(p - pos), span) for m in range(w)]
             for s in self.stream_order(d, w):
-                yield ports, self._stream_items(d, s, w, diag_off, n), 0, None, (g, s, d)
+                yield ports, self._stream_items(d, s, w, diag_off, span), 0, None, (g, s, d)
 
     # --- recording ------------------------------------------------------------------------------
 
-    def record_read(self, t, items, payload, vid, n, src, sel=None) -> int:
+    def record_read(self, t, items, payload, vid, n, src, sel=None, period=1) -> int:
         c, s, d = payload
         tr = t + items[0][1]
         seg = self.store.get(vid)
-        c.last_read = max(c.last_read, tr + n - 1)
+        c.last_read = max(c.last_read, tr + (n - 1) * period)
         rec = dict(
             op=Op.READ, cycle=tr, queue=c.group, slice=c.group, dtype=self.vp.dtypes[vid],
             vid=vid, src=src, sd=d * self.S + s, repeat=n, stride=1 if n > 1 else 0,
-            _copy=c, _off=vid - seg.v0,
+            period=period, _copy=c, _off=vid - seg.v0,
         )  # fmt: skip
         if sel is not None and c.unit_words:
             rec.update(flags=FLAG_INDIRECT, row=sel.register, count=c.unit_words, aux=sel.unit_vids)
         self.records.append(rec)
         return d * self.S + s
 
-    def take(self, t, items, payload, vid, n, src, sel=None) -> int:
+    def take(self, t, items, payload, vid, n, src, sel=None, period=1) -> int:
         """The stream an operand arrives on: straight from its unit, or by a READ."""
         if payload[0] == "forward":
             return payload[1]
-        return self.record_read(t, items, payload, vid, n, src, sel)
+        return self.record_read(t, items, payload, vid, n, src, sel, period)
 
-    def record_write(self, t, items, payload, vid, n, src) -> int:
+    def record_write(self, t, items, payload, vid, n, src, period=1) -> int:
         g, s, d = payload
         tw = t + items[0][1]
         pin_seg = self.pins.find(vid)
@@ -462,14 +480,15 @@ class _Scheduler:
         if (self.writes[g] + n) // self.spill_words != self.writes[g] // self.spill_words:
             self.tier_version += 1
         self.writes[g] += n
-        c = self.add_copy(seg, Copy(g, tw + self.wl, write=tw, addr=addr))
+        c = self.add_copy(seg, Copy(g, tw + self.wl, write=tw, addr=addr, period=period))
         if pin_seg is not None:
             self.pinned_over[c.index] = old + vid - pin_seg.v0 if old >= 0 else -1
         self.store.add(seg)
         self.records.append(
             dict(
                 op=Op.WRITE, cycle=tw, queue=g, slice=g, dtype=self.vp.dtypes[vid], vid=vid,
-                src=src, s0=d * self.S + s, repeat=n, stride=1 if n > 1 else 0, _copy=c, _off=0,
+                src=src, s0=d * self.S + s, repeat=n, stride=1 if n > 1 else 0, period=period,
+                _copy=c, _off=0,
             )
         )  # fmt: skip
         return d * self.S + s
@@ -683,28 +702,32 @@ class _Scheduler:
         for j0, x0, n in self.matmul_pieces(ins, op.outs[0]):
             y0 = op.outs[0] + j0
             seg, w = self.store.get(x0), self.width(x0)
+            per = matmul_period(hw, w)  # an INT8 input a cycle, an FP16 one every few
             pin = self.pin_of(y0)
             claims = [
-                lambda n=n: iter([([(("mxc", plane), 0, n)], [], 0, None, None)]),
-                lambda seg=seg, x0=x0, w=w, n=n: chain(
-                    self.forward_options(x0, pos, n), self.read_options(seg, x0, w, pos, n)
+                lambda n=n, per=per: iter([([(("mxc", plane), 0, n * per)], [], 0, None, None)]),
+                lambda seg=seg, x0=x0, w=w, n=n, per=per: chain(
+                    self.forward_options(x0, pos, n, per),
+                    self.read_options(seg, x0, w, pos, n, period=per),
                 ),
-                lambda n=n, pin=pin, y0=y0: self.write_options(self.width(y0), pos, ml, n, pin),
+                lambda n=n, pin=pin, y0=y0, per=per: self.write_options(
+                    self.width(y0), pos, ml, n, pin, period=per
+                ),
             ]
             t, chosen = self._solve(ready, claims)
             self._commit(t, chosen)
-            st = self.take(t, *chosen[1], x0, n, op.src)
-            sd = self.record_write(t, *chosen[2], y0, n, op.src)
-            self.add_flow(y0, n, sd, t + ml, pos)
+            st = self.take(t, *chosen[1], x0, n, op.src, period=per)
+            sd = self.record_write(t, *chosen[2], y0, n, op.src, period=per)
+            self.add_flow(y0, n, sd, t + ml, pos, per)
             self.records.append(
                 dict(
                     op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, sd=sd,
                     count=op.count, aux=op.id, dtype=DType.FLOAT32, vid=y0, src=op.src,
-                    repeat=n, row=len(op.rows),  # row: the tile's extent, for the checker
+                    repeat=n, period=per, row=len(op.rows),  # row: the tile's extent
                     flags=flags & FLAG_BUFFER,
                 )
             )  # fmt: skip
-            last = max(last, t + n - 1)
+            last = max(last, t + (n - 1) * per)
         self.plane_free[(plane, buffer)] = last + 1
 
 
@@ -793,6 +816,6 @@ def schedule(
     lat = {op: latency(hw, op) for op in Op}
     for r in s.records:
         r.setdefault("chip", 0)
-        s.end = max(s.end, r["cycle"] + r["repeat"] - 1 + lat[r["op"]])
+        s.end = max(s.end, r["cycle"] + (r["repeat"] - 1) * r.get("period", 1) + lat[r["op"]])
     segs = [s.store.by_start[v] for v in s.store.starts]
     return Schedule(s.records, segs, s.copies, s.end, s.pinned_over)

@@ -79,7 +79,8 @@ def run_engine(
     counts.update(prep.counts, stream_hops=int(out[c.O_HOPS]))
     events = []
     if trace:
-        j = prep.ev_t - program.instrs["cycle"][prep.ev_i]
+        period = np.maximum(program.instrs["period"][prep.ev_i].astype(np.int64), 1)
+        j = (prep.ev_t - program.instrs["cycle"][prep.ev_i]) // period
         events = list(zip(prep.ev_t.tolist(), prep.ev_i.tolist(), j.tolist(), strict=True))
     return RawResult(
         cycles=prep.cycles,

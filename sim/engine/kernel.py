@@ -63,6 +63,7 @@ from sim.engine.schema import (
     G_DIR_LO,
     G_DIRS,
     G_FIRST_SXM_QUEUE,
+    G_FP16_CYCLES,
     G_HEMI_LO,
     G_HEMIS,
     G_INSTALL_CAP,
@@ -176,6 +177,25 @@ def _slot(key, diag, geo):
 def _expect(first, j):
     """The vector an operand of repetition j must be (`in0..in2` + j), or -1: unchecked."""
     return first + j if first >= 0 else -1
+
+
+@njit_inline
+def _width_at(ring, st, ci, geo, p, t):
+    """Words of the vector on stream st at (p, t), 1 if none (taking it will say so)."""
+    key = _key(st, ci, geo)
+    diag = t - p if 0 <= st < geo[0] else t + p
+    slot = _slot(key, diag, geo)
+    return ring[slot, R_WIDTH] if ring[slot, R_DIAG] == diag else 1
+
+
+@njit_inline
+def _occupy(busy, r, t, cycles):
+    """Resource r (capacity one) busy from t for `cycles` cycles; True when it is not free at t.
+    busy[r, 0] holds the cycle it is next free."""
+    if t < busy[r, 0]:
+        return True
+    busy[r, 0] = t + cycles
+    return False
 
 
 @njit_inline
@@ -355,7 +375,7 @@ def make_kernel(functional: bool):
                     sel_head += 1
 
             r = ins[i]
-            j = t - r["cycle"]
+            j = (t - r["cycle"]) // max(np.int64(r["period"]), 1)
             op = np.int64(r["op"])
             unit = UNIT_LUT[op]
             q = np.int64(r["queue"])
@@ -474,8 +494,10 @@ def make_kernel(functional: bool):
                 pl = plane_map[ci * g[G_PLANES] + np.int64(r["plane"]) - g[G_PLANE_LO]]
                 if op == INSTALL:
                     claimed = _claim(busy, g[G_BASE_INSTALL] + pl, t, g[G_INSTALL_CAP])
-                else:
-                    claimed = _claim(busy, g[G_BASE_COMPUTE] + pl, t, 1)
+                else:  # a cycle per INT8 input, several per wider one
+                    w_in = _width_at(ring, np.int64(r["s0"]), ci, geo, p, t)
+                    cycles = 1 if w_in == 1 else g[G_FP16_CYCLES]
+                    claimed = _occupy(busy, g[G_BASE_COMPUTE] + pl, t, cycles)
             if claimed:
                 _fail(out, E_BUSY, e, t, 0, 0, 0)
                 return

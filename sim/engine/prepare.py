@@ -140,7 +140,8 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
         if reps == 0:
             continue
         stats[c.S_EVENTS] += reps
-        stats[c.S_END] = max(stats[c.S_END], cycle + reps - 1 + lat_lut[op])
+        period = max(np.int64(r["period"]), 1)
+        stats[c.S_END] = max(stats[c.S_END], cycle + (reps - 1) * period + lat_lut[op])
         words = WIDTH_LUT[np.int64(r["dtype"])]
         if unit == MEM:
             a = np.int64(r["addr"])
@@ -170,8 +171,8 @@ def _mark(ins, g, hemi_present, plane_present):
 
 
 def _events(ins: np.ndarray, cycle: np.ndarray, in_order: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Every repetition j of instruction i is an event at cycle[i] + j, sorted by (cycle, i, j)
-    (j follows from the cycle, so sorting on (cycle, i) suffices)."""
+    """Every repetition j of instruction i is an event at cycle[i] + j * period[i], sorted by
+    (cycle, i, j) (j follows from the cycle, so sorting on (cycle, i) suffices)."""
     n = len(cycle)
     if in_order:  # the compiler's output: events are the instructions, in order
         return cycle, np.arange(n, dtype=np.int32)
@@ -180,7 +181,8 @@ def _events(ins: np.ndarray, cycle: np.ndarray, in_order: bool) -> tuple[np.ndar
     if not len(ev_i):
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
     first = np.repeat(np.cumsum(reps) - reps, reps)  # event number of each repetition 0
-    ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first)
+    period = np.maximum(ins["period"].astype(np.int64), 1)
+    ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first) * period[ev_i]
     lo, hi = int(ev_t.min()), int(ev_t.max())
     if (hi - lo + 1) * n < 2**62:  # one int64 key: one sort, much faster than lexsort
         key = np.sort((ev_t - lo) * n + ev_i)
@@ -312,6 +314,7 @@ def prepare_program(program: Program) -> Prepared:
     g[c.G_VXM_CAP], g[c.G_SXM_CAP] = hw.vxm_alus, hw.sxm_units_per_hemisphere
     g[c.G_INSTALL_CAP] = hw.mxm_install_vectors_per_cycle
     g[c.G_WEIGHT_BUFFERS] = hw.mxm_weight_buffers
+    g[c.G_FP16_CYCLES] = hw.mxm_fp16_cycles_per_vector
     tables = np.ascontiguousarray(program.tables, dtype=np.int32).reshape(-1, lanes)
     g[c.G_TABLES] = len(tables)
     g[c.G_RING_MASK], g[c.G_PENDING_MASK] = ring - 1, pending - 1

@@ -45,7 +45,8 @@ G_KEYS = 24  # stream keys; slot = (diagonal & mask) * keys + key, so a group's 
 G_QUEUE_LO = 25  # queue of pos_lut[0]
 G_SEL_PENDING_MASK = 26
 G_WEIGHT_BUFFERS = 27  # per MXM plane (tile state: 2 slots per plane whatever this is)
-N_GEOMETRY = 28
+G_FP16_CYCLES = 28  # compute-pipeline cycles per MATMUL input wider than a byte
+N_GEOMETRY = 29
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.

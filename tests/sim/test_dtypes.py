@@ -31,6 +31,7 @@ from sim.isa import (
     disassemble_one,
     latency,
     make_instrs,
+    matmul_period,
     queue_mxm,
 )
 from sim.reference import _round
@@ -194,10 +195,11 @@ def test_engine_install_int8_and_fp8_rows_into_one_tile():
         t += w.n
     tm = t + latency(HW, Op.INSTALL)
     s0, sd = asm._stream(east, 4), asm._stream(not east, 0)
-    asm._read(x, s0, pos, tm, x.n)
-    out = asm._write("float32", sd, pos, tm + latency(HW, Op.MATMUL), x.n, OUT_WEST)
-    asm._emit(cycle=tm, queue=queue, op=Op.MATMUL, dtype=DType.FLOAT32, repeat=x.n, s0=s0, sd=sd,
-              plane=0, count=7, row=7, aux=5, vid=out.vid, in0=x.vid)  # fmt: skip
+    per = matmul_period(HW, x.width)  # float16 inputs: the plane's FP16 pace
+    asm._read(x, s0, pos, tm, x.n, per)
+    out = asm._write("float32", sd, pos, tm + latency(HW, Op.MATMUL), x.n, OUT_WEST, per)
+    asm._emit(cycle=tm, queue=queue, op=Op.MATMUL, dtype=DType.FLOAT32, repeat=x.n, period=per,
+              s0=s0, sd=sd, plane=0, count=7, row=7, aux=5, vid=out.vid, in0=x.vid)  # fmt: skip
     asm.output(out)
     ref = _run_both(asm)
     tile = np.zeros((HW.lanes, HW.lanes))

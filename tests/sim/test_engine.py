@@ -42,6 +42,7 @@ from sim.isa import (
     Op,
     latency,
     make_instrs,
+    matmul_period,
     queue_mxm,
     queue_sxm,
     queue_vxm,
@@ -365,19 +366,22 @@ class Asm:
     def _emit(self, **record) -> None:
         self.records.append(record)
 
-    def _read(self, v: Vec, stream: int, pos: int, t: int, n: int) -> None:
-        """READ n vectors of v so that repetition j passes position `pos` at cycle t + j."""
+    def _read(self, v: Vec, stream: int, pos: int, t: int, n: int, period: int = 1) -> None:
+        """READ n vectors of v so that repetition j passes position `pos` at cycle t + j*period."""
         distance = abs(pos - HW.slice_position(v.slice))
         self._emit(cycle=t - distance - HW.mem_read_latency_cycles, queue=v.slice, op=Op.READ,
                    dtype=DTYPE_BY_NAME[v.dtype], slice=v.slice, addr=v.addr, stride=v.stride,
-                   repeat=n, sd=stream, vid=v.vid)  # fmt: skip
+                   repeat=n, period=period, sd=stream, vid=v.vid)  # fmt: skip
 
-    def _write(self, dtype: str, stream: int, pos: int, t0: int, n: int, slice_: int) -> Vec:
-        """WRITE the n vectors entering `stream` at position `pos` from cycle t0 to slice_."""
+    def _write(self, dtype: str, stream: int, pos: int, t0: int, n: int, slice_: int,
+               period: int = 1) -> Vec:  # fmt: skip
+        """WRITE the n vectors entering `stream` at position `pos` from cycle t0 (one every
+        `period` cycles) to slice_."""
         addr, vid = self._alloc(slice_, n, dtype)
         distance = abs(HW.slice_position(slice_) - pos)
         self._emit(cycle=t0 + distance, queue=slice_, op=Op.WRITE, dtype=DTYPE_BY_NAME[dtype],
-                   slice=slice_, addr=addr, stride=1, repeat=n, s0=stream, vid=vid)  # fmt: skip
+                   slice=slice_, addr=addr, stride=1, repeat=n, period=period, s0=stream,
+                   vid=vid)  # fmt: skip
         return Vec(slice_, addr, vid, n, dtype)
 
     @staticmethod
@@ -443,14 +447,15 @@ class Asm:
                    flags=FLAG_TRANSPOSED if transposed else 0, repeat=w.n, s0=self._stream(east, 0),
                    plane=plane, row=0, aux=tile, in0=w.vid)  # fmt: skip
         tm = t + w.n + latency(HW, Op.INSTALL)
-        self._read(x, self._stream(east, 4), pos, tm, x.n)
+        per = matmul_period(HW, x.width)  # the plane's pace for inputs of x's width
+        self._read(x, self._stream(east, 4), pos, tm, x.n, per)
         out = self._write("float32", self._stream(not east, 0), pos, tm + latency(HW, Op.MATMUL),
-                          x.n, out_slice)  # fmt: skip
+                          x.n, out_slice, per)  # fmt: skip
         self._emit(cycle=tm, queue=queue_mxm(HW, plane), op=Op.MATMUL, dtype=DType.FLOAT32,
-                   repeat=x.n, s0=self._stream(east, 4), sd=self._stream(not east, 0),
+                   repeat=x.n, period=per, s0=self._stream(east, 4), sd=self._stream(not east, 0),
                    plane=plane, count=count, row=w.n, aux=tile, vid=out.vid,
                    in0=x.vid)  # fmt: skip
-        self.t = tm + self.WINDOW + x.n
+        self.t = tm + self.WINDOW + x.n * per
         return out
 
     def program(self) -> Program:

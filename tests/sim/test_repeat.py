@@ -183,10 +183,13 @@ def harmless(prog: Program, i: int, kind: str, delta: int) -> str | None:
     mutated instruction still meets exactly the vectors it expects, checked by id."""
     r = prog.instrs[i]
     op, n, vid = Op(int(r["op"])), int(r["repeat"]), int(r["vid"])
-    if kind == "dup" and op == Op.READ and delta >= n:
+    period = max(int(r["period"]), 1)
+    if kind == "dup" and op == Op.READ and (delta % period or delta >= n * period):
         # The copy reads the same vectors (their ids checked at the same addresses) onto stream
-        # slots the original program leaves empty (a taken slot is a conflict): any consumer of
-        # such a slot would have met no vector in the original, so nothing takes the copies.
+        # slots the original program leaves empty (a taken slot is a conflict): past the
+        # original's last repetition, or between its repetitions when they are `period` > 1
+        # cycles apart. Any consumer of such a slot would have met no vector in the original,
+        # so nothing takes the copies.
         return "a later copy of a READ that nothing takes"
     if kind in ("move", "dup") and op == Op.WRITE:
         passes = [_stream_passes(prog.instrs, int(r["s0"]), vid + j) for j in range(n)]
