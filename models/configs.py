@@ -229,6 +229,16 @@ _TINY = dict(
     published_params=0,
     source=_TINY_SOURCE,
 )
+# Shared by tiny-gpt2 and tiny-mixtral: head_dim 16, two layers.
+_TOY = dict(
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    max_seq_len=64,
+    norm_eps=1e-5,
+    dtype="float16",
+    published_params=0,
+)
 # Shared by Llama 2 7B/13B/70B.
 _LLAMA2 = dict(vocab_size=32000, max_seq_len=4096, rope_theta=10000.0, dtype="float16")
 # Shared by Llama 3 and 3.1 (128K-token vocabulary, 500K rotary base).
@@ -246,41 +256,29 @@ _CONFIGS = (
         name="tiny-gpt2",
         family="gpt2",
         vocab_size=200,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
         n_kv_heads=4,
         d_ff=256,
-        max_seq_len=64,
-        norm_eps=1e-5,
         rope_theta=0.0,
         tie_embeddings=True,
         n_experts=0,
         experts_per_token=0,
-        dtype="float16",
-        published_params=0,
         source="synthetic test model: GPT-2's block structure (LayerNorm, GELU, biases, learned "
         "positions, tied embeddings) at toy size",
+        **_TOY,
     ),
     ModelConfig(
         name="tiny-mixtral",
         family="mixtral",
         vocab_size=96,
-        d_model=64,
-        n_layers=2,
-        n_heads=4,
         n_kv_heads=2,
         d_ff=128,
-        max_seq_len=64,
-        norm_eps=1e-5,
         rope_theta=10000.0,
         tie_embeddings=False,
         n_experts=4,
         experts_per_token=2,
-        dtype="float16",
-        published_params=0,
         source="synthetic test model: Mixtral's block structure (GQA, 4 SwiGLU experts, top-2 "
         "routing) at toy size",
+        **_TOY,
     ),
     _gpt2("gpt2", "openai-community/gpt2", 768, 12, 12, 124_439_808),
     _gpt2("gpt2-medium", "openai-community/gpt2-medium", 1024, 24, 16, 354_823_168),

@@ -52,7 +52,7 @@ from models.ops import (
     silu,
     softmax,
 )
-from models.quantize import check_format, quantize, quantize_specs
+from models.quantize import check_format, map_params, quantize, quantize_specs
 
 # --- parameter layout -----------------------------------------------------------------------------
 
@@ -65,7 +65,8 @@ class _Leaf(NamedTuple):
 def _matrix(rng: np.random.Generator, shape) -> np.ndarray:
     # N(0, 1/fan_in), fan_in = shape[-2], so every projection keeps activations O(1); the logits
     # are then roughly N(0, 1) over the vocabulary, so greedy choices are rarely near-ties
-    # (tiny-llama, seed 0: 97% of greedy steps have top-two logits more than 1e-2 apart).
+    # (tiny-llama, seed 0, measured on the prefill logits of 8 random 64-token sequences: 96% of
+    # the 512 rows have top-two logits more than 1e-2 apart, median gap 0.26).
     return rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[-2])
 
 
@@ -116,26 +117,21 @@ def _mixtral_layer(cfg: ModelConfig) -> dict:
 
 
 def _gpt2_layer(cfg: ModelConfig) -> dict:
-    d, ff, width = cfg.d_model, cfg.d_ff, cfg.n_heads * cfg.head_dim
-    attn = _attention_layout(cfg)
-    return {
-        "attn_norm": attn["attn_norm"],
-        "attn_norm_bias": _Leaf("small", (d,)),
-        "wq": attn["wq"],
-        "bq": _Leaf("small", (width,)),
-        "wk": attn["wk"],
-        "bk": _Leaf("small", (width,)),
-        "wv": attn["wv"],
-        "bv": _Leaf("small", (width,)),
-        "wo": attn["wo"],
-        "bo": _Leaf("small", (d,)),
-        "mlp_norm": attn["mlp_norm"],
-        "mlp_norm_bias": _Leaf("small", (d,)),
+    # The llama attention layout and GPT-2's fc (w_up) and proj (w_down), each weight followed by
+    # its bias, named as _norm and _linear look them up: "<norm>_bias" for a norm gain, "b..." of
+    # a matrix "w..."; a bias is as wide as its weight's output.
+    d, ff = cfg.d_model, cfg.d_ff
+    weights = {
+        **_attention_layout(cfg),
         "w_up": _Leaf("matrix", (d, ff)),
-        "b_up": _Leaf("small", (ff,)),
         "w_down": _Leaf("matrix", (ff, d)),
-        "b_down": _Leaf("small", (d,)),
     }
+    layer = {}
+    for name, leaf in weights.items():
+        layer[name] = leaf
+        bias = name + "_bias" if leaf.init == "norm" else "b" + name[1:]
+        layer[bias] = _Leaf("small", leaf.shape[-1:])
+    return layer
 
 
 _LAYER_LAYOUTS = {"llama": _llama_layer, "mixtral": _mixtral_layer, "gpt2": _gpt2_layer}
@@ -163,15 +159,6 @@ def _layout(cfg: ModelConfig) -> dict:
     return tree
 
 
-def _build(node, leaf_fn):
-    # Dicts in insertion order (not jax.tree's sorted order), so arrays are drawn as laid out.
-    if isinstance(node, _Leaf):
-        return leaf_fn(node)
-    if isinstance(node, dict):
-        return {k: _build(v, leaf_fn) for k, v in node.items()}
-    return [_build(v, leaf_fn) for v in node]
-
-
 def init_params(cfg: ModelConfig, seed: int = 0, weights: str = "native") -> dict:
     """Deterministic random weights as NumPy arrays in the layout of the module docstring.
 
@@ -181,15 +168,14 @@ def init_params(cfg: ModelConfig, seed: int = 0, weights: str = "native") -> dic
     check_format(weights)
     rng = np.random.default_rng(seed)
     dt = cfg.np_dtype
-    params = _build(_layout(cfg), lambda leaf: _INIT[leaf.init](rng, leaf.shape).astype(dt))
+    params = map_params(_layout(cfg), lambda _, leaf: _INIT[leaf.init](rng, leaf.shape).astype(dt))
     return quantize(params, weights)
 
 
 def param_specs(cfg: ModelConfig, weights: str = "native") -> dict:
     """init_params(cfg, weights=weights) as jax.ShapeDtypeStructs, without building any array."""
-    check_format(weights)
     dt = cfg.np_dtype
-    specs = _build(_layout(cfg), lambda leaf: jax.ShapeDtypeStruct(leaf.shape, dt))
+    specs = map_params(_layout(cfg), lambda _, leaf: jax.ShapeDtypeStruct(leaf.shape, dt))
     return quantize_specs(specs, weights)
 
 
@@ -306,7 +292,8 @@ def _mix_experts(experts: dict, h: jax.Array, ids: jax.Array, gates: jax.Array, 
 
 def _moe(h: jax.Array, layer: dict, cfg: ModelConfig) -> jax.Array:
     # (T, d) -> (T, d): each token through its own top-k experts. A decode step's single token is
-    # traced as is; a prefill's tokens are vectorised (vmap), which compiles far faster than a loop.
+    # traced as is; a prefill's tokens are vectorised (vmap), which compiles far faster than a loop
+    # over tokens (tiny-mixtral, jitted prefill of 64 tokens, measured: 1.7 s against 35 s).
     ids, gates = _route(layer, h, cfg)  # (T, k) each
     if h.shape[0] == 1:
         return _mix_experts(layer["experts"], h, ids[0], gates[0], cfg)

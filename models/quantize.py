@@ -53,7 +53,8 @@ def quantize_matrix(w: np.ndarray, weights: str) -> dict:
     wf = np.asarray(w, dtype=np.float32)
     amax = np.max(np.abs(wf), axis=-2)  # (..., N)
     # At least float32's smallest normal number, so that a column of subnormal weights cannot
-    # underflow its scale to zero (or lose its precision); such a column then uses less of q's range.
+    # underflow its scale to zero (or lose its precision); such a column then uses less of q's
+    # range.
     scale = np.maximum(amax / np.float32(qmax), np.finfo(np.float32).tiny)
     scale = np.where(amax > 0, scale, np.float32(1.0)).astype(np.float32)
     scaled = wf / scale[..., None, :]
@@ -71,12 +72,16 @@ def dequantize_matrix(w: dict, dtype=np.float32) -> np.ndarray:
     return (q * np.asarray(w["scale"], dtype=np.float64)[..., None, :]).astype(dtype)
 
 
-def _convert(tree, leaf_fn, name: str = ""):
-    # Rebuilds dicts and lists of parameters; leaf_fn(name, leaf) with the leaf's own dict key.
+def map_params(tree, leaf_fn, name: str = ""):
+    """tree (dicts and lists of parameters) with each leaf replaced by leaf_fn(its dict key, leaf).
+
+    A quantised matrix {"q", "scale"} is one leaf. Dicts are walked in insertion order, not in
+    jax.tree's sorted order, so init_params draws its arrays in the order they are laid out.
+    """
     if isinstance(tree, dict) and not is_quantized(tree):
-        return {k: _convert(v, leaf_fn, k) for k, v in tree.items()}
+        return {k: map_params(v, leaf_fn, k) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_convert(v, leaf_fn, name) for v in tree]
+        return [map_params(v, leaf_fn, name) for v in tree]
     return leaf_fn(name, tree)
 
 
@@ -91,7 +96,7 @@ def quantize(params: dict, weights: str) -> dict:
             return quantize_matrix(a, weights)
         return a
 
-    return _convert(params, leaf)
+    return map_params(params, leaf)
 
 
 def quantize_specs(specs: dict, weights: str) -> dict:
@@ -109,7 +114,7 @@ def quantize_specs(specs: dict, weights: str) -> dict:
             }
         return s
 
-    return _convert(specs, leaf)
+    return map_params(specs, leaf)
 
 
 def dequantize(params: dict, dtype=np.float32) -> dict:
@@ -118,10 +123,4 @@ def dequantize(params: dict, dtype=np.float32) -> dict:
     Running the model on these gives the quantised model's weights without the 8-bit storage, the
     "unquantised" side of a quantisation-error comparison. Other arrays are returned unchanged.
     """
-    if isinstance(params, dict) and is_quantized(params):
-        return dequantize_matrix(params, dtype)
-    if isinstance(params, dict):
-        return {k: dequantize(v, dtype) for k, v in params.items()}
-    if isinstance(params, list):
-        return [dequantize(v, dtype) for v in params]
-    return params
+    return map_params(params, lambda _, a: dequantize_matrix(a, dtype) if is_quantized(a) else a)

@@ -29,6 +29,7 @@ from sim.isa import (
     Unit,
     latency,
     n_queues,
+    periods,
     queue_position,
 )
 from sim.program import Program
@@ -46,11 +47,22 @@ class Bounds:
         return self.cycles / simulated_cycles if simulated_cycles else 1.0
 
 
-def _width(ins: np.ndarray) -> np.ndarray:
-    lut = np.ones(256, np.int64)
-    for code, b in DTYPE_BYTES.items():
-        lut[int(code)] = b
-    w = lut[ins["dtype"].astype(np.int64)]
+def _lut(table: dict, default: int) -> np.ndarray:
+    """`table` as an array indexed by a uint8 field (`default` where absent)."""
+    out = np.full(256, default, np.int64)
+    for k, v in table.items():
+        out[int(k)] = int(v)
+    return out
+
+
+WIDTH_LUT = _lut(DTYPE_BYTES, 1)
+UNIT_LUT = _lut(OP_UNIT, -1)
+
+
+def put_words(ins: np.ndarray) -> np.ndarray:
+    """Words (streams) of the vector each instruction puts on a stream: its element type's,
+    float32 for a MATMUL whatever its dtype field."""
+    w = WIDTH_LUT[ins["dtype"].astype(np.int64)]
     return np.where(ins["op"] == int(Op.MATMUL), F32, w)
 
 
@@ -59,21 +71,19 @@ def matmul_cycles(program: Program) -> int:
     (its period, as the compiler streams them; at least the machine's rate)."""
     ins = program.instrs
     mm = ins[ins["op"] == int(Op.MATMUL)]
-    rate = np.maximum(mm["period"].astype(np.int64), 1)
-    return int((mm["repeat"].astype(np.int64) * rate).sum())
+    return int((mm["repeat"].astype(np.int64) * periods(mm)).sum())
 
 
 def resource_bounds(program: Program) -> dict[str, int]:
     hw, ins = program.hw, program.instrs
     op = ins["op"].astype(np.int64)
     reps = ins["repeat"].astype(np.int64)
-    width = _width(ins)
+    width = put_words(ins)
 
     def events(*ops) -> int:
         return int(reps[np.isin(op, [int(o) for o in ops])].sum())
 
-    unit = np.array([int(OP_UNIT.get(Op(o), -1)) if o in OPS else -1 for o in range(256)])
-    per_unit = unit[op]
+    per_unit = UNIT_LUT[op]
     reads = int((reps * width)[op == int(Op.READ)].sum())
     writes = int((reps * width)[op == int(Op.WRITE)].sum())
     puts = (op != int(Op.WRITE)) & (op != int(Op.INSTALL))
@@ -96,9 +106,6 @@ def resource_bounds(program: Program) -> dict[str, int]:
         ),
         "streams": ceil(slots, chips * 2 * hw.streams_per_direction),
     }
-
-
-OPS = frozenset(int(o) for o in Op)
 
 
 def dependency_bound(program: Program) -> int:
@@ -131,8 +138,9 @@ def dependency_bound(program: Program) -> int:
         r = ins[i]
         o = Op(int(r["op"]))
         chip, q, t = int(r["chip"]), int(r["queue"]), int(r["cycle"])
-        # a run's last vector comes period * (n - 1) cycles after its first
-        n = (int(r["repeat"]) - 1) * max(int(r["period"]), 1) + 1
+        # a run's last vector comes period * (repeat - 1) cycles after its first
+        per = int(periods(r))
+        n = (int(r["repeat"]) - 1) * per + 1
         p = pos[q]
         if o == Op.READ:
             a = ready.get((chip, int(r["slice"]), int(r["addr"])), 0)
@@ -141,7 +149,6 @@ def dependency_bound(program: Program) -> int:
         elif o == Op.WRITE:
             a = arrival(chip, int(r["s0"]), t, p)
             s, a0, stride = int(r["slice"]), int(r["addr"]), int(r["stride"])
-            per = max(int(r["period"]), 1)
             for j in range(int(r["repeat"])):  # vector j lands `period` after vector j - 1
                 ready[(chip, s, a0 + j * stride)] = a + j * per + wl
             end = max(end, a + n - 1 + wl)

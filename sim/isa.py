@@ -335,6 +335,12 @@ def make_instrs(records: list[dict]) -> np.ndarray:
     return out
 
 
+def periods(ins):
+    """Cycles between repetitions of each instruction (of a record or an array of them): its
+    `period` field, below 1 taken as 1 by both executors."""
+    return np.maximum(ins["period"].astype(np.int64), 1)
+
+
 # --- queues: one per functional unit instance -----------------------------------------------------
 # MEM slice i -> queue i; then the VXM, the two SXMs (west, east), the MXM planes.
 

@@ -26,7 +26,8 @@ from sim.hardware import HardwareConfig
 from sim.isa import INSTR_DTYPE, disassemble_one, n_queues, queue_name
 
 FORMAT_MAGIC = "lpusim-program"
-# 2: a MATMUL's `row` is its tile's extent, which the executors check; version 1 files have 0.
+# 2: a MATMUL's `row` is its tile's extent, which the executors check (version 1 files have 0);
+# 3: the instruction field `period` (cycles between repetitions).
 FORMAT_VERSION = 3
 
 

@@ -57,6 +57,7 @@ from sim.isa import (
     latency,
     matmul_period,
     matmul_problem,
+    periods,
     queue_name,
     queue_position,
     queue_sxm,
@@ -189,8 +190,9 @@ def run_reference(
     first_sel: dict[tuple, int] = {}  # (chip, register) -> cycle the first TOPK write lands
     for i in np.nonzero(ins["op"] == Op.TOPK)[0]:
         if ins[i]["repeat"] > 0:
+            ready = int(ins[i]["cycle"]) + latency(hw, Op.TOPK)
             for reg in topk_registers(hw, ins[i]):
-                key, ready = (int(ins[i]["chip"]), reg), int(ins[i]["cycle"]) + latency(hw, Op.TOPK)
+                key = (int(ins[i]["chip"]), reg)
                 first_sel[key] = min(first_sel.get(key, ready), ready)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     bytes_read = bytes_written = 0
@@ -260,9 +262,9 @@ def run_reference(
         return vid, values
 
     # --- events --------------------------------------------------------------------------------
-    reps = ins["repeat"].astype(np.int64)
+    reps, period = ins["repeat"].astype(np.int64), periods(ins)
     order = sorted(
-        (int(ins[i]["cycle"]) + j * max(int(ins[i]["period"]), 1), i, j)  # period < 1 acts as 1
+        (int(ins[i]["cycle"]) + j * int(period[i]), i, j)
         for i in range(len(ins))
         for j in range(int(reps[i]))
     )

@@ -23,7 +23,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.isa import OP_UNIT, VXM_LARGE, Op, Unit, disassemble_one, latency, n_queues, queue_name
+from sim.isa import (
+    OP_UNIT,
+    VXM_LARGE,
+    Op,
+    Unit,
+    disassemble_one,
+    latency,
+    n_queues,
+    periods,
+    queue_name,
+)
 from sim.program import Program
 
 # Opcode family of each op: the Gantt chart's colours and the Perfetto events' category.
@@ -74,7 +84,7 @@ def schedule_table(program: Program) -> pd.DataFrame:
     lat_of = np.zeros(max(Op) + 1, np.int64)
     for o in Op:
         lat_of[o] = latency(hw, o)
-    start = ins["cycle"][instr] + rep * np.maximum(ins["period"][instr].astype(np.int64), 1)
+    start = ins["cycle"][instr] + rep * periods(ins)[instr]
     vid = ins["vid"][instr]
     vid = np.where(vid >= 0, vid + rep, vid)  # -1 (no vector) stays -1
     queue = ins["queue"][instr].astype(np.int64)

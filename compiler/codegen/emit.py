@@ -23,17 +23,13 @@ NEVER = np.iinfo(np.int64).max
 
 def allocate(vp: VProgram, sched: Schedule, hw: HardwareConfig, floor: np.ndarray) -> None:
     """Address of every computed copy (sets `Copy.addr`), in slice s at or above floor[s]."""
-    outputs = np.zeros(len(vp.dtypes), bool)
-    for sym in vp.symbols:
-        if sym.kind == "output":
-            outputs[sym.vids] = True
+    outputs = vp.output_mask()
     # free_from[s, a]: the cycle after which address a of slice s may be written again.
     free_from = np.full((hw.mem_slices, hw.words_per_slice), -1, np.int64)
     free_from[np.arange(hw.words_per_slice)[None, :] < np.asarray(floor)[:, None]] = NEVER
-    segs = {c.index: seg for seg in sched.segs for c in seg.copies}
     pending = [c for c in sched.copies if c.write >= 0 and c.addr < 0 and not c.dead]
     for c in sorted(pending, key=lambda c: (c.write, c.index)):
-        seg = segs[c.index]
+        seg = c.seg
         g, n, w = c.group, seg.n, DTYPE_BYTES[vp.dtypes[seg.v0]]
         ok = np.all(free_from[g : g + w] < c.write, axis=0)
         free = np.flatnonzero(ok)
@@ -94,17 +90,14 @@ def emit(
 ) -> Program:
     allocate(vp, sched, hw, floor)
     instrs = instructions(sched.records)
-    lanes = hw.lanes
-    tables = (np.stack(vp.tables) if vp.tables else np.zeros((0, lanes), np.int32)).astype(np.int32)
-    syms, consts = symbols(vp, sched, lanes)
-    sources = [vp.sources.get(i, "?") for i in range(max(vp.sources, default=-1) + 1)]
+    syms, consts = symbols(vp, sched, hw.lanes)
     return Program(
         hw=hw,
         instrs=instrs,
-        tables=tables,
+        tables=vp.table_array(hw.lanes),
         symbols=tuple(syms),
         consts=consts,
-        sources=tuple(sources),
+        sources=tuple(vp.source_list()),
         predicted_cycles=int(sched.cycles),
         words_used=words_used(sched),
         meta=meta,

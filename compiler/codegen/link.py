@@ -24,12 +24,11 @@ import numpy as np
 from compiler.codegen.emit import allocate, instructions, symbols, words_used
 from compiler.ir.vector import VProgram
 from compiler.schedule.listsched import Schedule
+from sim.bounds import put_words
+from sim.engine.prepare import latency_lut
 from sim.hardware import MAX_ELEMENT_BYTES, HardwareConfig
-from sim.isa import DTYPE_BYTES, DType, Op, latency, n_queues, queue_position
+from sim.isa import Op, n_queues, periods, queue_position
 from sim.program import Program, Symbol
-
-OPS = frozenset(int(o) for o in Op)
-WIDTH = np.array([DTYPE_BYTES.get(d, 1) for d in range(256)], np.int64)
 
 
 @dataclass
@@ -45,10 +44,6 @@ class Block:
     words: int
     diag_lo: np.ndarray  # (2 * streams,) first and last diagonal each stream carries, relative
     diag_hi: np.ndarray  # to the block's first cycle (lo > hi where unused)
-
-    @property
-    def vectors(self) -> int:
-        return len(self.vp.dtypes)
 
 
 def make_block(name: str, vp: VProgram, sched: Schedule, hw: HardwareConfig, floor) -> Block:
@@ -70,17 +65,14 @@ def stream_extent(hw: HardwareConfig, instrs: np.ndarray) -> tuple[np.ndarray, n
     r = instrs[puts]
     if not len(r):
         return lo, hi
-    lat = np.array([latency(hw, Op(o)) if o in OPS else 0 for o in range(256)], np.int64)
+    lat = latency_lut(hw)
     pos = np.array([queue_position(hw, q) for q in range(n_queues(hw))], np.int64)
     t0 = r["cycle"].astype(np.int64) + lat[r["op"]]
     p = pos[r["queue"]]
     sd = r["sd"].astype(np.int64)
     d0 = np.where(sd // S == 0, t0 - p, t0 + p)
-    period = np.maximum(r["period"].astype(np.int64), 1)
-    d1 = d0 + (r["repeat"].astype(np.int64) - 1) * period
-    width = np.where(
-        r["op"] == int(Op.MATMUL), DTYPE_BYTES[DType.FLOAT32], WIDTH[r["dtype"].astype(np.int64)]
-    )
+    d1 = d0 + (r["repeat"].astype(np.int64) - 1) * periods(r)
+    width = put_words(r)
     for m in range(MAX_ELEMENT_BYTES):
         sel = m < width
         np.minimum.at(lo, sd[sel] + m, d0[sel])
@@ -139,9 +131,8 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
         b = inst.block
         if id(b.vp) not in seen:  # tables and sources once per vector program
             seen[id(b.vp)] = (sum(len(t) for t in tables), len(sources))
-            tables.append(np.stack(b.vp.tables) if b.vp.tables else np.zeros((0, hw.lanes)))
-            srcs = b.vp.sources
-            sources += [srcs.get(i, "?") for i in range(max(srcs, default=-1) + 1)]
+            tables.append(b.vp.table_array(hw.lanes))
+            sources += b.vp.source_list()
         inst.table_base, inst.src_base = seen[id(b.vp)]
         # Start when the previous block is done and its vectors have left every stream it shares.
         used = b.diag_lo <= b.diag_hi
@@ -168,11 +159,10 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
         )
         end = cycle + b.cycles
     instrs = np.concatenate(parts) if parts else np.zeros(0, instances[0].block.instrs.dtype)
-    all_tables = np.concatenate(tables).astype(np.int32) if tables else np.zeros((0, hw.lanes))
     return Program(
         hw=hw,
         instrs=instrs,
-        tables=all_tables.astype(np.int32),
+        tables=np.concatenate(tables),
         symbols=tuple(syms),
         consts=consts,
         sources=tuple(sources),
@@ -182,10 +172,6 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
     )
 
 
-def _sym(vp: VProgram, name: str, kind: str):
-    return next(s for s in vp.symbols if s.name == name and s.kind == kind)
-
-
 def model_instances(
     lay, layer_blocks: list[Block], head: Block | None, replay: bool
 ) -> list[Instance]:
@@ -193,7 +179,7 @@ def model_instances(
     last layer's x is the output), with the lookup tables that chain x from block to block."""
     vp = layer_blocks[0].vp
     V = len(vp.dtypes)
-    x_in, x_out = _sym(vp, "x", "input").vids, _sym(vp, "x", "output").vids
+    x_in, x_out = vp.symbol("x", "input").vids, vp.symbol("x", "output").vids
     consts = np.concatenate([s.vids for s in vp.symbols if s.kind == "const"] + [np.zeros(0, int)])
     band = (lay.band_lo, lay.band_lo + lay.band_words)
     instances, lut = [], None
@@ -223,7 +209,7 @@ def model_instances(
         return instances
     hvp = head.vp
     hlut = np.arange(len(hvp.dtypes), dtype=np.int64) + lay.layers * V
-    hlut[_sym(hvp, "x", "input").vids] = lut[x_out]
+    hlut[hvp.symbol("x", "input").vids] = lut[x_out]
     rename = {}
     for s in hvp.symbols:
         if s.kind == "const":

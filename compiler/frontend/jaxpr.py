@@ -395,7 +395,7 @@ SELECTOR_RULES: dict[str, Callable] = {
     "add": _selector_add,
     "convert_element_type": _selector_convert,
     "dynamic_slice": _selector_dynamic_slice,
-    "select_n": lambda b, eqn, vals: _selector_select(b, eqn, vals),
+    "select_n": _selector_select,
 }
 LOWERINGS["top_k"] = _lower_top_k  # its ids are a Selector, its values a node
 

@@ -21,6 +21,7 @@ cycles, slices and streams, the allocator the addresses.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,8 +94,6 @@ class VProgram:
     selected: list[tuple[int, int, Selection]] = field(default_factory=list)
 
     def selection(self, vid: int) -> Selection | None:
-        from bisect import bisect_right
-
         k = bisect_right(self.selected, (vid, float("inf"))) - 1
         if k >= 0 and self.selected[k][0] <= vid < self.selected[k][1]:
             return self.selected[k][2]
@@ -104,6 +103,30 @@ class VProgram:
         start = len(self.dtypes)
         self.dtypes.extend([dtype] * n)
         return np.arange(start, start + n, dtype=np.int64)
+
+    def symbol(self, name: str, kind: str) -> VSymbol:
+        for s in self.symbols:
+            if s.name == name and s.kind == kind:
+                return s
+        raise KeyError(f"no {kind} symbol {name!r}")
+
+    def output_mask(self) -> np.ndarray:
+        """(vectors,) bool: the vectors some output symbol holds."""
+        mask = np.zeros(len(self.dtypes), bool)
+        for s in self.symbols:
+            if s.kind == "output":
+                mask[s.vids] = True
+        return mask
+
+    def table_array(self, lanes: int) -> np.ndarray:
+        """(tables, lanes) int32: the SXM permute tables, as a Program holds them."""
+        if not self.tables:
+            return np.zeros((0, lanes), np.int32)
+        return np.stack(self.tables).astype(np.int32)
+
+    def source_list(self) -> list[str]:
+        """Source descriptions indexed by graph node id ("?" where none)."""
+        return [self.sources.get(i, "?") for i in range(max(self.sources, default=-1) + 1)]
 
     def tensor_vids(self, rows: int, tiles: int, dtype: DType) -> np.ndarray:
         """Fresh vids of a (rows, tiles) tensor in layout order, numbered column-major."""

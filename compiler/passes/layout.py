@@ -19,16 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.ir.vector import VProgram, VSymbol
+from compiler.ir.vector import VProgram
 from compiler.passes.place import ModelTooLarge, Placement, Segment, place_static
 from sim.hardware import HardwareConfig
-
-
-def _symbol(vp: VProgram, name: str, kind: str) -> VSymbol:
-    for s in vp.symbols:
-        if s.name == name and s.kind == kind:
-            return s
-    raise KeyError(f"block has no {kind} symbol {name!r}")
 
 
 def _locate(segments: list[Segment], vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,18 +36,18 @@ def _locate(segments: list[Segment], vids: np.ndarray) -> tuple[np.ndarray, np.n
     return group, addr
 
 
-def _runs(out_vids, group, addr, old) -> list[tuple[int, int, int, int, int]]:
-    """Per-vector pins merged into runs (v0, n, group, addr, old v0)."""
+def _runs(out_vids, group, addr) -> list[tuple[int, int, int, int]]:
+    """Per-vector pins merged into runs (v0, n, group, addr)."""
     order = np.argsort(out_vids, kind="stable")
     runs: list[list[int]] = []
     for k in order.tolist():
-        v, g, a, o = int(out_vids[k]), int(group[k]), int(addr[k]), int(old[k])
+        v, g, a = int(out_vids[k]), int(group[k]), int(addr[k])
         if runs:
             r = runs[-1]
-            if v == r[0] + r[1] and g == r[2] and a == r[3] + r[1] and o == r[4] + r[1]:
+            if v == r[0] + r[1] and g == r[2] and a == r[3] + r[1]:
                 r[1] += 1
                 continue
-        runs.append([v, 1, g, a, o])
+        runs.append([v, 1, g, a])
     return [tuple(r) for r in runs]
 
 
@@ -78,19 +71,19 @@ class Layout:
     def head_placement(self) -> Placement:
         return Placement(self.head_static, self.floor)
 
-    def layer_pins(self, shift: int) -> list[tuple[int, int, int, int, int]]:
+    def layer_pins(self, shift: int) -> list[tuple[int, int, int, int]]:
         """Layer outputs written over the inputs they replace: x entirely, the cache's new rows."""
         pins = []
         placement = self.layer_placement(shift).segments
         for sym in self.vp_layer.symbols:
             if sym.kind != "output":
                 continue
-            src = _symbol(self.vp_layer, sym.name, "input")
+            src = self.vp_layer.symbol(sym.name, "input")
             new = sym.vids != src.vids
             if not new.any():
                 continue
             group, addr = _locate(placement, src.vids[new])
-            pins += _runs(sym.vids[new], group, addr, src.vids[new])
+            pins += _runs(sym.vids[new], group, addr)
         return pins
 
     def words(self) -> int:
@@ -109,7 +102,7 @@ def layout_blocks(
         head_names = {s.name for s in vp_head.symbols if s.kind != "output"} - {"x"}
         head_static = place_static(vp_head, hw, head_names, next_addr, cursor).segments
         # The head's x is the layer's x: same shape, both numbered column-major from one base.
-        x_layer, x_head = _symbol(vp_layer, "x", "input"), _symbol(vp_head, "x", "input")
+        x_layer, x_head = vp_layer.symbol("x", "input"), vp_head.symbol("x", "input")
         delta = int(x_head.vids.min()) - int(x_layer.vids.min())
         assert np.array_equal(x_head.vids - delta, x_layer.vids)
         lo, hi = int(x_layer.vids.min()), int(x_layer.vids.max())

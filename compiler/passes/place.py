@@ -141,7 +141,7 @@ def place_static(
         for col in cols:
             if int(col[0]) in placed:
                 continue
-            placed.update(int(v) for v in col[:1])
+            placed.add(int(col[0]))
             for r0 in range(0, per_unit, chunk):
                 n = min(chunk, per_unit - r0)
                 k = cursor.get(width, 0)

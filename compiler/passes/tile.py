@@ -51,6 +51,7 @@ class _Tiler:
         self.tables: dict[tuple, int] = {}
         self.src = -1
         self.registers = 0  # select registers handed out so far
+        self.register_of: dict[int, int] = {}  # a TOPK's result vid -> its first register
 
     def op(self, unit, op, ins, dtype, n=1, out0: int | None = None, **kw) -> np.ndarray:
         """A vop on runs of n vectors (MXM: n = len(ins)) writing fresh vids, or the run from
@@ -356,7 +357,9 @@ def _topk(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
         register = 0
     t.registers = register + k
     (v,) = t.vecs[x.id]
-    return t.op(Unit.SXM, Op.TOPK, [v], DType.FLOAT32, count=count, imm=float(k), table=register)
+    out = t.op(Unit.SXM, Op.TOPK, [v], DType.FLOAT32, count=count, imm=float(k), table=register)
+    t.register_of[int(out[0])] = register
+    return out
 
 
 def _select_unit(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
@@ -370,7 +373,7 @@ def _select_unit(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     real = t.vecs[param.id].reshape(rows, tiles)[:per_unit]  # (per_unit, tiles)
     virtual = t.vp.tensor_vids(per_unit, tiles, _code(param)).reshape(per_unit, tiles)
     (topk_vid,) = t.vecs[topk.id]
-    register = _register_of(t, int(topk_vid)) + n.attrs["lane"]
+    register = t.register_of[int(topk_vid)] + n.attrs["lane"]
     name = param.attrs["name"]
     if t.vp.units.setdefault(name, units) != units:
         raise LpuError(f"parameter {name} is split into units two ways")
@@ -380,11 +383,6 @@ def _select_unit(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
         t.vp.selected.append((lo, lo + per_unit, sel))
     t.vp.selected.sort(key=lambda r: r[0])
     return virtual.ravel()
-
-
-def _register_of(t: _Tiler, topk_vid: int) -> int:
-    op = next(o for o in t.vp.ops if o.op == Op.TOPK and o.outs[0] == topk_vid)
-    return op.table
 
 
 LOWER = {

@@ -56,6 +56,16 @@ from sim.isa import (
     queue_vxm,
 )
 
+
+@dataclass(eq=False)
+class Seg:
+    """A run of vectors v0..v0+n-1 stored contiguously; every copy holds all of it."""
+
+    v0: int
+    n: int
+    copies: list[Copy] = field(default_factory=list)
+
+
 # Results go to the least written of the nearest SPREAD slice groups.
 SPREAD = 2
 # ... or, when those are busy, one of the nearest WRITE_REACH.
@@ -108,6 +118,7 @@ class Busy:
 class Copy:
     """One stored copy of a segment: in slice group `group`, readable from cycle `ready`."""
 
+    seg: Seg = field(repr=False)
     group: int
     ready: int
     write: int = -1  # cycle of its first WRITE, -1 if placed before the program starts
@@ -118,15 +129,6 @@ class Copy:
     selection: Selection | None = None  # a copy of the unit some choice picked
     dead: bool = False  # written, but every consumer took the vectors from the stream
     period: int = 1  # cycles between its vectors' WRITEs
-
-
-@dataclass(eq=False)
-class Seg:
-    """A run of vectors v0..v0+n-1 stored contiguously; every copy holds all of it."""
-
-    v0: int
-    n: int
-    copies: list[Copy] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -148,7 +150,6 @@ class Schedule:
     segs: list[Seg]  # every stored run, sorted by v0
     copies: list[Copy]
     cycles: int  # predicted: the last event's completion
-    pinned_over: dict[int, int]  # copy index -> vid of the static vector it overwrites
 
 
 class _Store:
@@ -188,16 +189,15 @@ class _Scheduler:
         self.copies: list[Copy] = []
         for s in placement.segments:
             seg = Seg(s.v0, s.n)
-            self.add_copy(seg, Copy(s.group, 0, addr=s.addr, unit_words=s.unit_words))
+            self.add_copy(Copy(seg, s.group, 0, addr=s.addr, unit_words=s.unit_words))
             self.store.add(seg)
         self.reg_ready: dict[int, int] = {}  # select register -> cycle its TOPK value is readable
         self.flows = _Store()  # unit results on streams, which consumers downstream may take
         self.pins = _Store()  # output vids that must be written to a fixed (group, address)
-        self.pin_at: dict[int, tuple[int, int, int]] = {}  # pin v0 -> (group, addr, old vid)
-        for v0, n, g, a, old in pins:
+        self.pin_at: dict[int, tuple[int, int]] = {}  # pin v0 -> (group, addr)
+        for v0, n, g, a in pins:
             self.pins.add(Seg(v0, n))
-            self.pin_at[v0] = (g, a, old)
-        self.pinned_over: dict[int, int] = {}
+            self.pin_at[v0] = (g, a)
         self.writes = [0] * hw.mem_slices  # words written into each group so far
         # A group that has taken this many more words than another yields to it.
         self.spill_words = max(1, hw.words_per_slice // 8)
@@ -206,7 +206,6 @@ class _Scheduler:
         self.stream_next = [0, 0]  # per direction: the stream after the last one claimed
         self._orders: dict[tuple, list[int]] = {}
         self.records: list[dict] = []
-        self.end = 0
         # (plane, weight buffer) -> the cycle after the last MATMUL of the tile it holds
         self.plane_free = {
             (p, b): 0 for p in range(hw.mxm_planes) for b in range(hw.mxm_weight_buffers)
@@ -216,10 +215,10 @@ class _Scheduler:
         self.S = hw.streams_per_direction
         self._nearest: dict[tuple, list[int]] = {}
 
-    def add_copy(self, seg: Seg, copy: Copy) -> Copy:
+    def add_copy(self, copy: Copy) -> Copy:
         copy.index = len(self.copies)
         self.copies.append(copy)
-        seg.copies.append(copy)
+        copy.seg.copies.append(copy)
         return copy
 
     def width(self, vid: int) -> int:
@@ -334,11 +333,6 @@ class _Scheduler:
         return True
 
     def _commit(self, t: int, chosen: list) -> None:
-        for _, payload in chosen:
-            if isinstance(payload, tuple) and len(payload) == 3:  # a READ or WRITE: (.., s, d)
-                _, st, d = payload
-                self.stream_next[d] = st + 1
-                self._orders.clear()
         for items, _ in chosen:
             for key, off, n in items:
                 b = self.busy.get(key)
@@ -358,6 +352,12 @@ class _Scheduler:
             k = (self.stream_next[d] // w) % len(groups)
             order = self._orders[key] = groups[k:] + groups[:k]
         return order
+
+    def took_stream(self, d: int, s: int) -> int:
+        """Stream group s of direction d is taken: the next search starts after it."""
+        self.stream_next[d] = s + 1
+        self._orders.clear()
+        return d * self.S + s
 
     def _stream_items(self, d: int, s: int, w: int, diag_off: int, n: int) -> Items:
         return [(("st", d, s + m), diag_off, n) for m in range(w)]
@@ -384,7 +384,6 @@ class _Scheduler:
         vector v0+j passes `pos` at t+j*period: payload (copy, stream, direction). Ports and
         streams are claimed for the whole span of a spaced run."""
         hw = self.hw
-        jpass = 0
         span = (n - 1) * period + 1
         for c in self.usable(seg, sel) if only is None else [only]:
             ready = c.ready
@@ -394,9 +393,9 @@ class _Scheduler:
             if sel is not None and c.unit_words:  # its address waits for the TOPK's choice
                 ready = max(ready, self.reg_ready[sel.register])
             p0 = hw.slice_position(c.group)
-            off_r = jpass - abs(pos - p0) - self.rl  # READ issue relative to t
+            off_r = -abs(pos - p0) - self.rl  # READ issue relative to t
             d = 0 if pos >= p0 else 1
-            diag_off = jpass - pos if d == 0 else jpass + pos
+            diag_off = -pos if d == 0 else pos
             ports = [(("rd", c.group + m), off_r, span) for m in range(w)]
             for s in self.stream_order(d, w):
                 yield (
@@ -423,9 +422,7 @@ class _Scheduler:
     def add_flow(self, v0: int, n: int, stream: int, t: int, pos: int, period: int = 1) -> None:
         self.flows.add(Flow(v0, n, stream, t, pos, period))
 
-    def write_options(
-        self, w: int, pos: int, joff: int, n: int, pin=None, avoid=(), period: int = 1
-    ):
+    def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, period: int = 1):
         """Options for WRITing n results that enter a stream at `pos` at t+joff+j: payload
         (group, stream, direction)."""
         hw = self.hw
@@ -434,8 +431,6 @@ class _Scheduler:
         else:
             groups = self.write_targets(w, pos)
         for g in groups:
-            if avoid and any(g + m in avoid for m in range(w)):
-                continue
             p = hw.slice_position(g)
             d = 0 if p >= pos else 1
             diag_off = joff - pos if d == 0 else joff + pos
@@ -451,15 +446,20 @@ class _Scheduler:
         tr = t + items[0][1]
         seg = self.store.get(vid)
         c.last_read = max(c.last_read, tr + (n - 1) * period)
-        rec = dict(
-            op=Op.READ, cycle=tr, queue=c.group, slice=c.group, dtype=self.vp.dtypes[vid],
-            vid=vid, src=src, sd=d * self.S + s, repeat=n, stride=1 if n > 1 else 0,
-            period=period, _copy=c, _off=vid - seg.v0,
-        )  # fmt: skip
+        st = self.took_stream(d, s)
+        rec = self.mem_record(Op.READ, tr, c, vid, n, src, period, sd=st, _off=vid - seg.v0)
         if sel is not None and c.unit_words:
             rec.update(flags=FLAG_INDIRECT, row=sel.register, count=c.unit_words, aux=sel.unit_vids)
+        return st
+
+    def mem_record(self, op: Op, t: int, c: Copy, vid: int, n: int, src: int, period: int, **kw):
+        """A READ or WRITE of n vectors of copy c (its address placed later by the allocator)."""
+        rec = dict(
+            op=op, cycle=t, queue=c.group, slice=c.group, dtype=self.vp.dtypes[vid], vid=vid,
+            src=src, repeat=n, stride=1 if n > 1 else 0, period=period, _copy=c, **kw,
+        )  # fmt: skip
         self.records.append(rec)
-        return d * self.S + s
+        return rec
 
     def take(self, t, items, payload, vid, n, src, sel=None, period=1) -> int:
         """The stream an operand arrives on: straight from its unit, or by a READ."""
@@ -473,25 +473,18 @@ class _Scheduler:
         pin_seg = self.pins.find(vid)
         addr = -1
         if pin_seg is not None:
-            pg, pa, old = self.pin_at[pin_seg.v0]
+            pg, pa = self.pin_at[pin_seg.v0]
             assert pg == g
             addr = pa + vid - pin_seg.v0
         seg = Seg(vid, n)
         if (self.writes[g] + n) // self.spill_words != self.writes[g] // self.spill_words:
             self.tier_version += 1
         self.writes[g] += n
-        c = self.add_copy(seg, Copy(g, tw + self.wl, write=tw, addr=addr, period=period))
-        if pin_seg is not None:
-            self.pinned_over[c.index] = old + vid - pin_seg.v0 if old >= 0 else -1
+        c = self.add_copy(Copy(seg, g, tw + self.wl, write=tw, addr=addr, period=period))
         self.store.add(seg)
-        self.records.append(
-            dict(
-                op=Op.WRITE, cycle=tw, queue=g, slice=g, dtype=self.vp.dtypes[vid], vid=vid,
-                src=src, s0=d * self.S + s, repeat=n, stride=1 if n > 1 else 0, period=period,
-                _copy=c, _off=0,
-            )
-        )  # fmt: skip
-        return d * self.S + s
+        st = self.took_stream(d, s)
+        self.mem_record(Op.WRITE, tw, c, vid, n, src, period, s0=st, _off=0)
+        return st
 
     # --- pieces ---------------------------------------------------------------------------------
 
@@ -560,13 +553,8 @@ class _Scheduler:
         self._commit(t, chosen)
         (r_items, r_pay), (_, g) = chosen
         st = self.record_read(t, r_items, r_pay, seg.v0, n, src, sel)
-        c = self.add_copy(seg, Copy(g, t + self.wl, write=t, selection=sel))
-        self.records.append(
-            dict(
-                op=Op.WRITE, cycle=t, queue=g, slice=g, dtype=self.vp.dtypes[seg.v0],
-                vid=seg.v0, src=src, s0=st, repeat=n, stride=1 if n > 1 else 0, _copy=c, _off=0,
-            )
-        )  # fmt: skip
+        c = self.add_copy(Copy(seg, g, t + self.wl, write=t, selection=sel))
+        self.mem_record(Op.WRITE, t, c, seg.v0, n, src, 1, s0=st, _off=0)
         return c
 
     def real(self, v: int) -> tuple[int, Selection | None]:
@@ -734,13 +722,9 @@ class _Scheduler:
 def _drop_unread_writes(vp: VProgram, s: _Scheduler) -> None:
     """A result every consumer took from the stream needs no SRAM copy: drop its WRITE (unless
     it is an output or written in place)."""
-    outputs = np.zeros(len(vp.dtypes), bool)
-    for sym in vp.symbols:
-        if sym.kind == "output":
-            outputs[sym.vids] = True
-    segs = {c.index: seg for seg in s.store.by_start.values() for c in seg.copies}
+    outputs = vp.output_mask()
     for c in s.copies:
-        seg = segs[c.index]
+        seg = c.seg
         if (
             c.write >= 0
             and c.last_read < 0
@@ -787,8 +771,7 @@ def schedule(
     progress: Callable[[float], None] | None = None,
     chaining: bool = True,
 ) -> Schedule:
-    """`pins`: (v0, n, group, addr, old vid) of output runs that must be written in place (over
-    the static vectors old..old+n-1, or -1). `chaining`: a unit may take another unit's results
+    """`pins`: (v0, n, group, addr) of output runs that must be written in place. `chaining`: a unit may take another unit's results
     straight from the stream they flow on (and a result nobody reads from SRAM is not written)."""
     s = _Scheduler(vp, hw, placement, pins, chaining)
     waiting, users = _dependencies(vp)
@@ -814,8 +797,9 @@ def schedule(
     assert done == len(vp.ops), "the vector program has a cycle"
     _drop_unread_writes(vp, s)
     lat = {op: latency(hw, op) for op in Op}
-    for r in s.records:
-        r.setdefault("chip", 0)
-        s.end = max(s.end, r["cycle"] + (r["repeat"] - 1) * r.get("period", 1) + lat[r["op"]])
+    end = max(
+        (r["cycle"] + (r["repeat"] - 1) * r.get("period", 1) + lat[r["op"]] for r in s.records),
+        default=0,
+    )
     segs = [s.store.by_start[v] for v in s.store.starts]
-    return Schedule(s.records, segs, s.copies, s.end, s.pinned_over)
+    return Schedule(s.records, segs, s.copies, end)

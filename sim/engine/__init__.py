@@ -27,6 +27,7 @@ from sim.engine import schema as c
 from sim.engine.kernel import make_kernel
 from sim.engine.prepare import Prepared, preload, prepare_program
 from sim.engine.violations import missing_output, raise_failure
+from sim.isa import periods
 from sim.program import Program, unpack_tensor
 from sim.reference import COUNT_KEYS, RawResult
 
@@ -79,8 +80,7 @@ def run_engine(
     counts.update(prep.counts, stream_hops=int(out[c.O_HOPS]))
     events = []
     if trace:
-        period = np.maximum(program.instrs["period"][prep.ev_i].astype(np.int64), 1)
-        j = (prep.ev_t - program.instrs["cycle"][prep.ev_i]) // period
+        j = (prep.ev_t - program.instrs["cycle"][prep.ev_i]) // periods(program.instrs)[prep.ev_i]
         events = list(zip(prep.ev_t.tolist(), prep.ev_i.tolist(), j.tolist(), strict=True))
     return RawResult(
         cycles=prep.cycles,

@@ -30,6 +30,7 @@ from sim.isa import (
     Op,
     Unit,
     latency,
+    periods,
     queue_position,
     queue_sxm,
     queue_unit,
@@ -181,8 +182,7 @@ def _events(ins: np.ndarray, cycle: np.ndarray, in_order: bool) -> tuple[np.ndar
     if not len(ev_i):
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
     first = np.repeat(np.cumsum(reps) - reps, reps)  # event number of each repetition 0
-    period = np.maximum(ins["period"].astype(np.int64), 1)
-    ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first) * period[ev_i]
+    ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first) * periods(ins)[ev_i]
     lo, hi = int(ev_t.min()), int(ev_t.max())
     if (hi - lo + 1) * n < 2**62:  # one int64 key: one sort, much faster than lexsort
         key = np.sort((ev_t - lo) * n + ev_i)

@@ -33,6 +33,37 @@ def _round_half_even(mantissa, shift):
 
 
 @njit_inline
+def _narrow(a, mantissa_bits, bias):
+    """Finite, in-range |binary32| bits a -> the bits of a smaller binary float (`mantissa_bits`,
+    exponent `bias`), rounded to nearest even; a carry into the exponent is right."""
+    lowest = 128 - bias  # the binary32 exponent field of the smaller type's smallest normal
+    shift = 23 - mantissa_bits
+    exponent = a >> 23
+    if exponent >= lowest:  # a normal: rebias the exponent, round 23 -> mantissa_bits bits
+        return _round_half_even(((exponent - lowest + 1) << 23) | (a & 0x7FFFFF), shift)
+    if exponent < lowest - mantissa_bits - 1:  # below half the smallest subnormal: zero
+        return 0
+    # A subnormal counts units of 2**(1 - bias - mantissa_bits); a = mantissa * 2**(exponent - 150).
+    return _round_half_even((a & 0x7FFFFF) | 0x800000, lowest + shift - exponent)
+
+
+@njit_inline
+def _widen(exponent, mantissa, mantissa_bits, bias):
+    """A smaller binary float's finite magnitude (exponent and mantissa fields) -> binary32 bits,
+    exactly."""
+    shift = 23 - mantissa_bits
+    if exponent:
+        return ((exponent + 127 - bias) << 23) | (mantissa << shift)
+    if mantissa == 0:
+        return 0
+    exponent = 128 - bias  # normalise the subnormal: mantissa * 2**(1 - bias - mantissa_bits)
+    while not mantissa & (1 << mantissa_bits):
+        mantissa <<= 1
+        exponent -= 1
+    return (exponent << 23) | ((mantissa & ((1 << mantissa_bits) - 1)) << shift)
+
+
+@njit_inline
 def f32_bits_to_f16_bits(f):
     """IEEE binary32 bits -> binary16 bits, as NumPy's float32 -> float16 cast."""
     sign = (f >> 16) & 0x8000
@@ -42,13 +73,7 @@ def f32_bits_to_f16_bits(f):
         return sign | 0x7C00 | (payload if payload else 1)
     if a >= 0x477FF000:  # inf, or >= 65520 which rounds past the largest half (65504)
         return sign | 0x7C00
-    exponent = a >> 23
-    if exponent >= 113:  # a normal half: rebias the exponent, round 23 -> 10 mantissa bits
-        return sign | _round_half_even(((exponent - 112) << 23) | (a & 0x7FFFFF), 13)
-    if exponent < 102:  # below 2**-25 (half the smallest subnormal): a signed zero
-        return sign
-    # A subnormal half counts units of 2**-24; the float is mantissa * 2**(exponent - 150).
-    return sign | _round_half_even((a & 0x7FFFFF) | 0x800000, 126 - exponent)
+    return sign | _narrow(a, 10, 15)
 
 
 @njit_inline
@@ -59,15 +84,7 @@ def f16_bits_to_f32_bits(h):
     mantissa = h & 0x3FF
     if exponent == 0x1F:
         return sign | 0x7F800000 | (mantissa << 13)
-    if exponent:
-        return sign | ((exponent + 112) << 23) | (mantissa << 13)
-    if mantissa == 0:
-        return sign
-    exponent = 113  # normalise the subnormal: mantissa * 2**-24
-    while not mantissa & 0x400:
-        mantissa <<= 1
-        exponent -= 1
-    return sign | (exponent << 23) | ((mantissa & 0x3FF) << 13)
+    return sign | _widen(exponent, mantissa, 10, 15)
 
 
 @njit_inline
@@ -86,13 +103,7 @@ def f32_bits_to_f8e4m3_bits(f):
     a = f & 0x7FFFFFFF
     if a > 0x43E80000:  # NaN, inf, or above 464 (halfway from 448, the largest, to 480): NaN
         return sign | 0x7F
-    exponent = a >> 23
-    if exponent >= 121:  # a normal fp8: rebias the exponent, round 23 -> 3 mantissa bits
-        return sign | _round_half_even(((exponent - 120) << 23) | (a & 0x7FFFFF), 20)
-    if exponent < 117:  # below 2**-10 (half the smallest subnormal): a signed zero
-        return sign
-    # A subnormal fp8 counts units of 2**-9; the float is mantissa * 2**(exponent - 150).
-    return sign | _round_half_even((a & 0x7FFFFF) | 0x800000, 141 - exponent)
+    return sign | _narrow(a, 3, 7)
 
 
 @njit_inline
@@ -103,15 +114,7 @@ def f8e4m3_bits_to_f32_bits(b):
     mantissa = b & 0x7
     if exponent == 0xF and mantissa == 0x7:
         return sign | 0x7FC00000
-    if exponent:
-        return sign | ((exponent + 120) << 23) | (mantissa << 20)
-    if mantissa == 0:
-        return sign
-    exponent = 121  # normalise the subnormal: mantissa * 2**-9
-    while not mantissa & 0x8:
-        mantissa <<= 1
-        exponent -= 1
-    return sign | (exponent << 23) | ((mantissa & 0x7) << 20)
+    return sign | _widen(exponent, mantissa, 3, 7)
 
 
 @njit_inline

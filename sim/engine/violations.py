@@ -18,6 +18,7 @@ from sim.isa import (
     Unit,
     disassemble_one,
     matmul_problem,
+    periods,
     queue_name,
     stream_name,
     topk_problem,
@@ -27,6 +28,8 @@ from sim.program import Program
 from sim.reference import tile_problem
 
 OPERAND_FIELDS = ("s0", "s1", "s2")
+# Malformed fields, worded by the functions the reference calls for them.
+FIELD_PROBLEMS = {c.E_UNIT: unit_problem, c.E_EXTENT: matmul_problem, c.E_TOPK: topk_problem}
 
 
 def _busy_what(hw, r, m: int) -> tuple[str, int]:
@@ -103,10 +106,8 @@ def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, 
     if code == c.E_TILE_ROWS:
         return f"uses {int(r['count'])} rows of tile {tile}; {a} installed"
     what = "column" if int(r["flags"]) & FLAG_TRANSPOSED else "row"
-    if code == c.E_UNIT:
-        return unit_problem(hw, r)
-    if code == c.E_EXTENT:
-        return matmul_problem(hw, r)
+    if code in FIELD_PROBLEMS:
+        return FIELD_PROBLEMS[code](hw, r)
     if code == c.E_INSTALL_ROW:
         return f"installs {what} {a} of tile {tile}, outside 0..{hw.lanes - 1}"
     if code == c.E_INSTALL_TWICE:
@@ -118,8 +119,6 @@ def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, 
         problem = tile_problem(tile, int(r["row"]), installed[a], bool(b))
         assert problem is not None, "the kernel and tile_problem disagree"
         return problem
-    if code == c.E_TOPK:
-        return topk_problem(hw, r)
     if code == c.E_SEL_REGISTER:
         return f"select register {a} is outside 0..{SELECT_REGISTERS - 1}"
     if code == c.E_SEL_EARLY:
@@ -149,7 +148,7 @@ def raise_failure(program: Program, prep: Prepared, out: np.ndarray, installed: 
     kernel's MXM row flags, which a MATMUL's complaint lists)."""
     e = int(out[c.O_EVENT])
     i = int(prep.ev_i[e])
-    j = int(prep.ev_t[e]) - int(program.instrs[i]["cycle"])
+    j = (int(prep.ev_t[e]) - int(program.instrs[i]["cycle"])) // int(periods(program.instrs[i]))
     if out[c.O_CODE] == c.E_INDEX:
         raise _index_error(program, i, int(out[c.O_A]))
     r = program.instrs[i]

@@ -2,10 +2,12 @@
 
 Written from the architectures' definitions, not from models/: plain loops over layers, heads and
 experts, float64 throughout. The only thing it shares with the JAX code is its documented storage
-rounding, without which float16 models could only be compared to ~1e-2: values are rounded to the
-storage dtype where the LPU stores them (every matmul input, the KV cache, attention
-probabilities): `linear` and `rnd` below. Quantised matrices are dequantised in float64 (q * scale per output
-channel), which is exactly what the JAX side computes up to float32 rounding.
+rounding: values are rounded to the storage dtype where the LPU stores them (every matmul input,
+the KV cache, attention probabilities): `linear` and `rnd` below. Without it the float16 tiny
+models' logits differ from the JAX code's by up to 2.3e-3; with it by 5e-7 (tiny-llama) to 1.4e-3
+(tiny-mixtral) (measured: a 7-token prefill, seed 1, with and without these two roundings).
+Quantised matrices are dequantised in float64 (q * scale per output channel), which is exactly
+what the JAX side computes up to float32 rounding.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from compiler import compile
 from sim import Program, ScheduleViolation, simulate
-from sim.isa import DTYPE_BY_NAME, Op, disassemble_one, latency
+from sim.isa import DTYPE_BY_NAME, Op, disassemble_one, latency, periods
 from tests.programs import softmax_matmul, softmax_matmul_args
 from tests.sim.test_engine import EAST_F32, HW, WEST_F32, WEST_F32_B, Asm, Vec, assert_agree
 
@@ -109,6 +109,21 @@ def test_strided_chains_run_identically(steps, n, strides, seed):
         np.testing.assert_array_equal(got, want)
 
 
+def test_spaced_run_meets_the_wrong_vector():
+    """A WRITE repeating every 2 cycles under a READ of 3 vectors a cycle apart: its repetition 1
+    meets vector 2 where it expects vector 1, and both executors say so (repetition j of a spaced
+    run is (t - cycle) / period, not t - cycle)."""
+    asm = Asm()
+    v = asm.data(np.ones((3, HW.lanes), np.float32), "float32", WEST_F32)
+    stream, pos, t = 0, HW.vxm_position, 40
+    asm._read(v, stream, pos, t, 3)
+    asm._write("float32", stream, pos, t, 2, EAST_F32, period=2)
+    asm.records[-1]["vid"] = v.vid  # the WRITE stores the READ's vectors 0 and 1
+    for functional in (True, False):
+        got = assert_agree(asm.program(), asm.inputs, functional=functional)
+        assert isinstance(got, str) and got.endswith(f"carries vector {v.vid + 2}, not {v.vid + 1}")
+
+
 # --- (b) mutated compiled programs -----------------------------------------------------------------
 
 
@@ -153,7 +168,7 @@ def _compiled(name: str) -> tuple[Program, dict]:
 def _end_cycle(instrs: np.ndarray) -> int:
     """The cycle the executors end at: the last repetition's issue plus its op's latency."""
     lat = np.array([latency(HW, Op(int(op))) for op in instrs["op"]], np.int64)
-    return int((instrs["cycle"] + instrs["repeat"] - 1 + lat).max())
+    return int((instrs["cycle"] + (instrs["repeat"] - 1) * periods(instrs) + lat).max())
 
 
 def _mutant(prog: Program, i: int, kind: str, delta: int) -> Program:
