@@ -25,7 +25,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
-	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest tests/sim -k "engine"
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest tests/sim -k "engine or select or icu"
 	$(BIN)/python benchmarks/sim_speed.py --small
 	$(BIN)/python benchmarks/calibrate_gpu.py --small
 	$(BIN)/python benchmarks/compile_speed.py --small

@@ -16,7 +16,7 @@ from compiler.passes.decompose import decompose
 from compiler.passes.layout import layout_blocks
 from compiler.passes.place import ModelTooLarge, check_args_fit, check_fits, place_static
 from compiler.passes.relayout import fold_relayouts
-from compiler.passes.tile import tile
+from compiler.passes.tile import Accumulators, tile
 from compiler.schedule.listsched import schedule as list_schedule
 from sim.errors import LpuError
 from sim.hardware import HardwareConfig, load_hardware
@@ -55,10 +55,16 @@ def lower(fn: Callable, args: dict, params: frozenset = frozenset()) -> Graph:
 
 
 def compile_graph(
-    graph: Graph, hw: HardwareConfig, *, chips: int = 1, meta=None, chaining: bool = True
+    graph: Graph,
+    hw: HardwareConfig,
+    *,
+    chips: int = 1,
+    meta=None,
+    chaining: bool = True,
+    accumulate: bool = True,
 ) -> Program:
     check_fits(graph, hw, chips)  # fail before any work if the model cannot fit
-    vp = tile(graph, hw.lanes)  # tensors -> runs of vectors, ops -> VXM/SXM/MXM vops
+    vp = tile(graph, hw.lanes, _accumulators(hw, accumulate))  # runs of vectors, vops
     placement = place_static(vp, hw)  # weights, inputs, constants: fixed SRAM homes
     sched = list_schedule(vp, hw, placement, chaining=chaining)  # over the chip's resources
     return emit(vp, sched, hw, meta or {}, placement.next_addr)  # addresses, instructions
@@ -78,6 +84,7 @@ def compile(
     layers: int | None = None,
     replay: bool = True,
     chaining: bool = True,
+    accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
 ) -> Program:
     """Compile a function (with `args`: argument name -> pytree of arrays or ShapeDtypeStructs)
@@ -89,7 +96,8 @@ def compile(
     layer and the head, or, given `layers`, the first `layers` layers alone (output "x"). Its
     layers are scheduled once and replayed (`replay=False` schedules every layer anew: the same
     Program, slower). `chaining=False` sends every result through SRAM (no unit takes another's
-    result straight from its stream). `progress(stage, fraction)` hears how far along it is.
+    result straight from its stream); `accumulate=False` adds partial sums over K tiles on the VXM
+    instead of in the MXM plane's accumulator. `progress(stage, fraction)` hears how far along it is.
     """
     hw = load_hardware(hw)
     if chips != 1:
@@ -102,14 +110,16 @@ def compile(
         _check_args_fit(args, frozenset(params), hw, chips)  # before spending time on tracing
         graph = lower(target, args, frozenset(params))
         meta = {"function": target.__name__}
-        return compile_graph(graph, hw, chips=chips, meta=meta, chaining=chaining)
+        return compile_graph(
+            graph, hw, chips=chips, meta=meta, chaining=chaining, accumulate=accumulate
+        )
     if phase == "prefill":
         raise LpuError("phase='prefill' is not implemented yet for models; use phase='decode'")
     from compiler.frontend.model import resolve_model
 
     return compile_model(
         resolve_model(target), hw, pos=pos, context=context, weights=weights, layers=layers,
-        replay=replay, chaining=chaining, progress=progress,
+        replay=replay, chaining=chaining, accumulate=accumulate, progress=progress,
     )  # fmt: skip
 
 
@@ -123,6 +133,7 @@ def compile_model(
     layers: int | None = None,
     replay: bool = True,
     chaining: bool = True,
+    accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
 ) -> Program:
     """One decode step of a model: a layer block scheduled once and replayed, then the head."""
@@ -136,11 +147,12 @@ def compile_model(
     _check_args_fit(specs, frozenset({"params"}), hw, 1)  # fit first: before any tracing
     report("trace", 0.0)
     fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights)
-    vp_layer = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
+    acc = _accumulators(hw, accumulate)
+    vp_layer = tile(lower(fn, args, frozenset({"params"})), hw.lanes, acc)
     vp_head = None
     if with_head:
         fn, args = fm.head_target(cfg, weights=weights)
-        vp_head = tile(lower(fn, args, frozenset({"params"})), hw.lanes)
+        vp_head = tile(lower(fn, args, frozenset({"params"})), hw.lanes, acc)
     report("trace", 1.0)
     lay = layout_blocks(vp_layer, vp_head, hw, layers)  # SRAM: shared, per-layer bands, dynamic
 
@@ -168,3 +180,13 @@ def compile_model(
     program = link(hw, model_instances(lay, layer_blocks, head_block, replay), meta, words)
     report("link", 1.0)
     return program
+
+
+def _accumulators(hw: HardwareConfig, accumulate: bool) -> Accumulators | None:
+    """The MXM's accumulators as the tiler sees them (None: the VXM adds every partial sum)."""
+    if not accumulate:
+        return None
+    install = -(-hw.lanes // hw.mxm_install_vectors_per_cycle)
+    return Accumulators(
+        hw.mxm_accumulator_vectors, hw.mxm_planes, install, hw.mxm_fp16_cycles_per_vector
+    )

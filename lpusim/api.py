@@ -59,7 +59,8 @@ class Estimate:
     instructions: int
     vector_instructions: int  # instructions counted once per repetition
     vector_ops: int
-    sram_high_water_bytes: int
+    sram_high_water_bytes: int  # the highest address in use, in every slice
+    sram_bytes_used: int  # the words a tensor or an instruction image actually occupies
     compile_s: float
     simulate_s: float
     bound_cycles: int  # the step's lower bound on this chip (sim.bounds)
@@ -82,6 +83,7 @@ class Estimate:
                 ("seconds per token", self.seconds_per_token),
                 ("tokens/s (one user)", self.tokens_per_s),
                 ("bytes read per token", self.bytes_read),
+                ("SRAM in use (bytes)", self.sram_bytes_used),
                 ("SRAM high-water (bytes)", self.sram_high_water_bytes),
                 ("instructions", f"{self.instructions} ({self.vector_instructions} unrolled)"),
                 ("lower bound (cycles)", f"{self.bound_cycles} ({self.bound_by})"),
@@ -134,6 +136,7 @@ def estimate(
         vector_instructions=int(program.instrs["repeat"].sum()),
         vector_ops=result.vector_ops,
         sram_high_water_bytes=program.words_used * hw.lanes * hw.mem_slices,
+        sram_bytes_used=program.sram_bytes_used(),
         compile_s=t1 - t0,
         simulate_s=t2 - t1,
         bound_cycles=b.cycles,

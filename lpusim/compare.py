@@ -258,7 +258,7 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache) -> dict:
         tokens_per_s_per_device=e.tokens_per_s,
         bandwidth_utilisation=e.bytes_read / e.seconds_per_token / sram_bytes_per_s,
         bound=lpu_bound(e.unit_utilisation),
-        memory_per_device_bytes=e.sram_high_water_bytes,
+        memory_per_device_bytes=e.sram_bytes_used,
         note="simulated; TTFT: no prefill programs yet",
     )
     return row

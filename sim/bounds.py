@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.icu import cycles_of
 from sim.isa import (
     DTYPE_BYTES,
     OP_UNIT,
@@ -86,7 +87,7 @@ def resource_bounds(program: Program) -> dict[str, int]:
     per_unit = UNIT_LUT[op]
     reads = int((reps * width)[op == int(Op.READ)].sum())
     writes = int((reps * width)[op == int(Op.WRITE)].sum())
-    puts = (op != int(Op.WRITE)) & (op != int(Op.INSTALL))
+    puts = (op != int(Op.WRITE)) & (op != int(Op.INSTALL)) & (per_unit != int(Unit.ICU))
     slots = int((reps * width)[puts].sum())
     chips = max(program.chips, 1)
 
@@ -134,16 +135,26 @@ def dependency_bound(program: Program) -> int:
         t_in, p_in = found
         return t_in + abs(p - p_in)
 
-    for i in np.argsort(ins["cycle"], kind="stable"):
+    release: dict[tuple, int] = {}  # (chip, barrier) -> asap cycle its SYNCs may dispatch
+    start: dict[tuple, int] = {}  # (chip, queue) -> asap cycle after its last SYNC
+    cycles = cycles_of(program)
+    for i in np.argsort(cycles, kind="stable"):
         r = ins[i]
         o = Op(int(r["op"]))
-        chip, q, t = int(r["chip"]), int(r["queue"]), int(r["cycle"])
+        chip, q, t = int(r["chip"]), int(r["queue"]), int(cycles[i])
+        if o == Op.NOTIFY:  # a queue's own work is all that holds a NOTIFY back
+            release[(chip, int(r["table"]))] = start.get((chip, q), 0) + hw.icu_sync_latency_cycles
+            continue
+        if o == Op.SYNC:
+            barrier = release.get((chip, int(r["table"])), 0)
+            start[(chip, q)] = max(start.get((chip, q), 0), barrier) + 1
+            continue
         # a run's last vector comes period * (repeat - 1) cycles after its first
         per = int(periods(r))
         n = (int(r["repeat"]) - 1) * per + 1
         p = pos[q]
-        if o == Op.READ:
-            a = ready.get((chip, int(r["slice"]), int(r["addr"])), 0)
+        if o == Op.READ:  # data enters the dataflow here, once its queue has started
+            a = max(ready.get((chip, int(r["slice"]), int(r["addr"])), 0), start.get((chip, q), 0))
             put[(chip, int(r["sd"]), diag(int(r["sd"]), t + rl, p))] = (a + rl, p)
             end = max(end, a + n - 1 + rl)
         elif o == Op.WRITE:

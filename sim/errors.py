@@ -15,6 +15,11 @@ class ProgramFormatError(LpuError, ValueError):
     """A Program file that is truncated, foreign, of another version, or built for other hardware."""
 
 
+class ScheduleError(LpuError):
+    """The compiler cannot place a program on this machine; names the resource and the config
+    field to change."""
+
+
 class ScheduleViolation(LpuError):
     """The program does something the hardware would silently get wrong.
 

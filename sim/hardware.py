@@ -59,6 +59,11 @@ class HardwareConfig:
     c2c_links: int = 16
     c2c_bytes_per_cycle: float = 14.3
     c2c_latency_cycles: int = 216
+    icu_issue_width: int = 1
+    icu_sync_latency_cycles: int = 4
+    icu_queue_instructions: int = 256
+    icu_instruction_bytes: int = 32
+    mxm_accumulator_vectors: int = 320
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -88,6 +93,17 @@ class HardwareConfig:
             raise ConfigError(
                 f"mxm_weight_buffers={self.mxm_weight_buffers}: a plane has 1 weight buffer, or 2 "
                 "(the next tile installs while the current one computes)"
+            )
+        if not self.lanes // self.icu_instruction_bytes:
+            raise ConfigError(
+                f"icu_instruction_bytes={self.icu_instruction_bytes}: an instruction fetch reads "
+                f"one word of lanes={self.lanes} bytes, which must hold at least one instruction"
+            )
+        least = self.lanes // self.icu_instruction_bytes + self.mem_read_latency_cycles + 2
+        if self.icu_queue_instructions < least:
+            raise ConfigError(
+                f"icu_queue_instructions={self.icu_queue_instructions}: a queue must hold at least "
+                f"{least} (a fetched word of instructions while a fetch is in flight)"
             )
         if self.mem_slice_bytes % self.lanes:
             raise ConfigError(
@@ -205,6 +221,11 @@ PRESETS: dict[str, HardwareConfig] = {
         c2c_links=16,  # "C2C links" row
         c2c_bytes_per_cycle=14.3,  # 12.9 GB/s per link per direction / 0.9 GHz
         c2c_latency_cycles=216,  # "C2C latency" row (U)
+        icu_issue_width=1,  # "ICU" row: 144 queues, each dispatching in order (one a cycle: U)
+        icu_sync_latency_cycles=4,  # "ICU" row: Sync/Notify; the NOTIFY-to-release delay is U
+        icu_queue_instructions=256,  # "ICU" row: instructions fetched from MEM; buffer size U
+        icu_instruction_bytes=32,  # U: 10 instructions per 320-byte word
+        mxm_accumulator_vectors=320,  # "MXM" row: FP32/INT32 accumulators; how many is U
     ),
     # Next generation, from press figures only ("Next-generation LPU" line, all conf S): 500 MB
     # of SRAM, 150 TB/s of SRAM bandwidth, 2.5 TB/s chip to chip. The TSP's organisation is kept;
@@ -231,6 +252,11 @@ PRESETS: dict[str, HardwareConfig] = {
         c2c_links=16,
         c2c_bytes_per_cycle=128.0,  # 2.5 TB/s over 16 links at 1.22 GHz
         c2c_latency_cycles=216,
+        icu_issue_width=1,
+        icu_sync_latency_cycles=4,
+        icu_queue_instructions=256,
+        icu_instruction_bytes=32,
+        mxm_accumulator_vectors=320,
     ),
     # A chip small enough that a whole decoder layer's schedule fits on a screen. Nothing here is a
     # measured figure: it keeps the TSP's shape (mirrored hemispheres, stream groups) at toy size.
@@ -255,6 +281,11 @@ PRESETS: dict[str, HardwareConfig] = {
         c2c_links=4,
         c2c_bytes_per_cycle=4.0,
         c2c_latency_cycles=20,
+        icu_issue_width=1,
+        icu_sync_latency_cycles=1,
+        icu_queue_instructions=1024,  # a toy's queue bursts single vectors, one a cycle
+        icu_instruction_bytes=4,  # 4 instructions per 16-byte word
+        mxm_accumulator_vectors=16,
     ),
 }
 

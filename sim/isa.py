@@ -1,14 +1,31 @@
 """The instruction set: opcodes, element types, the instruction record, and the queues.
 
-Grammar of one instruction (every field explicit; NOP padding between issue cycles is implied):
+Grammar of one instruction (every field explicit):
 
-    instr  := cycle chip queue op dtype flags repeat  slice addr stride  s0 s1 s2 sd
+    instr  := delay chip queue op dtype flags repeat period  slice addr stride  s0 s1 s2 sd
               plane row count table imm vid in0 in1 in2 aux src
     stream := dir * streams_per_direction + s      dir 0 = eastward, 1 = westward; -1 = none
 
 Each op runs on one kind of unit (OP_UNIT), so only on its queues: a MEM op on the queue of its
 slice, a VXM op on the VXM's, an SXM op on either SXM's, an MXM op on the queue of its `plane`
-(queue_mxm); `unit_problem` words any other placement.
+(queue_mxm), SYNC and NOTIFY on any queue; `unit_problem` words any other placement.
+
+Instruction queues (the ICU; REFERENCE.md "ICU" row: NOP N, Repeat n,d, Sync/Notify). No
+instruction holds a cycle: each queue dispatches its instructions in order, and the cycle of each
+follows from the queue (sim/icu.py):
+
+    dispatch(first) = delay                 the queues start together at cycle 0
+    dispatch(i)     = dispatch(previous) + delay(i)      `delay` is the explicit NOP count: the
+                                            cycles since the queue's previous dispatch
+    SYNC b          dispatches no earlier than barrier b's release; NOTIFY b at cycle t
+                    releases it at t + icu_sync_latency_cycles (each barrier is notified once)
+
+A queue holds icu_queue_instructions instructions: its first ones are loaded before cycle 0, the
+rest by its own IFETCHes; one not yet delivered holds the queue until it is (sim/icu.py).
+A queue dispatches at most `issue_width` instructions in one cycle (icu_issue_width; the VXM's
+queue stands for the TSP's one queue per ALU, so it dispatches vxm_alus times as many). A repeated
+instruction's later repetitions run in its unit, so the queue dispatches the next instruction while
+they do. SYNC, NOTIFY and IFETCH must not repeat.
 
 An instruction with `repeat = n` acts n times, at cycles cycle + j*period (j = 0..n-1), on
 address addr + j*stride, with vid + j (and MXM row + j): the ICU's Repeat n, d (d = period, 1 by
@@ -33,7 +50,17 @@ position p of the queue's unit:
                                 (float64 accumulation, float32 result) enters sd at t + mxm latency.
                                 `row` is the tile's extent, 1..lanes: rows (columns, if installed
                                 transposed) 0..row-1 must all be installed, and no other; the
-                                tile of buffer 1 with flags & BUFFER
+                                tile of buffer 1 with flags & BUFFER. Accumulation across K
+                                tiles (FP32, REFERENCE.md "MXM" row): with flags & ACC_IN, y +=
+                                the partial sum in accumulator row table + j of the plane, which
+                                must be vector in1 + j; with flags & ACC_OUT, y stays in that row
+                                (as vector vid + j) and nothing enters sd. Rows 0 ..
+                                mxm_accumulator_vectors - 1
+    SYNC table                : waits for barrier `table` (above); NOTIFY table releases it
+    IFETCH slice addr count   : the next `count` instructions of its own queue, read from word
+                                addr of `slice` through its read port (a READ's port, for one
+                                cycle: instruction fetch costs read bandwidth), land in the
+                                queue's buffer mem_read_latency cycles later (sim/icu.py)
     SXM TOPK count imm table  : the k = imm largest of lanes [0, count) of s0, largest first:
                                 lanes [0, k) of sd get their lane numbers, lanes [k, 2k) their
                                 values (bits unchanged), every other lane 0; the result is float32
@@ -97,6 +124,7 @@ class Unit(IntEnum):
     VXM = 1
     SXM = 2
     MXM = 3
+    ICU = 4  # SYNC/NOTIFY: any queue
 
 
 class Op(IntEnum):
@@ -118,6 +146,9 @@ class Op(IntEnum):
     TOPK = 33
     INSTALL = 40
     MATMUL = 41
+    SYNC = 50
+    NOTIFY = 51
+    IFETCH = 52
 
 
 # Per-op behaviour as tables: adding an op is a row in each.
@@ -145,6 +176,9 @@ OP_UNIT = {
     Op.TOPK: Unit.SXM,
     Op.INSTALL: Unit.MXM,
     Op.MATMUL: Unit.MXM,
+    Op.SYNC: Unit.ICU,
+    Op.NOTIFY: Unit.ICU,
+    Op.IFETCH: Unit.ICU,
 }
 
 # Stream operands each VXM op reads (s0, s1, s2); a binary op whose s1 is -1 uses `imm` instead.
@@ -167,6 +201,8 @@ VXM_LARGE = frozenset({Op.EXP, Op.RSQRT})
 FLAG_TRANSPOSED = 1  # INSTALL: the vector is a column of the tile
 FLAG_INDIRECT = 2  # READ: the address and vector id are relative to the unit sel[row] selects
 FLAG_BUFFER = 4  # INSTALL/MATMUL: the plane's second weight buffer (mxm_weight_buffers = 2)
+FLAG_ACC_IN = 8  # MATMUL: add to the partial sums in the plane's accumulator
+FLAG_ACC_OUT = 16  # MATMUL: keep the sums in the accumulator instead of putting them out
 
 # Select registers per chip: TOPK writes them, indirect READs use them. A register holds a lane
 # number, below TOPK's `count` (an int16 field), so 15 bits always suffice.
@@ -212,6 +248,8 @@ def latency(hw: HardwareConfig, op: Op) -> int:
         return hw.vxm_large_latency_cycles if op in VXM_LARGE else hw.vxm_small_latency_cycles
     if unit == Unit.SXM:
         return hw.sxm_latency_cycles
+    if unit == Unit.ICU:
+        return 0
     if op == Op.INSTALL:
         return hw.mxm_install_latency_cycles
     return hw.mxm_latency_cycles
@@ -268,7 +306,7 @@ DTYPE_SHORT = {
 
 INSTR_DTYPE = np.dtype(
     [
-        ("cycle", np.int64),
+        ("delay", np.int64),
         ("chip", np.int16),
         ("queue", np.int16),
         ("op", np.uint8),
@@ -299,7 +337,7 @@ INSTR_DTYPE = np.dtype(
 
 # Defaults of an instruction record: -1 marks an unused stream/slice/plane/table operand.
 INSTR_DEFAULTS = dict(
-    cycle=0,
+    delay=0,
     chip=0,
     queue=0,
     op=0,
@@ -329,9 +367,18 @@ INSTR_DEFAULTS = dict(
 
 
 def make_instrs(records: list[dict]) -> np.ndarray:
+    """Records (dicts of fields) -> instructions, in record order. A record may give the `cycle`
+    its queue dispatches it at instead of a `delay`: the delay is then the cycles since the
+    previous record of its (chip, queue), or since cycle 0 for the first."""
     out = np.zeros(len(records), dtype=INSTR_DTYPE)
     for name, default in INSTR_DEFAULTS.items():
         out[name] = [r.get(name, default) for r in records]
+    last: dict[tuple, int] = {}
+    for i, r in enumerate(records):
+        if "cycle" in r:
+            key = (int(out["chip"][i]), int(out["queue"][i]))
+            out["delay"][i] = int(r["cycle"]) - last.get(key, 0)
+            last[key] = int(r["cycle"])
     return out
 
 
@@ -379,6 +426,8 @@ def unit_problem(hw: HardwareConfig, ins) -> str | None:
     op, q = Op(int(ins["op"])), int(ins["queue"])
     unit, plane = OP_UNIT[op], int(ins["plane"])
     held = queue_unit(hw, q)
+    if unit == Unit.ICU and held is not None:
+        return None if int(ins["repeat"]) == 1 else f"{op.name} repeats ({int(ins['repeat'])}x)"
     if unit == Unit.MXM and int(ins["flags"]) & FLAG_BUFFER and hw.mxm_weight_buffers < 2:
         return f"MXM op {op.name} uses weight buffer 1 but planes of {hw.name} have one buffer"
     if held is not None and held[0] == unit and (unit != Unit.MXM or held[1] == plane):
@@ -387,6 +436,11 @@ def unit_problem(hw: HardwareConfig, ins) -> str | None:
     if held is None:
         return f"{what} issued on queue {q}, which does not exist"
     return f"{what} issued on queue {queue_name(hw, q)}, which cannot run it"
+
+
+def issue_width(hw: HardwareConfig, q: int) -> int:
+    """Instructions queue q dispatches at most in one cycle (the module docstring)."""
+    return hw.icu_issue_width * (hw.vxm_alus if q == queue_vxm(hw) else 1)
 
 
 def queue_name(hw: HardwareConfig, q: int) -> str:
@@ -435,6 +489,10 @@ def disassemble_one(hw: HardwareConfig, ins) -> str:
     def st(field):
         return stream_name(hw, int(ins[field]))
 
+    if op in (Op.SYNC, Op.NOTIFY):
+        return f"{op.name} barrier{int(ins['table'])}"
+    if op == Op.IFETCH:
+        return f"IFETCH {int(ins['count'])} from {queue_name(hw, int(ins['slice']))}[{int(ins['addr'])}]"
     vid = f"{int(ins['vid'])}"
     if op == Op.READ and ins["flags"] & FLAG_INDIRECT:
         sel = f"sel{int(ins['row'])}"

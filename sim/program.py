@@ -23,12 +23,23 @@ import numpy as np
 
 from sim.errors import ProgramFormatError
 from sim.hardware import HardwareConfig
-from sim.isa import INSTR_DTYPE, disassemble_one, n_queues, queue_name
+from sim.icu import dispatch
+from sim.isa import (
+    DTYPE_BY_NAME,
+    DTYPE_BYTES,
+    INSTR_DTYPE,
+    Op,
+    disassemble_one,
+    n_queues,
+    queue_name,
+)
 
 FORMAT_MAGIC = "lpusim-program"
+DTYPE_WIDTHS = np.array([DTYPE_BYTES.get(c, 1) for c in range(256)], np.int64)  # by dtype code
 # 2: a MATMUL's `row` is its tile's extent, which the executors check (version 1 files have 0);
-# 3: the instruction field `period` (cycles between repetitions).
-FORMAT_VERSION = 3
+# 3: the instruction field `period` (cycles between repetitions);
+# 4: no cycles: each queue's `delay` (NOP) fields, SYNC/NOTIFY, and the scheduler's predictions.
+FORMAT_VERSION = 4
 
 
 # --- tensor layout --------------------------------------------------------------------------------
@@ -83,7 +94,7 @@ class Symbol:
 @dataclass(frozen=True)
 class Program:
     hw: HardwareConfig
-    instrs: np.ndarray  # INSTR_DTYPE, sorted by (chip, cycle, queue)
+    instrs: np.ndarray  # INSTR_DTYPE; each queue's instructions in dispatch order
     tables: np.ndarray  # (tables, lanes) int32 lane permutations for SXM PERMUTE
     symbols: tuple[Symbol, ...]
     consts: dict[str, np.ndarray]  # values of the "const" symbols
@@ -92,6 +103,9 @@ class Program:
     words_used: int  # highest address used in any slice, plus one
     chips: int = 1
     meta: dict = field(default_factory=dict)
+    # The scheduler's cycle for each instruction, checked against the queues' (sim/icu.py); None:
+    # nothing to check (a hand-written program).
+    predicted: np.ndarray | None = None
 
     def symbol(self, name: str) -> Symbol:
         for s in self.symbols:
@@ -129,6 +143,31 @@ class Program:
         sel = (self.instrs["chip"] == chip) & (self.instrs["queue"] == q)
         return self.instrs[sel]
 
+    def sram_bytes_used(self) -> int:
+        """Bytes of SRAM the program uses: every word a symbol holds or an instruction reads,
+        writes or fetches from (each word a slice's `lanes` bytes), counted once per chip."""
+        ins, lanes = self.instrs, self.hw.lanes
+        mem = np.isin(ins["op"], [int(Op.READ), int(Op.WRITE), int(Op.IFETCH)])
+        r = ins[mem]
+        reps = np.maximum(r["repeat"].astype(np.int64), 0)
+        i = np.repeat(np.arange(len(r)), reps)
+        j = np.arange(len(i)) - np.repeat(np.cumsum(reps) - reps, reps)
+        width = np.where(r["op"] == int(Op.IFETCH), 1, DTYPE_WIDTHS[r["dtype"]])[i]
+        chip = r["chip"].astype(np.int64)[i]
+        slices = r["slice"].astype(np.int64)[i]
+        addrs = r["addr"].astype(np.int64)[i] + j * r["stride"].astype(np.int64)[i]
+        parts = [(chip, slices, addrs, width)]
+        for sym in self.symbols:
+            w = DTYPE_WIDTHS[DTYPE_BY_NAME[sym.dtype]]
+            n = len(sym.addrs)
+            parts.append((np.zeros(n, np.int64), sym.slices, sym.addrs, np.full(n, w)))
+        keys = []
+        for chip, slices, addrs, width in parts:
+            for m in range(int(width.max()) if len(width) else 0):
+                k = m < width
+                keys.append(((chip[k] * 65536 + slices[k] + m) << 32) + addrs[k])
+        return len(np.unique(np.concatenate(keys))) * lanes if keys else 0
+
     def source(self, src: int) -> str:
         return self.sources[src] if 0 <= src < len(self.sources) else "?"
 
@@ -137,6 +176,8 @@ class Program:
         h = hashlib.sha256()
         h.update(self.hw.hash.encode())
         h.update(self.instrs.tobytes())
+        if self.predicted is not None:
+            h.update(self.predicted.tobytes())
         h.update(self.tables.tobytes())
         for s in self.symbols:
             h.update(f"{s.name}{s.kind}{s.shape}{s.dtype}".encode())
@@ -161,20 +202,27 @@ class Program:
             )
         for s in self.symbols:
             lines.append(f"; {s.kind:6s} {s.name} {s.dtype}{list(s.shape)} {len(s.addrs)} vectors")
+        lines.append("; columns: dispatch cycle, +delay (cycles since the queue's previous one)")
+        if self.predicted is not None:
+            cycles = self.predicted
+        else:
+            cycles = dispatch(hw, self.instrs)[0]  # the queues' own timing
         shown = 0
         for chip in range(self.chips):
             for q in range(n_queues(hw)):
-                queue = self.queue(chip, q)
-                if not len(queue):
+                sel = np.flatnonzero((self.instrs["chip"] == chip) & (self.instrs["queue"] == q))
+                if not len(sel):
                     continue
                 lines.append(f"chip{chip}.{queue_name(hw, q)}:")
-                for ins in queue:
+                for i in sel:
                     if limit is not None and shown >= limit:
                         lines.append(f"; ... {len(self.instrs) - shown} more")
                         return "\n".join(lines)
+                    ins = self.instrs[i]
                     text = disassemble_one(hw, ins)
                     lines.append(
-                        f"  {int(ins['cycle']):>8d}  {text:<60s} ; {self.source(int(ins['src']))}"
+                        f"  {int(cycles[i]):>8d} +{int(ins['delay']):<6d} {text:<60s} ; "
+                        f"{self.source(int(ins['src']))}"
                     )
                     shown += 1
         return "\n".join(lines)
@@ -201,6 +249,8 @@ class Program:
         arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
         arrays["instrs"] = self.instrs
         arrays["tables"] = self.tables
+        if self.predicted is not None:
+            arrays["predicted"] = self.predicted
         for i, s in enumerate(self.symbols):
             arrays[f"sym{i}_slices"], arrays[f"sym{i}_addrs"] = s.slices, s.addrs
             arrays[f"sym{i}_vids"] = s.vids
@@ -275,6 +325,7 @@ class Program:
             words_used=int(header["words_used"]),
             chips=int(header["chips"]),
             meta=header["meta"],
+            predicted=arrays.get("predicted"),
         )
         if program.content_hash != header["content_hash"]:
             raise ProgramFormatError(f"{str(path)!r} is corrupt: its content hash does not match")

@@ -3,9 +3,11 @@
 Slow, short and meant to be obviously right. The Numba engine (sim/engine) implements the same
 semantics and must agree with it bit for bit and cycle for cycle.
 
-Execution model. Every repetition of every instruction is an *event* at one cycle; events run in
-cycle order (ties in program order). Nothing inside one cycle depends on another event of that
-cycle, because every latency is at least one cycle.
+Execution model. First the queues say when each instruction dispatches (sim/icu.py: delays,
+SYNC/NOTIFY, issue width), and those cycles are checked against the scheduler's prediction. Every
+repetition of every instruction is then an *event* at one cycle; events run in cycle order (ties in
+program order). Nothing inside one cycle depends on another event of that cycle, because every
+latency is at least one cycle (SYNC and NOTIFY do nothing at their event).
 
 - Streams. A vector entering eastward stream s at position p0 at cycle t0 is at position p0 + k at
   cycle t0 + k; westward, at p0 - k. So a vector is identified by its stream, direction and
@@ -39,10 +41,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.errors import ScheduleViolation
+from sim.icu import check_predicted, dispatch, raise_problem
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
     DTYPE_NUMPY,
+    FLAG_ACC_IN,
+    FLAG_ACC_OUT,
     FLAG_BUFFER,
     FLAG_INDIRECT,
     FLAG_TRANSPOSED,
@@ -58,6 +63,7 @@ from sim.isa import (
     matmul_period,
     matmul_problem,
     periods,
+    queue_mxm,
     queue_name,
     queue_position,
     queue_sxm,
@@ -166,6 +172,9 @@ def run_reference(
     lanes, S = hw.lanes, hw.streams_per_direction
     ins = program.instrs
     inputs = inputs or {}
+    cycle, problem = dispatch(hw, ins)  # the queues' timing, from delays and barriers alone
+    raise_problem(program, problem)
+    check_predicted(program, cycle)
 
     def violation(i: int, t: int, conflict: str) -> ScheduleViolation:
         return ScheduleViolation(
@@ -185,12 +194,13 @@ def run_reference(
     streams: dict[tuple, tuple] = {}  # (chip, dir, s, diag) -> (vid, values, p0, width, instr)
     busy: dict[tuple, int] = {}  # (resource..., cycle) -> uses
     planes: dict[tuple, dict] = {}  # (chip, plane, weight buffer) -> tile state
+    accumulators: dict[tuple, dict] = {}  # (chip, plane) -> {row: (partial sum vid, values)}
     sel: dict[tuple, int] = {}  # (chip, register) -> unit index (functional mode; 0 if unwritten)
     sel_pending: list[tuple[int, tuple, int]] = []  # TOPK register writes (cycle, key, index)
     first_sel: dict[tuple, int] = {}  # (chip, register) -> cycle the first TOPK write lands
     for i in np.nonzero(ins["op"] == Op.TOPK)[0]:
         if ins[i]["repeat"] > 0:
-            ready = int(ins[i]["cycle"]) + latency(hw, Op.TOPK)
+            ready = int(cycle[i]) + latency(hw, Op.TOPK)
             for reg in topk_registers(hw, ins[i]):
                 key = (int(ins[i]["chip"]), reg)
                 first_sel[key] = min(first_sel.get(key, ready), ready)
@@ -264,7 +274,7 @@ def run_reference(
     # --- events --------------------------------------------------------------------------------
     reps, period = ins["repeat"].astype(np.int64), periods(ins)
     order = sorted(
-        (int(ins[i]["cycle"]) + j * int(period[i]), i, j)
+        (int(cycle[i]) + j * int(period[i]), i, j)
         for i in range(len(ins))
         for j in range(int(reps[i]))
     )
@@ -406,6 +416,17 @@ def run_reference(
             put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
             counts["sxm"] += 1
 
+        elif unit == Unit.ICU:  # SYNC/NOTIFY did their work in the queues' timing
+            if op == Op.IFETCH:  # an instruction word through the slice's read port
+                s, a = int(r["slice"]), int(r["addr"])
+                if not 0 <= s < hw.mem_slices:
+                    raise violation(i, t, f"IFETCH reads slice {s}, outside 0..{hw.mem_slices - 1}")
+                if a < 0 or a >= hw.words_per_slice:
+                    raise violation(i, t, f"address {a} is outside 0..{hw.words_per_slice - 1}")
+                claim(i, t, (chip, "rd", s), 1, f"{queue_name(hw, s)} rd port")
+                counts["mem_read"] += 1
+                bytes_read += lanes
+
         else:  # MXM
             plane = int(r["plane"])
             buffer = 1 if int(r["flags"]) & FLAG_BUFFER else 0  # a tile per weight buffer
@@ -474,22 +495,61 @@ def run_reference(
                     raise violation(i, t, problem)
                 if not st["transposed"] and extent < k:
                     raise violation(i, t, f"uses {k} rows of tile {tile}; {extent} installed")
+                flags, row = int(r["flags"]), int(r["table"]) + j  # accumulator row
+                rows = accumulators.setdefault((chip, plane), {})  # row -> (partial, values)
+                if (
+                    flags & (FLAG_ACC_IN | FLAG_ACC_OUT)
+                    and not 0 <= row < hw.mxm_accumulator_vectors
+                ):
+                    raise violation(
+                        i,
+                        t,
+                        f"accumulator row {row} is outside 0..{hw.mxm_accumulator_vectors - 1}",
+                    )
+                base = None
+                if flags & FLAG_ACC_IN:
+                    want, (held, base) = int(r["in1"]) + j, rows.pop(row, (-1, None))
+                    if held != want:
+                        raise violation(
+                            i, t, f"expects partial sum {want} in accumulator row {row} but it "
+                            f"holds {f'partial sum {held}' if held >= 0 else 'nothing'}",
+                        )  # fmt: skip
                 st["used"] = True
                 values = None
                 if functional:
-                    acc = np.zeros(lanes, np.float64)
+                    acc = np.zeros(lanes, np.float64) if base is None else base.astype(np.float64)
                     w = st["w"].astype(np.float64)
                     for kk in range(k):
                         acc += float(x[kk]) * w[kk]
                     values = _round(acc, DType.FLOAT32)
-                put(i, chip, int(r["sd"]), p, t + lat, vid, values, DTYPE_BYTES[DType.FLOAT32])
                 counts["mxm_matmul"] += 1
+                if flags & FLAG_ACC_OUT:
+                    if row in rows:
+                        raise violation(
+                            i, t, f"keeps partial sum {vid} in accumulator row {row}, which still "
+                            f"holds partial sum {rows[row][0]} that no MATMUL added",
+                        )  # fmt: skip
+                    rows[row] = (vid, values)
+                    continue
+                put(i, chip, int(r["sd"]), p, t + lat, vid, values, DTYPE_BYTES[DType.FLOAT32])
 
     for _, (chip, s, a), width, vid, values in pending:
         for m in range(width):
             mem_vid[(chip, s + m, a)] = vid
         if values is not None:
             mem_val[(chip, s, a)] = values
+
+    for (chip, plane), rows in sorted(accumulators.items()):
+        for row, (vid, _) in sorted(rows.items()):
+            raise ScheduleViolation(
+                chip=chip,
+                unit=queue_name(hw, queue_mxm(hw, plane)),
+                cycle=end,
+                index=-1,
+                instr=f"accumulator row {row}",
+                source="program end",
+                conflict=f"partial sum {vid} is left in the accumulator: no MATMUL added it",
+            )
 
     outputs = {}
     for sym in program.symbols_of("output"):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.icu import cycles_of
 from sim.isa import (
     OP_UNIT,
     VXM_LARGE,
@@ -51,6 +52,9 @@ FAMILY = {
     Op.TOPK: "SXM select",
     Op.INSTALL: "MXM install",
     Op.MATMUL: "MXM matmul",
+    Op.SYNC: "ICU sync",
+    Op.NOTIFY: "ICU sync",
+    Op.IFETCH: "ICU fetch",
 }
 # One fixed colour per family (tab10), so charts of different programs read the same.
 FAMILY_COLOR = {
@@ -63,6 +67,8 @@ FAMILY_COLOR = {
     "SXM select": "#8c564b",
     "MXM install": "#ff7f0e",
     "MXM matmul": "#d62728",
+    "ICU sync": "#7f7f7f",
+    "ICU fetch": "#bcbd22",
 }
 
 COLUMNS = ("chip", "unit", "kind", "op", "start", "end", "vid", "source", "queue", "instr", "rep")
@@ -84,7 +90,7 @@ def schedule_table(program: Program) -> pd.DataFrame:
     lat_of = np.zeros(max(Op) + 1, np.int64)
     for o in Op:
         lat_of[o] = latency(hw, o)
-    start = ins["cycle"][instr] + rep * periods(ins)[instr]
+    start = cycles_of(program)[instr] + rep * periods(ins)[instr]
     vid = ins["vid"][instr]
     vid = np.where(vid >= 0, vid + rep, vid)  # -1 (no vector) stays -1
     queue = ins["queue"][instr].astype(np.int64)

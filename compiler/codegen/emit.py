@@ -5,17 +5,32 @@ group, reusing addresses once their previous run has been read for the last time
 the schedule's cycles; lowest free address first, from `floor` up). Then the records become the
 instruction array, sorted by (cycle, queue), and the symbol table records where every input and
 output vector lives.
+
+A Program holds no cycles: `start_barrier` adds the SYNC/NOTIFY that starts every queue together,
+and `sim.icu.encode` writes each queue's schedule down as NOP delays; the scheduler's cycles stay
+beside the Program as its prediction, which the simulator checks against the queues' timing.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from compiler.codegen.fetch import plan_fetches
 from compiler.ir.vector import VProgram
 from compiler.passes.place import ModelTooLarge
 from compiler.schedule.listsched import Schedule
 from sim.hardware import HardwareConfig
-from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, DTYPE_NUMPY, INSTR_DEFAULTS, INSTR_DTYPE
+from sim.icu import encode
+from sim.isa import (
+    DTYPE_BY_NAME,
+    DTYPE_BYTES,
+    DTYPE_NUMPY,
+    INSTR_DEFAULTS,
+    INSTR_DTYPE,
+    Op,
+    make_instrs,
+    queue_vxm,
+)
 from sim.program import Program, Symbol, pack_tensor
 
 NEVER = np.iinfo(np.int64).max
@@ -50,16 +65,53 @@ def allocate(vp: VProgram, sched: Schedule, hw: HardwareConfig, floor: np.ndarra
         free_from[g : g + w, a : a + n] = NEVER if keep else max(c.last_read, last_write)
 
 
-def instructions(records: list[dict]) -> np.ndarray:
-    """Records (READ/WRITE addresses relative to their copy) -> the instruction array, sorted by
-    (chip, cycle, queue)."""
+def instructions(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Records (READ/WRITE addresses relative to their copy, each with its scheduled `cycle`) ->
+    (the instruction array, sorted by (chip, cycle, queue), and those cycles)."""
     out = np.zeros(len(records), dtype=INSTR_DTYPE)
     for r in records:
         if "_copy" in r:
             r["addr"] = r["_copy"].addr + r["_off"]
     for name, default in INSTR_DEFAULTS.items():
         out[name] = [r.get(name, default) for r in records]
-    return out[np.lexsort((out["queue"], out["cycle"], out["chip"]))]
+    cycles = np.array([r["cycle"] for r in records], np.int64)
+    order = np.lexsort((out["queue"], cycles, out["chip"]))
+    return out[order], cycles[order]
+
+
+def start_barrier(
+    hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray, src: int = -1
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(instrs, cycles, offset): every queue in use parks at SYNC 0 until the VXM's NOTIFY 0 at
+    cycle 0 releases them, icu_sync_latency_cycles later; the schedule follows, `offset` cycles
+    later than it was computed for."""
+    offset = hw.icu_sync_latency_cycles + 1
+    head = []
+    for chip in np.unique(instrs["chip"]).tolist() or [0]:
+        queues = np.unique(instrs["queue"][instrs["chip"] == chip]).tolist()
+        head.append(dict(op=Op.NOTIFY, chip=chip, queue=queue_vxm(hw), table=0, cycle=0, src=src))
+        for q in queues:
+            if q != queue_vxm(hw):
+                head.append(
+                    dict(op=Op.SYNC, chip=chip, queue=q, table=0, cycle=offset - 1, src=src)
+                )
+    first = make_instrs(head)
+    start = np.array([r["cycle"] for r in head], np.int64)
+    return np.concatenate([first, instrs]), np.concatenate([start, cycles + offset]), offset
+
+
+# Sources of the instructions the ICU needs (`finish` appends them to a program's sources).
+ICU_SOURCES = ("program start: every queue waits at SYNC for the VXM's NOTIFY", "instruction fetch")
+
+
+def finish(hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray, words: int, sources):
+    """The start barrier, the instruction fetches, then the delays: (instrs, predicted cycles,
+    offset, words in use with the instruction image, sources with ICU_SOURCES)."""
+    first = len(sources)
+    instrs, cycles, offset = start_barrier(hw, instrs, cycles, first)
+    instrs, cycles, words = plan_fetches(hw, instrs, cycles, words, first + 1)
+    instrs, cycles = encode(instrs, cycles)
+    return instrs, cycles, offset, words, (*sources, *ICU_SOURCES)
 
 
 def locate(sched: Schedule, vids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,17 +141,20 @@ def emit(
     vp: VProgram, sched: Schedule, hw: HardwareConfig, meta: dict, floor: np.ndarray
 ) -> Program:
     allocate(vp, sched, hw, floor)
-    instrs = instructions(sched.records)
+    instrs, predicted, offset, words, sources = finish(
+        hw, *instructions(sched.records), words_used(sched), vp.source_list()
+    )
     syms, consts = symbols(vp, sched, hw.lanes)
     return Program(
         hw=hw,
         instrs=instrs,
+        predicted=predicted,
         tables=vp.table_array(hw.lanes),
         symbols=tuple(syms),
         consts=consts,
-        sources=tuple(vp.source_list()),
-        predicted_cycles=int(sched.cycles),
-        words_used=words_used(sched),
+        sources=sources,
+        predicted_cycles=int(sched.cycles) + offset,
+        words_used=words,
         meta=meta,
     )
 

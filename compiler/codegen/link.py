@@ -5,7 +5,8 @@ scheduled once) and the head. Every layer's weights and KV cache sit in a *band*
 addresses, the same slices at an offset of `band_words` per layer, so layer l is layer 0's
 instructions with
 
-    cycle  + the cycles of the blocks before it
+    cycle  + the cycles of the blocks before it (the scheduled cycles; the Program's delays are
+             written once the blocks are joined)
     addr   + l * band_words        (READ/WRITE inside the band: that layer's weights and cache)
     vid    -> layer l's vectors    (a lookup table; the layer input is the previous layer's output)
     aux    + l * vops              (a fresh MXM tile id per layer)
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compiler.codegen.emit import allocate, instructions, symbols, words_used
+from compiler.codegen.emit import allocate, finish, instructions, symbols, words_used
 from compiler.ir.vector import VProgram
 from compiler.schedule.listsched import Schedule
 from sim.bounds import put_words
@@ -38,23 +39,30 @@ class Block:
     name: str
     vp: VProgram
     instrs: np.ndarray
+    timing: np.ndarray  # (instructions,) the cycle of each, from the block's start
     symbols: list[Symbol]
     consts: dict
     cycles: int
     words: int
     diag_lo: np.ndarray  # (2 * streams,) first and last diagonal each stream carries, relative
     diag_hi: np.ndarray  # to the block's first cycle (lo > hi where unused)
+    free: int = 0  # cycles until every unit is free again (>= cycles)
 
 
 def make_block(name: str, vp: VProgram, sched: Schedule, hw: HardwareConfig, floor) -> Block:
     allocate(vp, sched, hw, floor)
     syms, consts = symbols(vp, sched, hw.lanes)
-    instrs = instructions(sched.records)
-    lo, hi = stream_extent(hw, instrs)
-    return Block(name, vp, instrs, syms, consts, int(sched.cycles), words_used(sched), lo, hi)
+    instrs, timing = instructions(sched.records)
+    lo, hi = stream_extent(hw, instrs, timing)
+    return Block(
+        name, vp, instrs, timing, syms, consts, int(sched.cycles), words_used(sched), lo, hi,
+        int(sched.free),
+    )  # fmt: skip
 
 
-def stream_extent(hw: HardwareConfig, instrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def stream_extent(
+    hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per stream, the lowest and highest diagonal any vector of `instrs` occupies: a vector
     flows to the chip's edge, so the next block must not put one on those diagonals."""
     S = hw.streams_per_direction
@@ -65,9 +73,10 @@ def stream_extent(hw: HardwareConfig, instrs: np.ndarray) -> tuple[np.ndarray, n
     r = instrs[puts]
     if not len(r):
         return lo, hi
+    cycles = cycles[puts]
     lat = latency_lut(hw)
     pos = np.array([queue_position(hw, q) for q in range(n_queues(hw))], np.int64)
-    t0 = r["cycle"].astype(np.int64) + lat[r["op"]]
+    t0 = cycles + lat[r["op"]]
     p = pos[r["queue"]]
     sd = r["sd"].astype(np.int64)
     d0 = np.where(sd // S == 0, t0 - p, t0 + p)
@@ -95,9 +104,8 @@ class Instance:
     aux_base: int = 0
 
 
-def _remap(instrs: np.ndarray, inst: Instance, first_cycle: int) -> np.ndarray:
+def _remap(instrs: np.ndarray, inst: Instance) -> np.ndarray:
     out = instrs.copy()
-    out["cycle"] += first_cycle
     for f in ("vid", "in0", "in1", "in2"):
         v = out[f]
         live = v >= 0
@@ -123,8 +131,8 @@ def _symbol(sym: Symbol, inst: Instance, name: str) -> Symbol:
 
 def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) -> Program:
     """The instances back to back; `words` is the highest address in use, plus one."""
-    parts, syms, consts, tables, sources, seen = [], [], {}, [], [], {}
-    cycle = end = 0
+    parts, timing, syms, consts, tables, sources, seen = [], [], [], {}, [], [], {}
+    cycle = end = free = 0
     busy_hi = np.full(2 * hw.streams_per_direction, -(2**40))
     blocks_meta = []
     for inst in instances:
@@ -137,9 +145,10 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
         # Start when the previous block is done and its vectors have left every stream it shares.
         used = b.diag_lo <= b.diag_hi
         clash = busy_hi[used] - b.diag_lo[used] + 1
-        cycle = max(end, int(clash.max()) if len(clash) else end)
+        cycle = max(end, free, int(clash.max()) if len(clash) else end)
         busy_hi[used] = np.maximum(busy_hi[used], b.diag_hi[used] + cycle)
-        parts.append(_remap(b.instrs, inst, cycle))
+        parts.append(_remap(b.instrs, inst))
+        timing.append(b.timing + cycle)
         for sym in b.symbols:
             name = inst.rename.get((sym.name, sym.kind))
             if name is None:
@@ -157,16 +166,21 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
                 "addr_shift_words": inst.shift,
             }
         )
-        end = cycle + b.cycles
-    instrs = np.concatenate(parts) if parts else np.zeros(0, instances[0].block.instrs.dtype)
+        end, free = cycle + b.cycles, cycle + b.free
+    instrs, predicted, offset, words, sources = finish(
+        hw, np.concatenate(parts), np.concatenate(timing), int(words), sources
+    )
+    for b in blocks_meta:
+        b["first_cycle"] += offset
     return Program(
         hw=hw,
         instrs=instrs,
+        predicted=predicted,
         tables=np.concatenate(tables),
         symbols=tuple(syms),
         consts=consts,
         sources=tuple(sources),
-        predicted_cycles=end,
+        predicted_cycles=end + offset,
         words_used=int(words),
         meta={**meta, "blocks": blocks_meta},
     )
@@ -204,7 +218,9 @@ def model_instances(
                 rename[key] = "x"  # the program's input x, and its output when there is no head
         shift = l * lay.band_words if replay else 0
         label = f"layer {l}" + (" (replay of layer 0)" if replay and l else "")
-        instances.append(Instance(block, lut, shift, band, label, rename, aux_base=l * len(vp.ops)))
+        instances.append(
+            Instance(block, lut, shift, band, label, rename, aux_base=l * vp.tile_span())
+        )
     if head is None:
         return instances
     hvp = head.vp
@@ -217,6 +233,6 @@ def model_instances(
         elif s.name != "x":
             rename[(s.name, s.kind)] = s.name
     instances.append(
-        Instance(head, hlut, 0, (0, 0), "head", rename, aux_base=lay.layers * len(vp.ops))
+        Instance(head, hlut, 0, (0, 0), "head", rename, aux_base=lay.layers * vp.tile_span())
     )
     return instances

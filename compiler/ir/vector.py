@@ -45,6 +45,10 @@ class VOp:
     transposed: bool = False  # MXM: rows are installed as columns
     n: int = 1  # run length
     after: tuple[int, ...] = ()  # vids that must exist first (a TOPK's, for selected operands)
+    # MXM accumulating over K tiles in the plane: per tile (its rows, its contraction count);
+    # `rows` and `ins` are the tiles' rows and input runs of n, one after another. () : one tile.
+    chain: tuple[tuple[int, int], ...] = ()
+    partials: int = -1  # a chain's partial sums: tile k < last keeps run partials + k * n
 
     def out_range(self) -> range:
         return range(self.outs[0], self.outs[0] + self.n)
@@ -127,6 +131,10 @@ class VProgram:
     def source_list(self) -> list[str]:
         """Source descriptions indexed by graph node id ("?" where none)."""
         return [self.sources.get(i, "?") for i in range(max(self.sources, default=-1) + 1)]
+
+    def tile_span(self) -> int:
+        """MXM tile ids (Program field aux) this program's ops use: below this many."""
+        return len(self.ops) * max([len(op.chain) for op in self.ops] + [1])
 
     def tensor_vids(self, rows: int, tiles: int, dtype: DType) -> np.ndarray:
         """Fresh vids of a (rows, tiles) tensor in layout order, numbered column-major."""

@@ -9,7 +9,8 @@ vectors, splat when the last axis is 1). Then per op kind:
   row's vectors;
 - REDUCE over leading axes: VXM ops across the rows that meet;
 - DOT: per (batch, outer, N tile, K tile) a weight tile installed in an MXM plane and the lhs rows
-  streamed through it; partial sums over K tiles added on the VXM, a run of M vectors at a time;
+  streamed through it; partial sums over K tiles accumulated in the plane (chained vops, see
+  Accumulators.worth_it), or else added on the VXM, a run of M vectors at a time;
 - RELAYOUT: an output vector that is lane-for-lane an existing vector *is* that vector (free);
   otherwise one SXM permute per source vector, summed on the VXM;
 - TOPK: one SXM TOPK, which also sets select registers;
@@ -20,13 +21,14 @@ vectors, splat when the last axis is 1). Then per op kind:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
 from compiler.ir.graph import Graph, Kind, Node
 from compiler.ir.vector import VOp, VProgram, VSymbol
 from sim.errors import LpuError
-from sim.isa import DTYPE_BY_NAME, DTYPE_NUMPY, DType, Op, Unit
+from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, DTYPE_NUMPY, DType, Op, Unit
 from sim.program import tensor_layout
 
 VXM_OF = {
@@ -43,9 +45,32 @@ VXM_OF = {
 }
 
 
+# Chains per plane's share of a DOT's K tiles (see _dot): more, shorter chains balance the planes
+# better; fewer, longer ones add fewer partial sums on the VXM.
+CHAIN_SHARE = 8
+
+
+@dataclass(frozen=True)
+class Accumulators:
+    """What the tiler needs of the MXM to chain K tiles: accumulator rows per plane, planes,
+    cycles to install a tile, and compute cycles per input wider than a byte."""
+
+    rows: int
+    planes: int
+    install_cycles: int
+    wide_cycles: int
+
+    def worth_it(self, m: int, input_bytes: int) -> bool:
+        """Chain when the m inputs' compute covers a tile's install: then the partial sums'
+        SRAM round trips and VXM adds cost more than keeping each chain on one plane does."""
+        period = 1 if input_bytes == 1 else self.wide_cycles
+        return 0 < m <= self.rows and m * period >= self.install_cycles
+
+
 class _Tiler:
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, acc: Accumulators | None = None):
         self.lanes = lanes
+        self.acc = acc
         self.vp = VProgram()
         self.vecs: dict[int, np.ndarray] = {}  # node id -> its vids
         self.tables: dict[tuple, int] = {}
@@ -111,8 +136,10 @@ class _Tiler:
         return min(self.lanes, n - tile * self.lanes)
 
 
-def tile(graph: Graph, lanes: int) -> VProgram:
-    t = _Tiler(lanes)
+def tile(graph: Graph, lanes: int, acc: Accumulators | None = None) -> VProgram:
+    """`acc`: the MXM's accumulators, to chain K tiles where worth it (None: the VXM adds every
+    partial sum)."""
+    t = _Tiler(lanes, acc)
     for n in graph.topo():
         t.src = n.id
         t.vp.sources[n.id] = f"%{n.id} {n.kind.name.lower()}" + (f" ({n.src})" if n.src else "")
@@ -255,33 +282,49 @@ def _dot(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     else:  # rhs rows are (b, f, k), each NT vectors
         R = t.vecs[rhs.id].reshape(B, F, K, tensor_layout(rhs.shape, lanes)[1])
     out = np.empty((B, M, F, NT), np.int64)
+    in_bytes = DTYPE_BYTES[_code(lhs)]
+    # Rows in blocks the plane's accumulator holds (re-installing the tiles per block), when
+    # accumulating K tiles in the plane is worth it; else one block, its sums added on the VXM.
+    blocks = -(-M // t.acc.rows) if KT > 1 and t.acc is not None else 1
+    chained = blocks and KT > 1 and t.acc is not None and t.acc.worth_it(-(-M // blocks), in_bytes)
+    blocks = blocks if chained else 1
+    # A chain runs on one plane, so chains as long as a plane's share of the tiles would load the
+    # planes unevenly: each is cut into chains of at most a CHAIN_SHARE-th of that share (at
+    # least 2 tiles), whose sums the VXM adds.
+    share = -(-B * F * NT * KT * blocks // (t.acc.planes * CHAIN_SHARE)) if chained else 1
+    cuts = np.linspace(0, KT, (-(-KT // max(2, share)) if chained else KT) + 1).astype(int)
+    rows_at = np.linspace(0, M, blocks + 1).astype(int)
     for b in range(B):
         for f in range(F):
             for j in range(NT):
-                partials = []
+                tiles = []
                 for kt in range(KT):
                     count = 1 if K == 1 else t.valid_lanes(K, kt)
                     if tr:
                         rows = R[b, f, j * lanes : j * lanes + t.valid_lanes(N, j), kt]
                     else:
                         rows = R[b, f, kt * lanes : kt * lanes + count, j]
-                    partials.append(
-                        t.op(
-                            Unit.MXM,
-                            Op.MATMUL,
-                            L[b, :, kt],
-                            DType.FLOAT32,
-                            M,
-                            count=count,
-                            rows=np.array(rows, np.int64),
-                            transposed=tr,
-                        )
-                    )
-                v = t.combine(Op.ADD, [int(p[0]) for p in partials], DType.FLOAT32, M)
-                if N == 1 and tr:  # only lane 0 holds the value: splat it
-                    tab = t.table(np.zeros(lanes, np.int64))
-                    v = int(t.op(Unit.SXM, Op.PERMUTE, [v], DType.FLOAT32, M, table=tab)[0])
-                out[b, :, f, j] = v + np.arange(M)
+                    tiles.append((np.array(rows, np.int64), count))
+                for m0, m1 in zip(rows_at[:-1], rows_at[1:], strict=True):
+                    m = m1 - m0
+                    partials = []
+                    for a, z in zip(cuts[:-1], cuts[1:], strict=True):  # a chain of K tiles
+                        part = tiles[a:z]
+                        sums = t.vp.new_vids((z - a - 1) * m, DType.FLOAT32)  # names, checked
+                        partials.append(
+                            t.op(
+                                Unit.MXM, Op.MATMUL, L[b, m0:m1, a:z].T.ravel(), DType.FLOAT32,
+                                m, count=part[-1][1], rows=np.concatenate([r for r, _ in part]),
+                                transposed=tr,
+                                chain=tuple((len(r), c) for r, c in part) if z - a > 1 else (),
+                                partials=int(sums[0]) if len(sums) else -1,
+                            )[0]
+                        )  # fmt: skip
+                    v = t.combine(Op.ADD, [int(p) for p in partials], DType.FLOAT32, m)
+                    if N == 1 and tr:  # only lane 0 holds the value: splat it
+                        tab = t.table(np.zeros(lanes, np.int64))
+                        v = int(t.op(Unit.SXM, Op.PERMUTE, [v], DType.FLOAT32, m, table=tab)[0])
+                    out[b, m0:m1, f, j] = v + np.arange(m)
     return out.ravel()
 
 

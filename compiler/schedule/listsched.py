@@ -15,7 +15,8 @@ An MXM vop installs its weight tile as parallel INSTALL pieces (one per stored s
 to the plane's install width at once) and then streams its inputs through it.
 
 Every resource is a capacity-one timeline of busy intervals (`Busy`): a port or unit by cycle, a
-stream by diagonal (sim.isa.diagonal), so a piece's claims are intervals of length n at fixed
+queue's dispatch slots by cycle (an instruction holds one for the cycle it dispatches: the ICU
+dispatches at most icu_issue_width a cycle per queue), a stream by diagonal (sim.isa.diagonal), so a piece's claims are intervals of length n at fixed
 offsets from its issue cycle. The earliest cycle at which all of them are free is found by jumping
 from one busy interval's end to the next (a bisection each), never cycle by cycle.
 
@@ -43,12 +44,15 @@ from compiler.passes.place import Placement, slice_groups
 from sim.hardware import HardwareConfig
 from sim.isa import (
     DTYPE_BYTES,
+    FLAG_ACC_IN,
+    FLAG_ACC_OUT,
     FLAG_BUFFER,
     FLAG_INDIRECT,
     FLAG_TRANSPOSED,
     DType,
     Op,
     Unit,
+    issue_width,
     latency,
     matmul_period,
     queue_mxm,
@@ -150,6 +154,7 @@ class Schedule:
     segs: list[Seg]  # every stored run, sorted by v0
     copies: list[Copy]
     cycles: int  # predicted: the last event's completion
+    free: int = 0  # when every unit is free again (a MATMUL holds its plane `period` a vector)
 
 
 class _Store:
@@ -210,16 +215,34 @@ class _Scheduler:
         self.plane_free = {
             (p, b): 0 for p in range(hw.mxm_planes) for b in range(hw.mxm_weight_buffers)
         }
+        self.acc_free = [0] * hw.mxm_planes  # the cycle after a plane's last accumulating MATMUL
         self.groups = {w: slice_groups(hw, w) for w in (1, 2, 4)}
         self.rl, self.wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
         self.S = hw.streams_per_direction
         self._nearest: dict[tuple, list[int]] = {}
+        # A MEM queue dispatches at most a READ and a WRITE a cycle (one port each), so only a
+        # width of one constrains it; other queues need their slots when below their units.
+        self.mem_slot = hw.icu_issue_width == 1
 
     def add_copy(self, copy: Copy) -> Copy:
         copy.index = len(self.copies)
         self.copies.append(copy)
         copy.seg.copies.append(copy)
         return copy
+
+    def slots(self, q: int, units: int) -> list[tuple]:
+        """Dispatch-slot keys of queue q, whose unit runs `units` instructions a cycle: none
+        when the queue dispatches at least that many (the unit's own claim suffices)."""
+        w = issue_width(self.hw, q)
+        return [] if w >= units else [("q", q, k) for k in range(w)]
+
+    def unit_options(self, keys: list, q: int, n: int, units: int | None = None):
+        """Options for n cycles of one of the units `keys`, dispatched from queue q (which feeds
+        `units` units in all, by default those)."""
+        slots = self.slots(q, len(keys) if units is None else units)
+        if not slots:
+            return [([(k, 0, n)], [], 0, None, None) for k in keys]
+        return [([(k, 0, n), (sl, 0, 1)], [], 0, None, None) for k in keys for sl in slots]
 
     def width(self, vid: int) -> int:
         return DTYPE_BYTES[self.vp.dtypes[vid]]
@@ -397,6 +420,8 @@ class _Scheduler:
             d = 0 if pos >= p0 else 1
             diag_off = -pos if d == 0 else pos
             ports = [(("rd", c.group + m), off_r, span) for m in range(w)]
+            if self.mem_slot:
+                ports.append((("q", c.group, 0), off_r, 1))
             for s in self.stream_order(d, w):
                 yield (
                     ports,
@@ -436,6 +461,8 @@ class _Scheduler:
             diag_off = joff - pos if d == 0 else joff + pos
             span = (n - 1) * period + 1
             ports = [(("wr", g + m), joff + abs(p - pos), span) for m in range(w)]
+            if self.mem_slot:
+                ports.append((("q", g, 0), joff + abs(p - pos), 1))
             for s in self.stream_order(d, w):
                 yield ports, self._stream_items(d, s, w, diag_off, span), 0, None, (g, s, d)
 
@@ -542,7 +569,10 @@ class _Scheduler:
 
             def claims(g=g, pos=pos):
                 def wr():
-                    yield [(("wr", g + m), 0, n) for m in range(w)], [], 0, None, g
+                    ports = [(("wr", g + m), 0, n) for m in range(w)]
+                    if self.mem_slot:
+                        ports.append((("q", g, 0), 0, 1))
+                    yield ports, [], 0, None, g
 
                 return [lambda: self.read_options(seg, seg.v0, w, pos, n, sel=sel), wr]
 
@@ -554,6 +584,7 @@ class _Scheduler:
         (r_items, r_pay), (_, g) = chosen
         st = self.record_read(t, r_items, r_pay, seg.v0, n, src, sel)
         c = self.add_copy(Copy(seg, g, t + self.wl, write=t, selection=sel))
+        self.records[-1]["_feeds"] = c  # the READ goes if the copy is never read (a forward won)
         self.mem_record(Op.WRITE, t, c, seg.v0, n, src, 1, s0=st, _off=0)
         return c
 
@@ -595,8 +626,8 @@ class _Scheduler:
                 for (v, _), c in zip(operands, picked, strict=True)
             )
 
-            def claims(pos=pos, keys=keys):
-                out = [lambda: (([(k, 0, n)], [], 0, None, None) for k in keys)]
+            def claims(pos=pos, keys=keys, q=q):
+                out = [lambda: iter(self.unit_options(keys, q, n))]
                 for s, (v, sel), c in zip(segs, operands, picked, strict=True):
                     out.append(
                         lambda s=s, v=v, c=c, sel=sel: chain(
@@ -653,21 +684,43 @@ class _Scheduler:
         return out
 
     def place_mxm(self, op: VOp) -> None:
+        """An MXM vop: per K tile (one, or a chain accumulating in the plane), its rows
+        installed into the next weight buffer, then the inputs streamed through; a chain's tiles
+        keep their partial sums in the plane's accumulator, and only the last puts results out."""
         hw = self.hw
         # The buffer free soonest: with two per plane, a tile installs while the other computes.
         plane, buffer = min(self.plane_free, key=lambda pb: (self.plane_free[pb], pb[1], pb[0]))
-        pos, q = hw.mxm_position(plane), queue_mxm(hw, plane)
-        il, ml = hw.mxm_install_latency_cycles, hw.mxm_latency_cycles
-        ports = [("mxi", plane, k) for k in range(hw.mxm_install_vectors_per_cycle)]
-        start = self.plane_free[(plane, buffer)]
-        ready = start
-        flags = (FLAG_TRANSPOSED if op.transposed else 0) | (FLAG_BUFFER if buffer else 0)
         _, sel = self.real(int(op.rows[0]))  # a tile's rows are one column of one choice, or none
         rows = op.rows + (sel.offset if sel is not None else 0)
+        ins = np.asarray(op.ins, np.int64)
+        assert self.real(int(ins[0]))[1] is None, "a chosen unit streamed through the MXM"
+        tiles = op.chain or ((len(op.rows), op.count),)
+        after = self.acc_free[plane]  # the plane's accumulator is free from here
+        r0 = 0
+        for k, (extent, count) in enumerate(tiles):
+            b = (buffer + k) % hw.mxm_weight_buffers
+            aux = op.id + k * len(self.vp.ops)  # a tile id per K tile (VProgram.tile_span)
+            ready = self.install(op, plane, b, rows[r0 : r0 + extent], aux, sel)
+            acc = (FLAG_ACC_IN if k else 0) | (FLAG_ACC_OUT if k < len(tiles) - 1 else 0)
+            x = ins[k * op.n : (k + 1) * op.n]
+            after = self.matmuls(op, plane, b, x, (extent, count, aux, acc, k), max(ready, after))
+            self.plane_free[(plane, b)] = after
+            r0 += extent
+        self.acc_free[plane] = after
+
+    def install(self, op: VOp, plane: int, buffer: int, rows, aux: int, sel) -> int:
+        """INSTALL a tile's rows into (plane, buffer); the cycle it is ready."""
+        hw = self.hw
+        pos, q = hw.mxm_position(plane), queue_mxm(hw, plane)
+        ports = [("mxi", plane, k) for k in range(hw.mxm_install_vectors_per_cycle)]
+        # The plane's queue dispatches its INSTALLs and MATMULs: as many as its units run a cycle.
+        units = hw.mxm_install_vectors_per_cycle + 1
+        start = ready = self.plane_free[(plane, buffer)]
+        flags = (FLAG_TRANSPOSED if op.transposed else 0) | (FLAG_BUFFER if buffer else 0)
         for row, v0, n in self.row_pieces(rows):
             seg, w = self.store.get(v0), self.width(v0)
             claims = [
-                lambda n=n: (([(k, 0, n)], [], 0, None, None) for k in ports),
+                lambda n=n: iter(self.unit_options(ports, q, n, units)),
                 lambda seg=seg, v0=v0, w=w, n=n: chain(
                     self.forward_options(v0, pos, n) if sel is None else (),
                     self.read_options(seg, v0, w, pos, n, sel=sel),
@@ -679,49 +732,67 @@ class _Scheduler:
             self.records.append(
                 dict(
                     op=Op.INSTALL, cycle=t, queue=q, plane=plane, s0=st, in0=v0, row=row,
-                    flags=flags, aux=op.id, dtype=self.vp.dtypes[v0], vid=v0, src=op.src,
+                    flags=flags, aux=aux, dtype=self.vp.dtypes[v0], vid=v0, src=op.src,
                     repeat=n,
                 )
             )  # fmt: skip
-            ready = max(ready, t + n - 1 + il)
+            ready = max(ready, t + n - 1 + hw.mxm_install_latency_cycles)
+        return ready
+
+    def matmuls(self, op, plane, buffer, ins, tile, ready) -> int:
+        """Stream `ins` through K tile k of `op` (its extent, count, tile id and accumulator
+        flags) in (plane, buffer) from `ready`; with ACC_OUT the sums stay in accumulator rows
+        0..n-1 as partial sums (op.partials), else they are put out (and written where needed).
+        The cycle after the last."""
+        extent, count, aux, acc, k = tile
+        hw = self.hw
+        pos, q = hw.mxm_position(plane), queue_mxm(hw, plane)
+        units, ml = hw.mxm_install_vectors_per_cycle + 1, hw.mxm_latency_cycles
         last = ready
-        ins = np.asarray(op.ins, np.int64)
-        assert self.real(int(ins[0]))[1] is None, "a chosen unit streamed through the MXM"
         for j0, x0, n in self.matmul_pieces(ins, op.outs[0]):
             y0 = op.outs[0] + j0
             seg, w = self.store.get(x0), self.width(x0)
             per = matmul_period(hw, w)  # an INT8 input a cycle, an FP16 one every few
             pin = self.pin_of(y0)
             claims = [
-                lambda n=n, per=per: iter([([(("mxc", plane), 0, n * per)], [], 0, None, None)]),
+                lambda n=n, per=per: iter(self.unit_options([("mxc", plane)], q, n * per, units)),
                 lambda seg=seg, x0=x0, w=w, n=n, per=per: chain(
                     self.forward_options(x0, pos, n, per),
                     self.read_options(seg, x0, w, pos, n, period=per),
                 ),
-                lambda n=n, pin=pin, y0=y0, per=per: self.write_options(
-                    self.width(y0), pos, ml, n, pin, period=per
-                ),
             ]
+            if not acc & FLAG_ACC_OUT:
+                claims.append(
+                    lambda n=n, pin=pin, y0=y0, per=per: self.write_options(
+                        self.width(y0), pos, ml, n, pin, period=per
+                    )
+                )
             t, chosen = self._solve(ready, claims)
             self._commit(t, chosen)
             st = self.take(t, *chosen[1], x0, n, op.src, period=per)
-            sd = self.record_write(t, *chosen[2], y0, n, op.src, period=per)
-            self.add_flow(y0, n, sd, t + ml, pos, per)
-            self.records.append(
-                dict(
-                    op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, sd=sd,
-                    count=op.count, aux=op.id, dtype=DType.FLOAT32, vid=y0, src=op.src,
-                    repeat=n, period=per, row=len(op.rows),  # row: the tile's extent
-                    flags=flags & FLAG_BUFFER,
-                )
+            rec = dict(
+                op=Op.MATMUL, cycle=t, queue=q, plane=plane, s0=st, in0=x0, count=count,
+                aux=aux, dtype=DType.FLOAT32, vid=y0, src=op.src, repeat=n, period=per,
+                row=extent, flags=(FLAG_BUFFER if buffer else 0) | acc,  # row: tile's extent
             )  # fmt: skip
+            if acc:  # accumulator rows j0..: tile k adds to tile k-1's partial sums
+                partial = (
+                    op.partials + j0 - op.n
+                )  # + k * n: this tile's, + (k - 1) * n: its input's
+                rec.update(table=j0, in1=partial + k * op.n if acc & FLAG_ACC_IN else -1)
+                if acc & FLAG_ACC_OUT:
+                    rec["vid"] = partial + (k + 1) * op.n
+            if not acc & FLAG_ACC_OUT:
+                rec["sd"] = self.record_write(t, *chosen[2], y0, n, op.src, period=per)
+                self.add_flow(y0, n, rec["sd"], t + ml, pos, per)
+            self.records.append(rec)
             last = max(last, t + (n - 1) * per)
-        self.plane_free[(plane, buffer)] = last + 1
+        return last + 1
 
 
 def _drop_unread_writes(vp: VProgram, s: _Scheduler) -> None:
     """A result every consumer took from the stream needs no SRAM copy: drop its WRITE (unless
-    it is an output or written in place)."""
+    it is an output or written in place), and, for a MEM -> MEM copy, the READ that fed it."""
     outputs = vp.output_mask()
     for c in s.copies:
         seg = c.seg
@@ -732,7 +803,12 @@ def _drop_unread_writes(vp: VProgram, s: _Scheduler) -> None:
             and not outputs[seg.v0 : seg.v0 + seg.n].any()
         ):
             c.dead = True
-    s.records = [r for r in s.records if not (r["op"] == Op.WRITE and r["_copy"].dead)]
+    s.records = [
+        r
+        for r in s.records
+        if not (r["op"] == Op.WRITE and r["_copy"].dead)
+        and not ("_feeds" in r and r["_feeds"].dead)
+    ]
 
 
 def _dependencies(vp: VProgram) -> tuple[list[int], list[list[int]]]:
@@ -801,5 +877,8 @@ def schedule(
         (r["cycle"] + (r["repeat"] - 1) * r.get("period", 1) + lat[r["op"]] for r in s.records),
         default=0,
     )
+    free = max(
+        [end] + [r["cycle"] + r["repeat"] * r["period"] for r in s.records if r["op"] == Op.MATMUL]
+    )
     segs = [s.store.by_start[v] for v in s.store.starts]
-    return Schedule(s.records, segs, s.copies, end)
+    return Schedule(s.records, segs, s.copies, end, free)

@@ -26,7 +26,7 @@ import numpy as np
 from sim.engine import schema as c
 from sim.engine.kernel import make_kernel
 from sim.engine.prepare import Prepared, preload, prepare_program
-from sim.engine.violations import missing_output, raise_failure
+from sim.engine.violations import leftover_partial, missing_output, raise_failure
 from sim.isa import periods
 from sim.program import Program, unpack_tensor
 from sim.reference import COUNT_KEYS, RawResult
@@ -58,6 +58,9 @@ def run_engine(
     # Value arrays (float32, the storage format of every vector) are empty in timing mode.
     ring_val = np.zeros((prep.ring_slots if functional else 0, lanes), np.float32)
     weights = np.zeros((2 * prep.planes if functional else 0, lanes, lanes), np.float32)
+    rows = prep.planes * hw.mxm_accumulator_vectors  # partial sums kept in each plane
+    accum = np.full(rows, -1, np.int64)
+    accum_val = np.zeros((rows if functional else 0, lanes), np.float32)
     pending_val = np.zeros((prep.pending if functional else 0, lanes), np.float32)
     # Select registers hold values, so only functional mode keeps them (timing mode reads 0s).
     sel = np.zeros(len(prep.sel_first) if functional else 0, np.int64)
@@ -67,20 +70,23 @@ def run_engine(
     kernel = make_kernel(bool(functional))
     with np.errstate(all="ignore"):  # NaN and inf are data here (this matters without the JIT)
         kernel(
-            prep.ev_t, prep.ev_i, program.instrs, prep.g, prep.lat_lut, prep.pos_lut,
+            prep.ev_t, prep.ev_i, program.instrs, prep.dispatch, prep.g, prep.lat_lut, prep.pos_lut,
             prep.queue_lut, prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid,
-            mem_val, ring, ring_val, busy, planes, installed, weights, pending, pending_val,
+            mem_val, ring, ring_val, busy, planes, installed, weights, accum, accum_val, pending, pending_val,
             prep.sel_first, sel, sel_pending, out,
         )  # fmt: skip
     if out[c.O_CODE] != c.OK:
         raise_failure(program, prep, out, installed)
+    left = np.flatnonzero(accum >= 0)
+    if len(left):
+        raise leftover_partial(program, prep, int(left[0]), int(accum[left[0]]))
 
     outputs = _outputs(program, prep, mem_vid, mem_val, functional)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts.update(prep.counts, stream_hops=int(out[c.O_HOPS]))
     events = []
     if trace:
-        j = (prep.ev_t - program.instrs["cycle"][prep.ev_i]) // periods(program.instrs)[prep.ev_i]
+        j = (prep.ev_t - prep.dispatch[prep.ev_i]) // periods(program.instrs)[prep.ev_i]
         events = list(zip(prep.ev_t.tolist(), prep.ev_i.tolist(), j.tolist(), strict=True))
     return RawResult(
         cycles=prep.cycles,

@@ -1,5 +1,5 @@
 """The event loop, compiled: every repetition of every instruction, in (cycle, instruction, rep)
-order, with the reference interpreter's checks and arithmetic (sim/reference.py); VXM results and
+order (each instruction's cycle the queues' dispatch, sim/engine/icu.py), with the reference interpreter's checks and arithmetic (sim/reference.py); VXM results and
 SXM reductions are rounded to the instruction's element type by rounding.round_vector.
 
 `make_kernel(functional)` is a cached factory: `functional` is a constant of the compiled code, so
@@ -29,10 +29,14 @@ from sim.engine.flags import njit, njit_inline
 from sim.engine.prepare import ARITY_LUT, F32_WORDS, UNIT_LUT, WIDTH_LUT
 from sim.engine.rounding import round_vector
 from sim.engine.schema import (
+    E_ACC_BUSY,
+    E_ACC_HELD,
+    E_ACC_ROW,
     E_ADDRESS,
     E_BUSY,
     E_EXPECT,
     E_EXTENT,
+    E_FETCH_SLICE,
     E_HELD,
     E_INDEX,
     E_INSTALL_ROW,
@@ -53,6 +57,7 @@ from sim.engine.schema import (
     E_TORN,
     E_UNIT,
     E_WRONG_VECTOR,
+    G_ACC_ROWS,
     G_BASE_COMPUTE,
     G_BASE_INSTALL,
     G_BASE_SXM,
@@ -112,13 +117,24 @@ from sim.engine.schema import (
     SQ_INDEX,
     SQ_REGISTER,
 )
-from sim.isa import FLAG_BUFFER, FLAG_INDIRECT, FLAG_TRANSPOSED, SELECT_REGISTERS, Op, Unit
+from sim.isa import (
+    FLAG_ACC_IN,
+    FLAG_ACC_OUT,
+    FLAG_BUFFER,
+    FLAG_INDIRECT,
+    FLAG_TRANSPOSED,
+    SELECT_REGISTERS,
+    Op,
+    Unit,
+)
 
 READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
 ADD, SUB, MUL, MAX, MIN = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.MAX), int(Op.MIN)
 NEG, EXP, RSQRT, CONVERT = int(Op.NEG), int(Op.EXP), int(Op.RSQRT), int(Op.CONVERT)
 REDUCE_SUM, PERMUTE, TOPK = int(Op.REDUCE_SUM), int(Op.PERMUTE), int(Op.TOPK)
 MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
+ICU = int(Unit.ICU)
+IFETCH = int(Op.IFETCH)
 
 
 @njit_inline
@@ -322,9 +338,11 @@ def _topk_values(vals, a, n, k, keys, res):
 
 
 @njit
-def _matmul_values(vals, a, w, k, acc, res):
-    """res = x[:k] @ w[:k, :], accumulated over k in order in float64, rounded to float32."""
-    acc[:] = 0.0
+def _matmul_values(vals, a, w, k, acc, res, base, add):
+    """res = (base if add) + x[:k] @ w[:k, :], accumulated over k in order in float64, rounded
+    to float32."""
+    for n in range(acc.size):
+        acc[n] = np.float64(base[n]) if add else 0.0
     for kk in range(k):
         x = np.float64(vals[a, kk])
         for n in range(acc.size):
@@ -339,8 +357,9 @@ def make_kernel(functional: bool):
 
     @njit
     def run(
-        ev_t, ev_i, ins, g, lat_lut, pos_lut, queue_lut, hemi_map, plane_map, tables, table_ok,
-        mem_vid, mem_val, ring, ring_val, busy, planes, installed, weights, pending,
+        ev_t, ev_i, ins, dispatch, g, lat_lut, pos_lut, queue_lut, hemi_map, plane_map, tables, table_ok,
+        mem_vid, mem_val, ring, ring_val, busy, planes, installed, weights, accum, accum_val,
+        pending,
         pending_val, sel_first, sel, sel_pending, out,
     ):  # fmt: skip
         lanes = g[G_LANES]
@@ -375,12 +394,29 @@ def make_kernel(functional: bool):
                     sel_head += 1
 
             r = ins[i]
-            j = (t - r["cycle"]) // max(np.int64(r["period"]), 1)
+            j = (t - dispatch[i]) // max(np.int64(r["period"]), 1)
             op = np.int64(r["op"])
             unit = UNIT_LUT[op]
             q = np.int64(r["queue"])
             held = queue_lut[q - queue_lo, 0]  # the unit this queue feeds, first of all
             second = np.int64(r["flags"]) & FLAG_BUFFER  # MXM: its plane's second weight buffer
+            if unit == ICU:  # SYNC/NOTIFY did their work in the queues' timing
+                if held < 0 or r["repeat"] != 1:
+                    _fail(out, E_UNIT, e, t, 0, 0, 0)
+                    return
+                if op == IFETCH:  # an instruction word through the slice's read port
+                    s = np.int64(r["slice"])
+                    a = np.int64(r["addr"])
+                    if s < 0 or s >= slices:
+                        _fail(out, E_FETCH_SLICE, e, t, s, 0, 0)
+                        return
+                    if a < 0 or a >= words_per_slice:
+                        _fail(out, E_ADDRESS, e, t, a, 0, 0)
+                        return
+                    if _claim(busy, (np.int64(r["chip"]) - chip_lo) * 2 * slices + s, t, 1):
+                        _fail(out, E_BUSY, e, t, 0, 0, 0)
+                        return
+                continue
             if (
                 held != unit
                 or (unit == MXM and queue_lut[q - queue_lo, 1] != r["plane"])
@@ -557,6 +593,7 @@ def make_kernel(functional: bool):
                 tile = r["aux"]
                 transposed = np.int64(r["flags"]) & FLAG_TRANSPOSED
                 # the tile state of the plane's weight buffer (two per plane)
+                plane_slot = pl
                 pl = 2 * pl + (1 if np.int64(r["flags"]) & FLAG_BUFFER else 0)
                 if op == INSTALL:
                     row = np.int64(r["row"]) + j  # within the lanes, as checked above
@@ -602,13 +639,34 @@ def make_kernel(functional: bool):
                 if not planes[pl, PL_TRANSPOSED] and extent < k:
                     _fail(out, E_TILE_ROWS, e, t, extent, 0, 0)
                     return
+                fl = np.int64(r["flags"])
+                arow = np.int64(r["table"]) + j  # accumulator row
+                aslot = plane_slot * g[G_ACC_ROWS] + arow
+                if fl & (FLAG_ACC_IN | FLAG_ACC_OUT) and (arow < 0 or arow >= g[G_ACC_ROWS]):
+                    _fail(out, E_ACC_ROW, e, t, arow, 0, 0)
+                    return
+                add = fl & FLAG_ACC_IN
+                if add:
+                    if accum[aslot] != r["in1"] + j:
+                        _fail(out, E_ACC_HELD, e, t, arow, accum[aslot], r["in1"] + j)
+                        return
+                    accum[aslot] = -1  # taken
                 planes[pl, PL_USED] = 1
                 width = F32_WORDS
                 if functional:
                     if k > lanes:
                         _fail(out, E_INDEX, e, t, lanes, 0, 0)
                         return
-                    _matmul_values(ring_val, a, weights[pl], k, acc, res)
+                    base = accum_val[aslot] if add else res
+                    _matmul_values(ring_val, a, weights[pl], k, acc, res, base, add)
+                if fl & FLAG_ACC_OUT:  # the sums stay in the plane
+                    if accum[aslot] >= 0:
+                        _fail(out, E_ACC_BUSY, e, t, arow, accum[aslot], 0)
+                        return
+                    accum[aslot] = vid
+                    if functional:
+                        accum_val[aslot] = res
+                    continue
 
             slot = _put(ring, np.int64(r["sd"]), ci, geo, width, p, t0, vid, i, out, e)
             if slot < 0:

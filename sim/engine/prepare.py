@@ -17,8 +17,10 @@ import numpy as np
 
 from sim.engine import schema as c
 from sim.engine.flags import njit
+from sim.engine.icu import dispatch_cycles
 from sim.engine.rounding import quiet_nans, round_vector
 from sim.hardware import HardwareConfig
+from sim.icu import check_predicted, raise_problem
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
@@ -39,7 +41,7 @@ from sim.isa import (
 from sim.program import Program, pack_tensor
 
 READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
-TOPK = int(Op.TOPK)
+TOPK, IFETCH = int(Op.TOPK), int(Op.IFETCH)
 MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
 F32_WORDS = DTYPE_BYTES[DType.FLOAT32]  # a MATMUL result is float32 whatever its dtype field
 
@@ -88,8 +90,8 @@ def ring_size(hw: HardwareConfig, largest_position: int) -> int:
 
 @njit
 def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
-    """One pass over the records: validity, ranges, event count, end cycle, resource counts; and
-    each record's cycle into `cycles` (the events, when the program is in order)."""
+    """One pass over the records (dispatched at `cycles`): validity, ranges, event count, end
+    cycle, resource counts, and whether the events are the records in order."""
     big = np.iinfo(np.int64).max
     stats[:] = 0
     stats[c.S_BAD_OP] = -1
@@ -133,8 +135,7 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
             stats[c.S_PLANE_LO] = min(stats[c.S_PLANE_LO], np.int64(r["plane"]))
             stats[c.S_PLANE_HI] = max(stats[c.S_PLANE_HI], np.int64(r["plane"]))
         reps = max(np.int64(r["repeat"]), 0)
-        cycle = np.int64(r["cycle"])
-        cycles[i] = cycle
+        cycle = cycles[i]
         if reps != 1 or cycle < previous:
             stats[c.S_IN_ORDER] = 0
         previous = cycle
@@ -153,8 +154,10 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
         elif unit == SXM:
             stats[c.S_SXM] += reps
             stats[c.S_TOPK] += op == TOPK
-        else:
+        elif unit == MXM:
             stats[c.S_INSTALL if op == INSTALL else c.S_MATMUL] += reps
+        elif op == IFETCH:  # a word of instructions, through a read port
+            stats[c.S_MEM_READ] += reps
 
 
 @njit
@@ -202,6 +205,7 @@ class Prepared:
 
     ev_t: np.ndarray  # (events,) int64 cycle of each event, sorted by (cycle, instruction, rep)
     ev_i: np.ndarray  # (events,) int32 its instruction
+    dispatch: np.ndarray  # (instructions,) int64 the cycle each one's queue dispatches it
     g: np.ndarray  # (schema.N_GEOMETRY,) int64
     lat_lut: np.ndarray  # (256,) int64 latency per op code
     pos_lut: np.ndarray  # (queues,) int64 floorplan position per queue, from schema.G_QUEUE_LO
@@ -235,7 +239,9 @@ def prepare_program(program: Program) -> Prepared:
     lanes, S = hw.lanes, hw.streams_per_direction
     lat_lut = latency_lut(hw)
     stats = np.zeros(c.N_STATS, np.int64)
-    cycles = np.empty(len(ins), np.int64)
+    cycles, problem = dispatch_cycles(hw, ins)  # the queues' timing, from delays and barriers
+    raise_problem(program, problem)
+    check_predicted(program, cycles)
     _scan(ins, lat_lut, queue_sxm(hw, 0), stats, cycles)
     if stats[c.S_BAD_OP] >= 0:
         i, field = int(stats[c.S_BAD_OP]), ("op", "dtype")[int(stats[c.S_BAD_FIELD])]
@@ -315,6 +321,7 @@ def prepare_program(program: Program) -> Prepared:
     g[c.G_INSTALL_CAP] = hw.mxm_install_vectors_per_cycle
     g[c.G_WEIGHT_BUFFERS] = hw.mxm_weight_buffers
     g[c.G_FP16_CYCLES] = hw.mxm_fp16_cycles_per_vector
+    g[c.G_ACC_ROWS] = hw.mxm_accumulator_vectors
     tables = np.ascontiguousarray(program.tables, dtype=np.int32).reshape(-1, lanes)
     g[c.G_TABLES] = len(tables)
     g[c.G_RING_MASK], g[c.G_PENDING_MASK] = ring - 1, pending - 1
@@ -328,7 +335,7 @@ def prepare_program(program: Program) -> Prepared:
     ev_t, ev_i = _events(ins, cycles, bool(stats[c.S_IN_ORDER]))
     sel_first = np.full(chips * SELECT_REGISTERS, c.NEVER, np.int64)
     if stats[c.S_TOPK]:  # one more pass over the records, only for programs that select
-        _first_select_writes(hw, ins, chip_lo, sel_first)
+        _first_select_writes(hw, ins, cycles, chip_lo, sel_first)
     counts = dict(
         zip(
             ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul"),
@@ -339,6 +346,7 @@ def prepare_program(program: Program) -> Prepared:
     return Prepared(
         ev_t=ev_t,
         ev_i=ev_i,
+        dispatch=cycles,
         g=g,
         lat_lut=lat_lut,
         pos_lut=pos_lut,
@@ -359,14 +367,14 @@ def prepare_program(program: Program) -> Prepared:
     )
 
 
-def _first_select_writes(hw: HardwareConfig, ins: np.ndarray, chip_lo: int, first: np.ndarray):
+def _first_select_writes(hw: HardwareConfig, ins, cycles, chip_lo: int, first: np.ndarray):
     """first[chip index * SELECT_REGISTERS + register] = when the first TOPK write lands."""
     lat = latency(hw, Op.TOPK)
     for i in np.nonzero(ins["op"] == TOPK)[0]:
         r = ins[i]
         if r["repeat"] <= 0:
             continue
-        ready = int(r["cycle"]) + lat
+        ready = int(cycles[i]) + lat
         for reg in topk_registers(hw, r):
             k = (int(r["chip"]) - chip_lo) * SELECT_REGISTERS + reg
             first[k] = ready if first[k] == c.NEVER else min(int(first[k]), ready)

@@ -46,7 +46,8 @@ G_QUEUE_LO = 25  # queue of pos_lut[0]
 G_SEL_PENDING_MASK = 26
 G_WEIGHT_BUFFERS = 27  # per MXM plane (tile state: 2 slots per plane whatever this is)
 G_FP16_CYCLES = 28  # compute-pipeline cycles per MATMUL input wider than a byte
-N_GEOMETRY = 29
+G_ACC_ROWS = 29  # accumulator rows per MXM plane (accum: (planes * rows,) partial sum vids)
+N_GEOMETRY = 30
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.
@@ -149,3 +150,7 @@ E_INSTALL_ROW = 21  # a: row outside the lanes
 E_INSTALL_TWICE = 22  # a: row already installed in this tile
 E_TILE_ORIENTATION = 23  # an INSTALL of a row into a tile of columns, or the reverse
 E_TILE_HOLES = 24  # the rows installed are not 0..extent-1; a: plane slot, b: transposed
+E_FETCH_SLICE = 25  # an IFETCH names no slice; a: the slice
+E_ACC_ROW = 26  # a: accumulator row outside the plane's
+E_ACC_HELD = 27  # a: row, b: partial sum it holds (-1: none), c: the one expected
+E_ACC_BUSY = 28  # a: row, b: the partial sum it still holds

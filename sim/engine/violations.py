@@ -19,6 +19,7 @@ from sim.isa import (
     disassemble_one,
     matmul_problem,
     periods,
+    queue_mxm,
     queue_name,
     stream_name,
     topk_problem,
@@ -36,8 +37,8 @@ def _busy_what(hw, r, m: int) -> tuple[str, int]:
     """The resource an instruction claims (m: slice offset in a MEM group) and its capacity."""
     op = Op(int(r["op"]))
     unit = OP_UNIT[op]
-    if unit == Unit.MEM:
-        port = "rd" if op == Op.READ else "wr"
+    if unit == Unit.MEM or op == Op.IFETCH:
+        port = "wr" if op == Op.WRITE else "rd"
         return f"{queue_name(hw, int(r['slice']) + m)} {port} port", 1
     if unit == Unit.VXM:
         return "every VXM ALU", hw.vxm_alus
@@ -59,6 +60,18 @@ def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, 
     tile = int(r["aux"])
     if code == c.E_SLICE:
         return f"slice group {int(r['slice'])} x{width} is misaligned or not this queue"
+    if code == c.E_ACC_ROW:
+        return f"accumulator row {a} is outside 0..{hw.mxm_accumulator_vectors - 1}"
+    if code == c.E_ACC_HELD:
+        held = f"partial sum {b}" if b >= 0 else "nothing"
+        return f"expects partial sum {x} in accumulator row {a} but it holds {held}"
+    if code == c.E_ACC_BUSY:
+        return (
+            f"keeps partial sum {vid} in accumulator row {a}, which still holds partial sum {b} "
+            "that no MATMUL added"
+        )
+    if code == c.E_FETCH_SLICE:
+        return f"IFETCH reads slice {a}, outside 0..{hw.mem_slices - 1}"
     if code == c.E_ADDRESS:
         return f"address {a} is outside 0..{hw.words_per_slice - 1}"
     if code == c.E_BUSY:
@@ -148,7 +161,7 @@ def raise_failure(program: Program, prep: Prepared, out: np.ndarray, installed: 
     kernel's MXM row flags, which a MATMUL's complaint lists)."""
     e = int(out[c.O_EVENT])
     i = int(prep.ev_i[e])
-    j = (int(prep.ev_t[e]) - int(program.instrs[i]["cycle"])) // int(periods(program.instrs[i]))
+    j = (int(prep.ev_t[e]) - int(prep.dispatch[i])) // int(periods(program.instrs[i]))
     if out[c.O_CODE] == c.E_INDEX:
         raise _index_error(program, i, int(out[c.O_A]))
     r = program.instrs[i]
@@ -173,4 +186,21 @@ def missing_output(program: Program, name: str, k: int, slice_: int, addr: int, 
         instr=f"output {name}[{k}]",
         source="program end",
         conflict=f"output vector {want} is not at [{addr}] (it holds {held})",
+    )
+
+
+def leftover_partial(program: Program, prep, slot: int, vid: int) -> ScheduleViolation:
+    """A partial sum still in an accumulator at the end (slot: dense plane * rows + row)."""
+    g, rows = prep.g, program.hw.mxm_accumulator_vectors
+    dense, row = divmod(slot, rows)
+    keys = np.flatnonzero(np.diff(np.r_[-1, prep.plane_map]) > 0)  # the slots' (chip, plane)s
+    chip_index, plane = divmod(int(keys[dense]), int(g[c.G_PLANES]))
+    return ScheduleViolation(
+        chip=chip_index + int(g[c.G_CHIP_LO]),
+        unit=queue_name(program.hw, queue_mxm(program.hw, plane + int(g[c.G_PLANE_LO]))),
+        cycle=prep.cycles,
+        index=-1,
+        instr=f"accumulator row {row}",
+        source="program end",
+        conflict=f"partial sum {vid} is left in the accumulator: no MATMUL added it",
     )

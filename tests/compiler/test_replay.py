@@ -37,10 +37,13 @@ def test_replay_is_scheduling_every_layer(model, weights):
 def test_listing_shows_the_replay():
     prog = compile("tiny-llama", "teaching", context=4)
     text = prog.disassemble(limit=0)
-    assert "; block layer 0: cycles 0.." in text
+    # The first layer starts once the start barrier (SYNC 0 on every queue) has released.
+    start = prog.hw.icu_sync_latency_cycles + 1
+    assert f"; block layer 0: cycles {start}.." in text
     assert "; block layer 1 (replay of layer 0)" in text and "; block head" in text
     blocks = prog.meta["blocks"]
-    assert blocks[1]["first_cycle"] >= blocks[0]["cycles"]
+    assert blocks[0]["first_cycle"] == start
+    assert blocks[1]["first_cycle"] >= blocks[0]["first_cycle"] + blocks[0]["cycles"]
     assert (
         blocks[1]["addr_shift_words"] > 0 and blocks[1]["instructions"] == blocks[0]["instructions"]
     )

@@ -55,19 +55,22 @@ def test_estimate_json(capsys):
 
 def test_compile_then_simulate(capsys, tmp_path):
     path = tmp_path / "prog.lpu"
-    rc, out, _ = run(
+    rc, out, err = run(
         capsys, "compile", "--model", "tiny-llama", "--context", "4", "-o", str(path), "--json"
     )
+    assert rc == 0, err  # each command's exit status first: a failed one prints no JSON
     compiled = json.loads(out)
-    assert rc == 0 and path.exists() and (tmp_path / "prog.lpu.txt").exists()
+    assert path.exists() and (tmp_path / "prog.lpu.txt").exists()
     assert "MATMUL" in (tmp_path / "prog.lpu.txt").read_text()
-    rc, out, _ = run(capsys, "simulate", str(path), "--engine", "reference", "--json")
+    rc, out, err = run(capsys, "simulate", str(path), "--engine", "reference", "--json")
+    assert rc == 0, err
     sim = json.loads(out)
-    assert rc == 0 and sim["cycles"] == compiled["predicted_cycles"]
+    assert sim["cycles"] == compiled["predicted_cycles"]
     trace = tmp_path / "trace.json"
-    rc, out, _ = run(capsys, "trace", str(path), "-o", str(trace), "--json")
+    rc, out, err = run(capsys, "trace", str(path), "-o", str(trace), "--json")
+    assert rc == 0, err  # before reading the file: a failed command writes none
     events = json.loads(trace.read_text())["traceEvents"]
-    assert rc == 0 and json.loads(out)["trace"] == str(trace)
+    assert json.loads(out)["trace"] == str(trace)
     repetitions = int(Program.load(path).instrs["repeat"].sum())
     assert sum(e["ph"] == "X" for e in events) == repetitions
 

@@ -40,7 +40,9 @@ def test_int8_round_trip_is_within_half_a_step(w):
     assert (np.abs(q).max(axis=-2)[amax / 127 >= tiny] == 127).all()  # q's range used to its end
     assert (q.max(axis=-2)[amax == 0] == 0).all()
     err = np.abs(w.astype(np.float64) - dequantize_matrix(qw, np.float64))
-    assert (err <= scale[..., None, :].astype(np.float64) * (0.5 + 1e-6)).all()
+    # Half a step, plus the float32 rounding of w / scale (relative 2^-24, so up to 127 * 2^-24
+    # steps): a weight at a tie (w = 63.5 steps) may round either way (hypothesis found one).
+    assert (err <= scale[..., None, :].astype(np.float64) * (0.5 + 128 * 2.0**-24)).all()
 
 
 @given(weight_matrices())

@@ -33,6 +33,7 @@ from sim.engine.rounding import (
     round_vector,
 )
 from sim.hardware import preset
+from sim.icu import encode, moved
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
@@ -40,6 +41,7 @@ from sim.isa import (
     VXM_ARITY,
     DType,
     Op,
+    issue_width,
     latency,
     make_instrs,
     matmul_period,
@@ -236,9 +238,11 @@ def _assert_same_violation(prog: Program, inputs, functional: bool) -> ScheduleV
 @settings(max_examples=15, deadline=None)
 @given(pick=st.integers(0, 10**6), functional=st.booleans())
 def test_engine_violation_instruction_one_cycle_early(pick, functional):
+    """Instruction i dispatched one cycle early (its queue re-encoded, the prediction moved along,
+    so the executors' own checks must catch it)."""
     prog = _compiled("softmax_matmul", 2, 16, 16)
     i = pick % len(prog.instrs)
-    bad = _mutated(prog, i, cycle=int(prog.instrs["cycle"][i]) - 1)
+    bad = moved(prog, {i: int(prog.predicted[i]) - 1})
     _assert_same_violation(bad, _args("f16", 2, 16, 16, 0), functional)
 
 
@@ -246,18 +250,27 @@ def test_engine_violation_instruction_one_cycle_early(pick, functional):
 def test_engine_violation_two_instructions_on_one_resource(op):
     """Move an instruction onto the cycle of the previous one on the same unit."""
     prog = _compiled("softmax_matmul", 3, 20, 37)
-    ins = prog.instrs
+    ins, cycle = prog.instrs, prog.predicted
     idx = np.nonzero(ins["op"] == op)[0]
     a, b = next(  # not always neighbours in the listing: units of one kind may take turns
         (a, b)
         for a, b in itertools.combinations(idx, 2)
-        if ins["queue"][a] == ins["queue"][b] and ins["cycle"][a] != ins["cycle"][b]
+        if ins["queue"][a] == ins["queue"][b] and cycle[a] != cycle[b]
     )
-    bad = _mutated(prog, b, cycle=int(ins["cycle"][a]))
-    _assert_same_violation(bad, _args("f16", 3, 20, 37, 0), functional=False)
+    bad = moved(prog, {b: int(cycle[a])})
+    args = _args("f16", 3, 20, 37, 0)
+    e = _assert_same_violation(bad, args, functional=False)
+    if issue_width(prog.hw, int(ins["queue"][a])) == 1:
+        # One queue dispatching two instructions in one cycle: the ICU refuses that before any
+        # unit sees them (an earlier, still correct violation) ...
+        assert e.conflict.endswith("dispatches at most 1 a cycle (icu_issue_width)"), e
+        # ... so on an ICU that dispatches two a cycle, the unit's own resource check must.
+        wide = dataclasses.replace(prog.hw, icu_issue_width=2)
+        e = _assert_same_violation(dataclasses.replace(bad, hw=wide), args, functional=False)
+    assert "icu_issue_width" not in e.conflict, e
 
 
-FIELDS = ["cycle", "queue", "slice", "addr", "s0", "s1", "s2", "sd", "vid", "in0", "in1"]
+FIELDS = ["delay", "queue", "slice", "addr", "s0", "s1", "s2", "sd", "vid", "in0", "in1"]
 FIELDS += ["aux", "row", "count", "plane", "repeat", "stride", "dtype", "flags", "table", "chip"]
 
 
@@ -459,17 +472,27 @@ class Asm:
         return out
 
     def program(self) -> Program:
+        """The records as queues: each queue's instructions in cycle order (a step shifted onto
+        the previous one may put a queue's records out of order), with the delays that dispatch
+        each at its cycle, and those cycles as the prediction the executors check."""
         tables = np.stack(self.tables) if self.tables else np.zeros((0, HW.lanes), np.int32)
+        cycles = np.array([r["cycle"] for r in self.records], np.int64)
+        instrs, cycles = encode(make_instrs([_untimed(r) for r in self.records]), cycles)
         return Program(
             hw=HW,
-            instrs=make_instrs(self.records),
+            instrs=instrs,
             tables=tables,
             symbols=tuple(self.symbols),
             consts={},
             sources=("hand-built",),
             predicted_cycles=0,
             words_used=int(self.free.max()),
+            predicted=cycles,
         )
+
+
+def _untimed(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "cycle"}
 
 
 SPECIALS = np.concatenate(
@@ -605,9 +628,19 @@ def test_engine_collisions_in_hand_built_programs():
         first = asm.t
         asm.output(asm.vxm(Op.ADD, [a, b], "float32", EAST_F32_B))
         asm.output(asm.vxm(Op.MUL, [a, b], "float32", EAST_F32_B, at=first + shift))
+        prog = asm.program()
+        # An ICU that dispatches two instructions a queue a cycle: only the units' resources.
+        wide = dataclasses.replace(prog, hw=dataclasses.replace(HW, icu_issue_width=2))
         for functional in (True, False):
-            result = assert_agree(asm.program(), asm.inputs, functional)
+            result = assert_agree(prog, asm.inputs, functional)
             assert isinstance(result, str) == (abs(shift) < 2), (shift, result)
+            if shift == 0:
+                # Both steps' READs of a slice share a cycle, on one queue: the ICU refuses the
+                # second before the read port sees it (an earlier, still correct violation) ...
+                assert "dispatches at most 1 a cycle (icu_issue_width)" in result, result
+                # ... and where the queue may dispatch both, the read port refuses it.
+                result = assert_agree(wide, asm.inputs, functional)
+                assert "rd port is already in use" in result, result
 
 
 # --- rounding --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from compiler import compile
 from sim import Program, ScheduleViolation, simulate
+from sim.icu import encode
 from sim.isa import DTYPE_BY_NAME, Op, disassemble_one, latency, periods
 from tests.programs import softmax_matmul, softmax_matmul_args
 from tests.sim.test_engine import EAST_F32, HW, WEST_F32, WEST_F32_B, Asm, Vec, assert_agree
@@ -165,26 +166,31 @@ def _compiled(name: str) -> tuple[Program, dict]:
     return prog, args
 
 
-def _end_cycle(instrs: np.ndarray) -> int:
+def _end_cycle(instrs: np.ndarray, cycles: np.ndarray) -> int:
     """The cycle the executors end at: the last repetition's issue plus its op's latency."""
     lat = np.array([latency(HW, Op(int(op))) for op in instrs["op"]], np.int64)
-    return int((instrs["cycle"] + (instrs["repeat"] - 1) * periods(instrs) + lat).max())
+    return int((cycles + (instrs["repeat"] - 1) * periods(instrs) + lat).max())
 
 
 def _mutant(prog: Program, i: int, kind: str, delta: int) -> Program:
-    ins = prog.instrs
+    """Instruction i moved by delta cycles, dropped, or copied delta cycles after it; every other
+    instruction keeps its cycle (the queues re-encoded, sim.icu.encode), and the prediction
+    follows the mutation, so only the executors' own checks can catch it."""
+    ins, cycles = prog.instrs, prog.predicted
     if kind == "move":
-        new = ins.copy()
-        new["cycle"][i] += delta
+        new, timing = ins, cycles.copy()
+        timing[i] += delta
     elif kind == "drop":
-        new = np.delete(ins, i)
+        new, timing = np.delete(ins, i), np.delete(cycles, i)
     else:  # "dup": a copy of instruction i, delta cycles after it
-        copy = ins[i : i + 1].copy()
-        copy["cycle"] += delta
-        new = np.insert(ins, i + 1, copy)
+        new = np.insert(ins, i + 1, ins[i : i + 1])
+        timing = np.insert(cycles, i + 1, cycles[i] + delta)
+    new, timing = encode(new, timing)
     # The mutant's own end: a mutant that runs must still take the cycles predicted for it (the
     # autouse fixture checks), and a later copy may end later than the original.
-    return dataclasses.replace(prog, instrs=new, predicted_cycles=_end_cycle(new))
+    return dataclasses.replace(
+        prog, instrs=new, predicted=timing, predicted_cycles=_end_cycle(new, timing)
+    )
 
 
 def _stream_passes(ins: np.ndarray, stream: int, vid: int) -> int:
@@ -253,7 +259,7 @@ def _check_mutant(prog: Program, args: dict, i: int, kind: str, delta: int) -> N
 )
 def test_mutated_streamed_instruction_is_caught(name, pick, kind, shift, earlier, past_end):
     prog, args = _compiled(name)
-    assert _end_cycle(prog.instrs) == prog.predicted_cycles
+    assert _end_cycle(prog.instrs, prog.predicted) == prog.predicted_cycles
     streamed = np.nonzero(prog.instrs["repeat"] > 1)[0]
     i = int(streamed[pick % len(streamed)])
     n = int(prog.instrs["repeat"][i])

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # before pyplot: no display on CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from compiler import compile  # noqa: E402
-from sim.isa import Op, latency, queue_name  # noqa: E402
+from sim.isa import OP_UNIT, Op, Unit, latency, queue_name  # noqa: E402
 from sim.trace import (  # noqa: E402
     COLUMNS,
     gantt,
@@ -39,13 +39,28 @@ def program():
     return compile(matmul_softmax, "teaching", args={"x": x, "w": w}, params=("w",))
 
 
+def _unit_ops(program):
+    """Indices of the instructions that run on a unit (not the ICU's SYNC/NOTIFY/IFETCH)."""
+    units = np.array([OP_UNIT[Op(int(op))] for op in program.instrs["op"]])
+    return np.flatnonzero(units != Unit.ICU)
+
+
 @pytest.fixture(scope="module")
-def repeated(program):
+def turned(program):
+    """The two instructions the `repeated` fixture turns into Repeats: the first and the sixth
+    that run on a unit (SYNC and NOTIFY, which the program starts with, must not repeat)."""
+    ops = _unit_ops(program)
+    return int(ops[0]), int(ops[5])
+
+
+@pytest.fixture(scope="module")
+def repeated(program, turned):
     """The program with two instructions turned into Repeats (timing is not re-checked here)."""
+    a, b = turned
     instrs = program.instrs.copy()
-    instrs["repeat"][0] = 3
-    instrs["stride"][0] = 1
-    instrs["repeat"][5] = 2
+    instrs["repeat"][a] = 3
+    instrs["stride"][a] = 1
+    instrs["repeat"][b] = 2
     return dataclasses.replace(program, instrs=instrs)
 
 
@@ -57,21 +72,22 @@ def used_queues(program):
 # --- schedule_table ---------------------------------------------------------------------------
 
 
-def test_table_has_one_row_per_repetition(program, repeated):
+def test_table_has_one_row_per_repetition(program, repeated, turned):
     for p in (program, repeated):
         table = schedule_table(p)
         assert list(table.columns) == list(COLUMNS)
         assert len(table) == int(p.instrs["repeat"].sum())
-    replaced = int(program.instrs["repeat"][[0, 5]].sum())  # the fixture makes them 3 and 2
+    replaced = int(program.instrs["repeat"][list(turned)].sum())  # the fixture: 3 and 2
     assert len(schedule_table(repeated)) == int(program.instrs["repeat"].sum()) - replaced + 5
 
 
-def test_table_repetitions_step_cycle_and_vid(repeated):
+def test_table_repetitions_step_cycle_and_vid(repeated, turned):
     table = schedule_table(repeated)
-    ins = repeated.instrs[0]
-    rows = table[table["instr"] == 0].sort_values("rep")
+    a = turned[0]
+    ins = repeated.instrs[a]
+    rows = table[table["instr"] == a].sort_values("rep")
     assert rows["rep"].tolist() == [0, 1, 2]
-    assert rows["start"].tolist() == [int(ins["cycle"]) + j for j in range(3)]
+    assert rows["start"].tolist() == [int(repeated.predicted[a]) + j for j in range(3)]
     assert rows["vid"].tolist() == [int(ins["vid"]) + j for j in range(3)]
 
 
@@ -80,7 +96,10 @@ def test_table_ends_are_start_plus_latency(program):
     hw = program.hw
     want = table["start"] + table["op"].map(lambda o: latency(hw, Op[o]))
     assert (table["end"] == want).all()
-    assert (table["end"] > table["start"]).all()
+    # Every unit's op takes a cycle at least; SYNC and NOTIFY act in the ICU at their dispatch.
+    sync = table["op"].isin(["SYNC", "NOTIFY"]).to_numpy()
+    assert (table["end"] > table["start"])[~sync].all()
+    assert (table["end"] == table["start"])[sync].all() and sync.any()
 
 
 def test_table_names_units_kinds_and_sources(program):
@@ -91,8 +110,8 @@ def test_table_names_units_kinds_and_sources(program):
         assert r.unit == queue_name(hw, int(i["queue"]))
         assert r.op == Op(int(i["op"])).name
         assert r.source == program.source(int(i["src"]))
-    assert set(table["kind"]) <= {"MEM", "VXM", "SXM", "MXM"}
-    assert {"MEM", "VXM", "SXM", "MXM"} <= set(table["kind"])  # matmul + softmax uses all four
+    # matmul + softmax uses all four units; the start barrier's SYNC/NOTIFY are the ICU's.
+    assert set(table["kind"]) == {"MEM", "VXM", "SXM", "MXM", "ICU"}
 
 
 def test_table_is_sorted_by_start_then_unit(program):

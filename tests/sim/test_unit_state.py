@@ -21,12 +21,15 @@ from hypothesis import strategies as st
 
 from compiler import compile
 from sim import Program, ProgramFormatError, ScheduleViolation, simulate
+from sim.icu import encode
 from sim.isa import (
     FLAG_TRANSPOSED,
     OP_UNIT,
     Op,
     Unit,
     disassemble_one,
+    issue_width,
+    n_queues,
     queue_mxm,
     queue_sxm,
     queue_vxm,
@@ -68,10 +71,61 @@ def _with(prog: Program, instrs: np.ndarray) -> Program:
 
 
 def _set(prog: Program, i: int, **fields) -> Program:
+    """Fields of instruction i changed, none that moves an instruction in time."""
     instrs = prog.instrs.copy()
     for name, value in fields.items():
         instrs[name][i] = value
     return _with(prog, instrs)
+
+
+def _timed(prog: Program, instrs: np.ndarray, cycles: np.ndarray) -> Program:
+    """`instrs` dispatched at `cycles` (the queues re-encoded, sim.icu.encode), which is also the
+    prediction: only the executors' own checks can catch what a mutation breaks."""
+    instrs, cycles = encode(instrs, cycles)
+    return dataclasses.replace(prog, instrs=instrs, predicted=cycles)
+
+
+def _dropped(prog: Program, i: int) -> Program:
+    """Instruction i gone, every other at its cycle."""
+    return _timed(prog, np.delete(prog.instrs, i), np.delete(prog.predicted, i))
+
+
+def _duplicated(prog: Program, i: int, delta: int) -> Program:
+    """A copy of instruction i, delta cycles after it (at index i + 1 where delta is 0)."""
+    instrs = np.insert(prog.instrs, i + 1, prog.instrs[i : i + 1])
+    return _timed(prog, instrs, np.insert(prog.predicted, i + 1, prog.predicted[i] + delta))
+
+
+def _position(instrs: np.ndarray, cycles: np.ndarray, i: int) -> int:
+    """Where `encode` puts instruction i: its queue keeps its array positions, filled in cycle
+    order (ties in array order)."""
+    key = instrs["chip"].astype(np.int64) * (1 << 20) + instrs["queue"].astype(np.int64)
+    mine = np.flatnonzero(key == key[i])
+    by_cycle = mine[np.lexsort((mine, cycles[mine]))]
+    return int(mine[np.flatnonzero(by_cycle == i)[0]])
+
+
+def _requeued(prog: Program, i: int, **fields) -> tuple[Program, int, bool]:
+    """Instruction i on another queue (`fields`: queue, plane), every instruction at its cycle;
+    with i's index in it, and whether its new queue now dispatches more in i's cycle than it
+    may."""
+    instrs = prog.instrs.copy()
+    for name, value in fields.items():
+        instrs[name][i] = value
+    cycles, q = prog.predicted, int(instrs["queue"][i])
+    same = (instrs["chip"] == instrs["chip"][i]) & (instrs["queue"] == q)
+    shared = int((same & (cycles == cycles[i])).sum()) > issue_width(prog.hw, q)
+    return _timed(prog, instrs, cycles), _position(instrs, cycles, i), shared
+
+
+def _wide(prog: Program) -> Program:
+    """`prog` on an ICU that dispatches two instructions a queue a cycle: where a mutation puts two
+    on one queue in one cycle, the ICU refuses the second (an earlier, still correct violation)
+    before the unit sees it; this lets the unit's own check see it too."""
+    return dataclasses.replace(prog, hw=dataclasses.replace(prog.hw, icu_issue_width=2))
+
+
+ONE_A_CYCLE = "dispatches at most 1 a cycle (icu_issue_width)"
 
 
 def _caught(prog: Program, args: dict, what: str) -> ScheduleViolation:
@@ -137,7 +191,7 @@ def test_dropped_install_is_caught(name, pick):
     prog, args = _compiled(name)
     installs = _installs(prog)
     i = int(installs[pick % len(installs)])
-    e = _caught(_with(prog, np.delete(prog.instrs, i)), args, f"dropping {_what(prog, i)}")
+    e = _caught(_dropped(prog, i), args, f"dropping {_what(prog, i)}")
     assert e.instr.startswith("MATMUL")
     if len(_pieces(prog, i)) > 1:  # the tile's other pieces are there, and its id
         assert "not installed" in e.conflict, e
@@ -153,11 +207,11 @@ def test_duplicated_install_is_caught(name, pick, delta):
     prog, args = _compiled(name)
     installs = _installs(prog)
     i = int(installs[pick % len(installs)])
-    copy = prog.instrs[i : i + 1].copy()
-    copy["cycle"] += delta
-    bad = _with(prog, np.insert(prog.instrs, i + 1, copy))
+    bad = _duplicated(prog, i, delta)
     e = _caught(bad, args, f"a copy {delta:+d} cycles after {_what(prog, i)}")
     if delta == 0:
+        assert e.conflict.endswith(ONE_A_CYCLE), e  # the plane's queue: one INSTALL a cycle
+        e = _caught(_wide(bad), args, f"a copy of {_what(prog, i)} on a wider ICU")
         assert "twice" in e.conflict or "already in use" in e.conflict, e
 
 
@@ -165,11 +219,13 @@ def test_duplicate_at_the_same_cycle_names_the_row():
     prog, args = _compiled("softmax_matmul")
     ins = prog.instrs
     for i in _installs(prog):
-        copy = ins[i : i + 1].copy()
-        e = _caught(_with(prog, np.insert(ins, i + 1, copy)), args, _what(prog, i))
+        bad = _duplicated(prog, i, 0)
+        e = _caught(bad, args, _what(prog, i))
+        assert e.index == i + 1 and e.conflict.endswith(ONE_A_CYCLE), e
+        e = _caught(_wide(bad), args, _what(prog, i))  # as if the plane's queue took both
         if "twice" in e.conflict:
             row, tile = int(ins["row"][i]), int(ins["aux"][i])
-            assert e.index == i + 1 and e.cycle == int(ins["cycle"][i])
+            assert e.index == i + 1 and e.cycle == int(prog.predicted[i])
             assert e.conflict == f"installs row {row} of tile {tile} twice"
             return
     pytest.fail("every INSTALL shares its cycles with another: no free port for a copy")
@@ -214,7 +270,7 @@ def test_missing_rows_are_listed_as_runs():
     ins = prog.instrs
     i = next(int(i) for i in _installs(prog) if len(_pieces(prog, i)) > 1 and ins["row"][i] == 0)
     n, tile = int(ins["repeat"][i]), int(ins["aux"][i])
-    e = _caught(_with(prog, np.delete(ins, i)), args, _what(prog, i))
+    e = _caught(_dropped(prog, i), args, _what(prog, i))
     extent = max(int(ins["row"][k] + ins["repeat"][k]) for k in _pieces(prog, i))
     assert e.conflict == (
         f"uses tile {tile} but rows 0..{n - 1} are not installed (its extent is {extent})"
@@ -242,7 +298,7 @@ def test_matmul_extent_must_match_the_tile(name):
         )
     for bad in (0, -1, lanes + 1):
         e = _caught(_set(prog, m, row=bad), args, f"extent {bad}")
-        assert e.index == m and e.cycle == int(prog.instrs["cycle"][m])
+        assert e.index == m and e.cycle == int(prog.predicted[m])
         assert e.conflict == f"MATMUL extent (row field) {bad} is outside 1..{lanes}"
 
 
@@ -251,11 +307,11 @@ def test_install_row_outside_the_lanes_and_mixed_orientation():
     ins = prog.instrs
     tiles = [_pieces(prog, i) for i in _installs(prog)]
     # The last piece to start of a tile of rows in several pieces.
-    i = int(max(next(p for p in tiles if len(p) > 1), key=lambda k: (ins["cycle"][k], k)))
+    i = int(max(next(p for p in tiles if len(p) > 1), key=lambda k: (prog.predicted[k], k)))
     tile, lanes = int(ins["aux"][i]), prog.hw.lanes
     for row in (-1, lanes, 1000):
         e = _caught(_set(prog, i, row=row), args, f"row {row}")
-        assert e.index == i and e.cycle == int(ins["cycle"][i])
+        assert e.index == i and e.cycle == int(prog.predicted[i])
         assert e.conflict == f"installs row {row} of tile {tile}, outside 0..{lanes - 1}"
     e = _caught(_set(prog, i, flags=FLAG_TRANSPOSED), args, "a column among rows")
     assert e.index == i and e.conflict == f"installs a column of tile {tile}, which holds rows"
@@ -274,6 +330,8 @@ def _moves(prog: Program, i: int) -> list[tuple[int, int]]:
     hw, r = prog.hw, prog.instrs[i]
     unit, plane = OP_UNIT[Op(int(r["op"]))], int(r["plane"])
     mxm = [queue_mxm(hw, p) for p in range(hw.mxm_planes)]
+    if unit == Unit.ICU:  # SYNC/NOTIFY run on any queue: only on none at all
+        return [(n_queues(hw), plane), (99, plane)]
     if unit == Unit.VXM:
         return [(q, plane) for q in [*mxm, queue_sxm(hw, 0), 0]]
     if unit == Unit.SXM:
@@ -287,6 +345,24 @@ def _moves(prog: Program, i: int) -> list[tuple[int, int]]:
         (queue_vxm(hw), plane),
         (queue_mxm(hw, hw.mxm_planes), hw.mxm_planes),
     ]
+
+
+def _requeued_caught(prog: Program, args: dict, i: int, what: str, **fields):
+    """The violation of instruction i on another queue (on a wider ICU where its new queue
+    dispatches more in its cycle than it may, after checking the ICU's own refusal)."""
+    bad, j, shared = _requeued(prog, i, **fields)
+    e = _caught(bad, args, what)
+    cycle = int(prog.predicted[i])
+    if shared:
+        # The ICU refuses whichever of the queue's instructions in that cycle comes later in
+        # the queue: it or another.
+        q = int(bad.instrs["queue"][j])
+        most = f"dispatches at most {issue_width(prog.hw, q)} a cycle (icu_issue_width)"
+        assert e.conflict.endswith(most) and e.cycle == cycle, e
+        assert bad.instrs["queue"][e.index] == q
+        e = _caught(_wide(bad), args, what)
+    assert e.index == j and e.cycle == cycle
+    return e
 
 
 @settings(max_examples=40, deadline=None)
@@ -303,10 +379,9 @@ def test_op_on_a_queue_its_unit_cannot_run_is_caught(name, unit, pick, where):
     i = int(candidates[pick % len(candidates)])
     moves = _moves(prog, i)
     q, plane = moves[where % len(moves)]
-    bad = _set(prog, i, queue=q, plane=plane)
-    e = _caught(bad, args, f"{_what(prog, i)} on queue {q}, plane {plane}")
-    # Nothing before its first cycle changed, so it is caught there, by the new check.
-    assert e.index == i and e.cycle == int(prog.instrs["cycle"][i])
+    what = f"{_what(prog, i)} on queue {q}, plane {plane}"
+    # No instruction's cycle changed, so it is caught at its cycle, by the new check.
+    e = _requeued_caught(prog, args, i, what, queue=q, plane=plane)
     op = Op(int(prog.instrs["op"][i])).name
     assert e.conflict.startswith(f"{unit.name} op {op}")
     assert e.conflict.endswith(("which cannot run it", "which does not exist"))
@@ -316,21 +391,21 @@ def test_unit_violation_wording():
     prog, args = _compiled("softmax_matmul")
     hw, ins = prog.hw, prog.instrs
     v = int(np.nonzero(ins["op"] == Op.EXP)[0][0])
-    e = _caught(_set(prog, v, queue=queue_mxm(hw, 1)), args, "EXP on MXM1")
+    e = _requeued_caught(prog, args, v, "EXP on MXM1", queue=queue_mxm(hw, 1))
     assert e.unit == "MXM1" and e.conflict == "VXM op EXP issued on queue MXM1, which cannot run it"
     s = int(_ops_of(prog, Unit.SXM)[0])
-    e = _caught(_set(prog, s, queue=queue_vxm(hw)), args, "SXM op on the VXM")
+    e = _requeued_caught(prog, args, s, "SXM op on the VXM", queue=queue_vxm(hw))
     op = Op(int(ins["op"][s])).name
     assert e.conflict == f"SXM op {op} issued on queue VXM, which cannot run it"
     m = int(np.nonzero(ins["op"] == Op.MATMUL)[0][0])
     plane = int(ins["plane"][m])
     other = queue_mxm(hw, 1 - plane)
-    e = _caught(_set(prog, m, queue=other), args, "MATMUL on the other plane's queue")
+    e = _requeued_caught(prog, args, m, "MATMUL on the other plane's queue", queue=other)
     assert e.unit == f"MXM{1 - plane}"
     assert e.conflict == (
         f"MXM op MATMUL for plane {plane} issued on queue MXM{1 - plane}, which cannot run it"
     )
-    e = _caught(_set(prog, m, queue=99), args, "MATMUL on no queue")
+    e = _requeued_caught(prog, args, m, "MATMUL on no queue", queue=99)
     assert e.conflict == f"MXM op MATMUL for plane {plane} issued on queue 99, which does not exist"
 
 

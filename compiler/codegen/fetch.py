@@ -1,0 +1,140 @@
+"""Instruction fetch: the IFETCHes that keep every queue's instruction buffer fed.
+
+A queue holds icu_queue_instructions instructions (sim/icu.py): its first ones are loaded before
+the program starts, and each later one must be brought by an IFETCH of that same queue, which
+reads one SRAM word of up to `fetch_width` instructions through a slice's read port. This pass
+runs on the finished schedule (cycles fixed) and, per queue, walks its instructions in order:
+
+- before each instruction, in the cycles since the queue's previous dispatch where the queue has
+  a dispatch slot left and some slice's read port is idle, it places IFETCHes as early as the
+  buffer has room for a whole word (counting the IFETCHes themselves, which are instructions);
+- every instruction must have landed (mem_read_latency after its IFETCH) by its own cycle, or the
+  queue would stall: that is a ScheduleError naming the queue and the config fields to change.
+
+So fetching costs what it costs on the chip: read-port cycles (idle ones, taken from the data's
+leftovers), dispatch slots, and SRAM words for the instruction image, allocated above everything
+else. The scheduler's cycles of the program's own instructions do not move.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+
+import numpy as np
+
+from compiler.passes.place import ModelTooLarge
+from sim.errors import ScheduleError
+from sim.hardware import HardwareConfig
+from sim.icu import fetch_width
+from sim.isa import DTYPE_BYTES, Op, issue_width, make_instrs, periods, queue_name
+
+
+def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: int):
+    """(slices, cycles) bool: the read ports the chip's READs hold, each repetition."""
+    end = int(cycles.max()) + 2 if len(cycles) else 2
+    sel = (ins["op"] == int(Op.READ)) & (ins["chip"] == chip)
+    r, t0 = ins[sel], cycles[sel]
+    reps = r["repeat"].astype(np.int64)
+    i = np.repeat(np.arange(len(r)), reps)
+    j = np.arange(len(i)) - np.repeat(np.cumsum(reps) - reps, reps)
+    t = t0[i] + j * periods(r)[i]
+    end = max(end, int(t.max()) + 2 if len(t) else 0)
+    busy = np.zeros((hw.mem_slices, end), np.bool_)
+    width = np.array([DTYPE_BYTES[int(d)] for d in r["dtype"]], np.int64)[i] if len(i) else i
+    for m in range(4):
+        k = m < width
+        busy[r["slice"].astype(np.int64)[i[k]] + m, t[k]] = True
+    return busy
+
+
+def plan_fetches(
+    hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, words: int, src: int = -1
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(instrs, cycles, words used) with the IFETCHes every queue needs added (source `src`)."""
+    cap, most, rl = hw.icu_queue_instructions, fetch_width(hw), hw.mem_read_latency_cycles
+    key = ins["chip"].astype(np.int64) * (1 << 20) + ins["queue"].astype(np.int64)
+    qkeys, sizes = np.unique(key, return_counts=True)
+    if not len(qkeys) or sizes.max() <= cap:
+        return ins, cycles, words
+    order = np.lexsort((np.arange(len(ins)), cycles, key))
+    starts = np.searchsorted(key[order], qkeys)
+    ports: dict[int, np.ndarray] = {}
+    image = np.full(hw.mem_slices, words, np.int64)  # next free word per slice
+    records = []
+    for qk, lo, n in zip(qkeys.tolist(), starts.tolist(), sizes.tolist(), strict=True):
+        if n <= cap:
+            continue
+        chip, q = qk >> 20, qk - (qk >> 20 << 20)
+        if chip not in ports:
+            ports[chip] = _read_ports(hw, ins, cycles, chip)
+        busy = ports[chip]
+        c = cycles[order[lo : lo + n]]
+        width = issue_width(hw, q)
+        used = Counter(c.tolist())
+        loaded, fetches, pos = cap, 0, 0  # positions delivered, IFETCHes placed, entries placed
+        landed = ([0], [cap])  # arrivals, and positions delivered up to with each
+        prev = -1
+        for r in range(n):
+            d = int(c[r])
+            t = max(prev, 0)
+            while loaded - fetches < n and t <= d:  # some of its instructions are still out
+                # (an IFETCH takes a place in the buffer too, so it brings one more than were out)
+                count = min(most, n - (loaded - fetches - 1))
+                if loaded + count - (pos + 1) > cap:
+                    break  # no room for a word yet
+                first = loaded - fetches - 1  # the first real instruction this one delivers
+                latest = min(d - 1, int(c[first]) - rl) if first < n else d - 1
+                t = _free_cycle(busy, used, width, t, latest, landed, pos)
+                if t < 0:
+                    break
+                s = int(np.argmin(np.where(busy[:, t], np.iinfo(np.int64).max, image)))
+                busy[s, t] = True
+                used[t] += 1
+                records.append(
+                    dict(op=Op.IFETCH, chip=chip, queue=q, slice=s, addr=int(image[s]),
+                         count=count, cycle=t, src=src)
+                )  # fmt: skip
+                image[s] += 1
+                fetches, pos, loaded = fetches + 1, pos + 1, loaded + count
+                landed[0].append(t + rl)
+                landed[1].append(loaded)
+            if not _there(landed, pos, d):
+                raise ScheduleError(
+                    f"instruction fetch cannot keep queue {queue_name(hw, q)} (chip {chip}) fed: "
+                    f"its instruction {r} at cycle {d} has not arrived; raise "
+                    f"icu_queue_instructions ({cap}) or lower icu_instruction_bytes "
+                    f"({hw.icu_instruction_bytes})"
+                )
+            pos, prev = pos + 1, d
+    if int(image.max()) > hw.words_per_slice:
+        raise ModelTooLarge(
+            f"the instruction image needs {int(image.max()) - words} more words per slice above "
+            f"the {words} in use; a slice of {hw.name} has {hw.words_per_slice}"
+        )
+    if not records:
+        return ins, cycles, words
+    extra = make_instrs(records)
+    extra_cycles = np.array([rec["cycle"] for rec in records], np.int64)
+    return (
+        np.concatenate([ins, extra]),
+        np.concatenate([cycles, extra_cycles]),
+        max(words, int(image.max())),
+    )
+
+
+def _there(landed: tuple[list, list], pos: int, t: int) -> bool:
+    """Whether position `pos` of the queue has landed by cycle t."""
+    k = bisect_right(landed[1], pos)
+    return k < len(landed[1]) and landed[0][k] <= t
+
+
+def _free_cycle(busy, used: Counter, width: int, t: int, latest: int, landed, pos: int) -> int:
+    """The first cycle in [t, latest] at which the queue has a dispatch slot, its entry `pos`
+    has landed, and some slice's read port is idle; -1 if none."""
+    while t <= latest:
+        free = used[t] < width and _there(landed, pos, t)
+        if free and t < busy.shape[1] and not busy[:, t].all():
+            return t
+        t += 1
+    return -1
