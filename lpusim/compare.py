@@ -33,8 +33,10 @@ from models import ModelConfig, decode_step, embed, init_cache, init_params, par
 from sim.baselines import (
     FITTED,
     FORMATS,
+    GPUS,
     DoesNotFit,
     Efficiency,
+    GPUSpec,
     ModelDims,
     UnsupportedFormat,
     decode_time,
@@ -42,7 +44,7 @@ from sim.baselines import (
     min_devices,
     prefill_time,
 )
-from sim.baselines.model import decode_demand, is_count, prefill_demand
+from sim.baselines.model import decode_demand, prefill_demand
 from sim.errors import ArgumentError, LpuError
 from sim.hardware import HardwareConfig, load_hardware
 
@@ -110,14 +112,19 @@ def model_dims(cfg: ModelConfig) -> ModelDims:
 
 
 def _as_list(value, name: str) -> list:
-    if isinstance(value, str) or is_count(value):
+    """A value or a sequence of them as a list; each item is checked by its user."""
+    if isinstance(value, str) or not isinstance(value, (Sequence, np.ndarray)):
         return [value]
-    if isinstance(value, bool) or not isinstance(value, (Sequence, set, frozenset, np.ndarray)):
-        raise ArgumentError(name, value, "must be a value or a list of values")
     out = list(value)
     if not out:
         raise ArgumentError(name, value, "must name at least one value")
     return out
+
+
+def _gpu(name):
+    if not isinstance(name, (str, GPUSpec)):
+        raise ArgumentError("gpus", name, f"must name GPUs; known GPUs: {', '.join(GPUS)}")
+    return get_gpu(name)
 
 
 def natural_format(cfg: ModelConfig) -> str:
@@ -365,7 +372,7 @@ def compare(
     devices = checks.optional_count("devices", devices)
     if tp is not None and devices is not None and tp != devices:
         raise ArgumentError("tp", tp, f"differs from devices={devices}; give one of them")
-    gpu_specs = [get_gpu(g) for g in _as_list(gpus, "gpus")]
+    gpu_specs = [_gpu(g) for g in _as_list(gpus, "gpus")]
     gpu_tp = devices or tp
     if gpu_tp is not None:
         decode_demand(dims, weights="bf16", tp=gpu_tp, batch=1, context=1)  # validates tp
@@ -524,33 +531,24 @@ def plot(df: pd.DataFrame, path=None):
             v = float(sel["tokens_per_s_user"].iloc[0]) if len(sel) else math.nan
             x = j + (i - (len(machines) - 1) / 2) * width
             n = sel["devices"].iloc[0] if len(sel) else None
-            count = "" if n is None or pd.isna(n) else f"{int(n)}x "
-            if math.isnan(v):
-                bx.text(
-                    x,
-                    0.01,
-                    f"{count}n/a",
-                    rotation=90,
-                    ha="center",
-                    fontsize=7,
-                    transform=bx.get_xaxis_transform(),
-                )
-            else:
+            count = "" if n is None or pd.isna(n) else f"{int(n)} dev "
+            if not math.isnan(v):
                 bx.bar(x, v, width, color=color.get(m, f"C{i}"), label=m if j == 0 else None)
-                bx.annotate(
-                    f"{count}{m}".strip(),
-                    (x, v),
-                    xytext=(0, 2),
-                    textcoords="offset points",
-                    rotation=90,
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+            # Every bar says how many devices (GPUs or chips) hold one copy of the model.
+            bx.text(
+                x,
+                0.01,
+                count + ("n/a" if math.isnan(v) else ""),
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                transform=bx.get_xaxis_transform(),
+            )
     bx.set_yscale("log")
     bx.set_xticks(range(len(groups)), [f"{w}\nbatch {b}" for w, b in groups])
     bx.set_ylabel("tokens/s per user")
-    bx.set_title("decode tokens/s per user (Nx: devices per copy; n/a: see the table's notes)")
+    bx.set_title("decode tokens/s per user (N dev: devices; n/a: see the notes)")
     handles = [Patch(color=color.get(m, "grey"), label=m) for m in machines]
     bx.legend(handles=handles, fontsize=8)
     if path is not None:
