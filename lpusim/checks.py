@@ -71,10 +71,16 @@ def weights(value) -> str:
 
 
 def path(name: str, value) -> Path:
-    """A file path to write: a non-empty string or Path."""
+    """A file path to write: a non-empty string or Path, not a directory, in a directory that
+    exists (checked before any work, so a typo costs no compilation)."""
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ArgumentError(name, value, "must be a file path")
-    return Path(value)
+    p = Path(value)
+    if p.is_dir():
+        raise ArgumentError(name, str(value), "is a directory; give a file path")
+    if not p.parent.is_dir():
+        raise ArgumentError(name, str(value), f"is in {str(p.parent)!r}, which is not a directory")
+    return p
 
 
 def model(value) -> ModelConfig:
