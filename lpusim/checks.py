@@ -18,11 +18,12 @@ from compiler.frontend.model import resolve_model
 from models import ModelConfig
 from models.quantize import FORMATS as WEIGHT_FORMATS
 from sim.errors import ArgumentError, HostMemoryError
+from sim.execute import ENGINES
 
-# The KV-cache length every command times when none is given (capped at the model's
-# max_seq_len): a common serving length, and the figure GPU measurements are quoted at.
+# The KV-cache length every command (estimate, compile, compare, measure) times when none is given,
+# capped at the model's max_seq_len: a typical serving length. Short contexts fit more on a chip;
+# pass --context 64 to ask what one chip does with a short cache.
 DEFAULT_CONTEXT = 1024
-ENGINES = ("numba", "reference")
 SEED_MAX = 2**63 - 1
 
 
@@ -96,25 +97,16 @@ def model(value) -> ModelConfig:
 
 
 def context(cfg: ModelConfig, value) -> int:
-    """The KV-cache length: DEFAULT_CONTEXT (capped at max_seq_len) when None."""
+    """The KV-cache length, in [1, the model's max_seq_len]: DEFAULT_CONTEXT (capped) when None."""
     if value is None:
         return min(DEFAULT_CONTEXT, cfg.max_seq_len)
-    return count_for(cfg, "context", value)
-
-
-def count_for(cfg: ModelConfig, name: str, value) -> int:
-    """A count of token positions, in [1, the model's max_seq_len]."""
+    valid = f"in [1, max_seq_len={cfg.max_seq_len}] for {cfg.name!r}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArgumentError(
-            name,
-            value,
-            f"must be an integer in [1, max_seq_len={cfg.max_seq_len}] for {cfg.name!r}, "
-            f"not a {type(value).__name__}",
+            "context", value, f"must be an integer {valid}, not a {type(value).__name__}"
         )
     if not 1 <= value <= cfg.max_seq_len:
-        raise ArgumentError(
-            name, int(value), f"must be in [1, max_seq_len={cfg.max_seq_len}] for {cfg.name!r}"
-        )
+        raise ArgumentError("context", int(value), f"must be {valid}")
     return int(value)
 
 
