@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench notebooks clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
+	touch $(VENV)/.installed $@
+
+$(VENV)/.installed-notebooks: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -e ".[notebooks]"
 	touch $(VENV)/.installed $@
 
 demo: $(VENV)/.installed
@@ -38,6 +42,10 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/roofline.py
+
+# Opens the teaching and research notebooks in JupyterLab (installs the `notebooks` extra once).
+notebooks: $(VENV)/.installed-notebooks
+	$(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -26,6 +26,7 @@ __all__ = [
     "compile",
     "compile_graph",
     "compile_model",
+    "check_model_fits",
     "lower",
     "ModelTooLarge",
     "UnsupportedPrimitive",
@@ -42,6 +43,29 @@ def _check_args_fit(args: dict, params: frozenset, hw: HardwareConfig, chips: in
             kind = "param" if name in params else "input"
             specs[kind].append((np.shape(leaf), np.dtype(leaf.dtype).name))
     check_args_fit(specs, hw, chips)
+
+
+def check_model_fits(
+    cfg,
+    hw: HardwareConfig,
+    *,
+    pos=None,
+    context=None,
+    weights="native",
+    layers=None,
+    chips: int = 1,
+) -> tuple[int, int, int]:
+    """The range and fit checks of a model's decode step, from shapes alone (no tracing, no
+    weights): (pos, context, layers) with defaults filled in, or an error naming what is out of
+    range or how many chips the model needs. Every command runs these first."""
+    from compiler.frontend import model as fm
+
+    fm.check_weights(weights)
+    with_head = layers is None
+    pos, context, layers = fm.resolve_step(cfg, pos=pos, context=context, layers=layers)
+    specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers, head=with_head)
+    _check_args_fit(specs, frozenset({"params"}), hw, chips)
+    return pos, context, layers
 
 
 def lower(fn: Callable, args: dict, params: frozenset = frozenset()) -> Graph:
@@ -140,11 +164,10 @@ def compile_model(
     from compiler.frontend import model as fm
 
     report = progress or (lambda stage, fraction: None)
-    fm.check_weights(weights)
     with_head = layers is None
-    pos, context, layers = fm.resolve_step(cfg, pos=pos, context=context, layers=layers)
-    specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers, head=with_head)
-    _check_args_fit(specs, frozenset({"params"}), hw, 1)  # fit first: before any tracing
+    pos, context, layers = check_model_fits(  # fit first: before any tracing
+        cfg, hw, pos=pos, context=context, weights=weights, layers=layers
+    )
     report("trace", 0.0)
     fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights)
     acc = _accumulators(hw, accumulate)

@@ -5,6 +5,7 @@ readable table."""
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -12,13 +13,14 @@ from dataclasses import asdict, dataclass, field
 import jax
 import numpy as np
 
+from compiler import check_model_fits
 from compiler import compile as compile_program
 from compiler.frontend.jaxpr import flatten_named
-from compiler.frontend.model import check_weights, resolve_model
+from lpusim import checks
 from models import decode_step, embed, init_cache, init_params
 from sim import Program, simulate
 from sim.bounds import bounds
-from sim.errors import LpuError
+from sim.errors import ArgumentError
 from sim.hardware import load_hardware
 
 Progress = Callable[[str, float], None]
@@ -105,10 +107,17 @@ def estimate(
     layers: int | None = None,
     progress: Progress | None = None,
 ) -> Estimate:
-    """Compile one decode step at the last position of `context` (of the first `layers` layers
-    alone, if given) with weights stored as `weights`, and time it on the simulator."""
-    cfg = resolve_model(model)
+    """Compile one decode step at the last position of `context` (default: DEFAULT_CONTEXT,
+    capped at the model's max_seq_len; of the first `layers` layers alone, if given) with weights
+    stored as `weights`, and time it on the simulator. Every argument, the context and the fit
+    are checked first, in well under a second."""
+    cfg = checks.model(model)
     hw = load_hardware(hw)
+    chips = checks.chips(chips)
+    context = checks.context(cfg, context)
+    layers = checks.optional_count("layers", layers, 1, cfg.n_layers)
+    engine, weights = checks.engine(engine), checks.weights(weights)
+    check_model_fits(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
     t0 = time.perf_counter()
     program = compile_program(
         cfg, hw, chips=chips, context=context, weights=weights, layers=layers, progress=progress
@@ -128,7 +137,7 @@ def estimate(
         cycles_per_token=result.cycles,
         predicted_cycles=result.predicted_cycles,
         seconds_per_token=result.seconds,
-        tokens_per_s=1.0 / result.seconds if result.seconds else math.inf,
+        tokens_per_s=1.0 / result.seconds if result.seconds else math.inf,  # JSON: null
         unit_utilisation=result.utilisation,
         bytes_read=result.bytes_read,
         bytes_written=result.bytes_written,
@@ -189,10 +198,20 @@ class Validation:
     max_abs_error_unquantised: float = 0.0
     steps: list[dict] = field(default_factory=list)
 
+    @property
+    def passed(self) -> bool:
+        """The chip chose the reference's tokens and every logit is within the tolerance."""
+        return self.tokens_match and self.within_tolerance
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
 
     def __str__(self) -> str:
+        within = (
+            f"yes: max |logit error| {self.max_abs_error:.3g} <= {self.tolerance_abs:g}"
+            if self.within_tolerance
+            else f"no: max |logit error| {self.max_abs_error:.3g} > {self.tolerance_abs:g}"
+        )
         return _table(
             [
                 ("model", self.model),
@@ -201,9 +220,12 @@ class Validation:
                 ("prompt", self.prompt),
                 ("tokens (LPU)", self.tokens_lpu),
                 ("tokens (JAX, same weights)", self.tokens_jax),
-                ("tokens match", self.tokens_match),
+                ("tokens match", "yes" if self.tokens_match else "no"),
+                ("within tolerance", within),
                 ("max |logit error|", self.max_abs_error),
-                ("max relative error", self.max_rel_error),
+                # Relative to |JAX logit| (floored at 1e-6): large where a logit is near zero, so
+                # the verdict is on the absolute error.
+                ("max relative error", f"{self.max_rel_error:.4g} (informative; logits near 0)"),
                 ("tolerance", f"{self.tolerance_abs:g} absolute on every logit"),
                 ("tokens (JAX, unquantised)", self.tokens_unquantised),
                 ("tokens match unquantised", self.tokens_match_unquantised),
@@ -240,15 +262,35 @@ def validate(
     reference of the same (quantised, for weights="int8"/"fp8") model, each from its own cache,
     comparing logits at every step; and with the unquantised model, to show what the weight
     format costs."""
-    cfg = resolve_model(model)
+    cfg = checks.model(model)
     hw = load_hardware(hw)
-    check_weights(weights)
-    if tokens < 1:
-        raise LpuError(f"tokens={tokens} must be >= 1")
-    prompt = [int(t) for t in prompt]
-    if not prompt or any(not 0 <= t < cfg.vocab_size for t in prompt):
-        raise LpuError(f"prompt {prompt} must be non-empty token ids in [0, {cfg.vocab_size})")
-    tolerance = LOGIT_TOLERANCE[cfg.dtype] if tolerance is None else tolerance
+    tokens = checks.count("tokens", tokens)
+    prompt = checks.prompt_ids(cfg, prompt)
+    chips, seed = checks.chips(chips), checks.seed(seed)
+    engine, weights = checks.engine(engine), checks.weights(weights)
+    if tolerance is not None and (
+        isinstance(tolerance, bool)
+        or not isinstance(tolerance, numbers.Real)
+        or not 0 < tolerance < math.inf
+    ):
+        raise ArgumentError("tolerance", tolerance, "must be a positive finite number (or None)")
+    context = len(prompt) + tokens - 1
+    if context > cfg.max_seq_len:
+        raise ArgumentError(
+            "tokens",
+            tokens,
+            f"after a prompt of {len(prompt)} needs a KV cache of {context} positions; "
+            f"{cfg.name!r} has max_seq_len={cfg.max_seq_len}, so at most "
+            f"{cfg.max_seq_len - len(prompt) + 1} tokens",
+        )
+    # Fit first: the chip's SRAM, then this machine's memory for the random weights (built here,
+    # quantised from the native ones, and copied once more for JAX) and three KV caches.
+    check_model_fits(cfg, hw, context=context, weights=weights, chips=chips)
+    need = 2 * checks.weight_bytes(cfg, weights) + 3 * checks.cache_bytes(cfg, context)
+    if weights != "native":
+        need += checks.weight_bytes(cfg)
+    checks.host_memory(need, f"validating {cfg.name} with {weights} random weights")
+    tolerance = LOGIT_TOLERANCE[cfg.dtype] if tolerance is None else float(tolerance)
     report = progress or (lambda stage, fraction: None)
     params = init_params(cfg, seed, weights)
     native = params if weights == "native" else init_params(cfg, seed)

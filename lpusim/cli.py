@@ -1,15 +1,28 @@
-"""The `lpusim` command line. Every command takes --json and then prints one JSON object.
-Bad input prints a one-line error (no traceback) and exits 2; a failed validation exits 1."""
+"""The `lpusim` command line. Every command takes --json and then prints one strict JSON object
+(no NaN or Infinity: a figure that is not a finite number is null, with a `<key>_reason`).
+Bad input prints a one-line error naming the option (no traceback) and exits 2; a validation
+outside its tolerance exits 1."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from lpusim import checks
 from lpusim.progress import StageProgress
-from sim.errors import LpuError
+from sim.errors import ArgumentError, LpuError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what `lpusim CMD --help` explains in full)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _hw_arg(p: argparse.ArgumentParser) -> None:
@@ -37,6 +50,16 @@ def _layers_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _context_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help=f"KV-cache length of the decode step (default: {checks.DEFAULT_CONTEXT}, or the "
+        "model's max_seq_len if shorter; the same in every command)",
+    )
+
+
 def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -46,7 +69,7 @@ def _engine_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="lpusim", description="Compile transformers for an LPU-style chip and simulate them."
     )
     sub = ap.add_subparsers(dest="command", required=True)
@@ -62,9 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="cycles, seconds and tokens/s of one decode step")
     _model_args(p)
-    p.add_argument(
-        "--context", type=int, default=None, help="KV-cache length (default: min(64, max_seq_len))"
-    )
+    _context_arg(p)
     _weights_arg(p)
     _layers_arg(p)
     _engine_arg(p)
@@ -72,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="write a Program file and its listing")
     _model_args(p)
-    p.add_argument("--context", type=int, default=None)
+    _context_arg(p)
     _weights_arg(p)
     _layers_arg(p)
     p.add_argument("--pos", type=int, default=None, help="decode position (default: last)")
@@ -101,7 +122,14 @@ def _parser() -> argparse.ArgumentParser:
         "--weights", default=None, help="comma-separated formats (default: the model's dtype)"
     )
     p.add_argument("--tp", type=int, default=None, help="GPUs' tensor-parallel degree")
-    p.add_argument("--context", type=int, default=None, help="KV-cache length of the decode step")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="give every machine this many devices (default: each the fewest that hold the "
+        "model and KV cache)",
+    )
+    _context_arg(p)
     p.add_argument("--prompt", type=int, default=None, help="prefill length timed as TTFT")
     p.add_argument("--engine", choices=("numba", "reference"), default=None)
     p.add_argument("--plot", default=None, help="write a roofline and tokens/s chart here")
@@ -113,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="time the JAX reference decode step on this machine")
     p.add_argument("--model", default="tiny-llama", help="a llama-family name from `lpusim models`")
     p.add_argument("--tokens", type=int, default=64, help="decode steps to time")
-    p.add_argument("--context", type=int, default=None, help="KV-cache length (default 1024)")
+    _context_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     _json_arg(p)
 
@@ -129,8 +157,50 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def strict_json(value):
+    """`value` as JSON can hold it: NumPy scalars and arrays as plain numbers and lists, tuples as
+    lists, and every NaN or infinity as None, with a sibling `<key>_reason` saying what it was."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = strict_json(v)
+            out[k] = v
+            bad = _non_finite(value[k])
+            if bad:
+                out[f"{k}_reason"] = f"not a finite number ({bad}); JSON has no NaN or Infinity"
+        return out
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _non_finite(value) -> str:
+    """'nan', 'inf', '-inf' for a non-finite float (or floats in a list: the first one)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return next((b for b in map(_non_finite, value) if b), "")
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return ""
+
+
 def _emit(args, obj: dict, text: str) -> None:
-    print(json.dumps(obj, default=float) if args.json else text)
+    print(json.dumps(strict_json(obj), allow_nan=False) if args.json else text)
+
+
+def _write(option: str, path, write) -> Path:
+    """Call write(path) for the file an option names, or say which option could not be written."""
+    path = checks.path(option, path)
+    try:
+        write(path)
+    except OSError as e:
+        raise ArgumentError(option, str(path), f"cannot be written: {e.strerror or e}") from None
+    return path
 
 
 def _cmd_validate(args) -> int:
@@ -157,7 +227,7 @@ def _cmd_validate(args) -> int:
     obj["simulated_cycles"] = sum(v.simulated_cycles)
     obj["cycles_per_step"] = v.simulated_cycles
     _emit(args, obj, str(v))
-    return 0 if v.tokens_match and v.within_tolerance else 1
+    return 0 if v.passed else 1
 
 
 def _cmd_estimate(args) -> int:
@@ -173,17 +243,25 @@ def _cmd_estimate(args) -> int:
 
 
 def _cmd_compile(args) -> int:
+    from compiler import check_model_fits
     from compiler import compile as compile_program
+    from sim.hardware import load_hardware
 
+    out = checks.path("output", args.output)
+    listing = checks.path("listing", args.listing) if args.listing is not None else None
+    cfg, hw = checks.model(args.model), load_hardware(args.hw)
+    chips, context = checks.chips(args.chips), checks.context(cfg, args.context)
+    layers = checks.optional_count("layers", args.layers, 1, cfg.n_layers)
+    weights = checks.weights(args.weights)
+    check_model_fits(cfg, hw, pos=args.pos, context=context, weights=weights, layers=layers)
     with StageProgress() as progress:
         prog = compile_program(
-            args.model, args.hw, chips=args.chips, context=args.context, pos=args.pos,
-            weights=args.weights, layers=args.layers, progress=progress,
+            cfg, hw, chips=chips, context=context, pos=args.pos, weights=weights, layers=layers,
+            progress=progress,
         )  # fmt: skip
-    out = Path(args.output)
-    prog.save(out)
-    listing = Path(args.listing) if args.listing else out.with_name(out.name + ".txt")
-    listing.write_text(prog.disassemble() + "\n")
+    _write("output", out, prog.save)
+    listing = listing or out.with_name(out.name + ".txt")
+    _write("listing", listing, lambda p: p.write_text(prog.disassemble() + "\n"))
     obj = {
         "program": str(out),
         "listing": str(listing),
@@ -206,15 +284,15 @@ def _cmd_simulate(args) -> int:
     from sim import Program, simulate
     from sim.hardware import load_hardware
 
-    hw = load_hardware(args.hw) if args.hw else None
+    hw = load_hardware(args.hw) if args.hw is not None else None
     prog = Program.load(args.program, hw)
     r = simulate(prog, mode="timing", engine=args.engine)
-    obj = {
-        "program": args.program,
-        "hw": prog.hw.name,
-        **r.summary(),
-        "tokens_per_s": 1.0 / r.seconds if r.seconds else None,
-    }
+    obj = {"program": args.program, "hw": prog.hw.name, **r.summary()}
+    if r.seconds:
+        obj["tokens_per_s"] = 1.0 / r.seconds
+    else:
+        obj["tokens_per_s"] = None
+        obj["tokens_per_s_reason"] = "the program takes 0 cycles"
     text = "\n".join(f"{k:<17} {v}" for k, v in obj.items())
     _emit(args, obj, text)
     return 0
@@ -234,6 +312,7 @@ def _cmd_compare(args) -> int:
     from lpusim.compare import compare, format_table, plot, records
     from sim.baselines import GPUS
 
+    plot_path = checks.path("plot", args.plot) if args.plot is not None else None
     gpus = list(GPUS) if args.gpus == "all" else _csv(args.gpus, "--gpus")
     df = compare(
         args.model,
@@ -242,17 +321,17 @@ def _cmd_compare(args) -> int:
         batch=_csv(args.batch, "--batch", int),
         weights=_csv(args.weights, "--weights") if args.weights else None,
         tp=args.tp,
+        devices=args.devices,
         context=args.context,
         prompt=args.prompt,
         engine=args.engine,
     )
     text = format_table(df)
-    if args.plot:
-        plot(df, args.plot)
-        text += f"\nwrote {args.plot}"
     obj = {"rows": records(df), **df.attrs}
-    if args.plot:
-        obj["plot"] = args.plot
+    if plot_path is not None:
+        _write("plot", plot_path, lambda p: plot(df, p))
+        text += f"\nwrote {plot_path}"
+        obj["plot"] = str(plot_path)
     _emit(args, obj, text)
     return 0
 
@@ -309,8 +388,9 @@ def _cmd_trace(args) -> int:
     from sim import Program
     from sim.trace import write_perfetto
 
+    out = checks.path("output", args.output)
     prog = Program.load(args.program)
-    path = write_perfetto(prog, args.output)
+    path = _write("output", out, lambda p: write_perfetto(prog, p))
     obj = {
         "program": args.program,
         "trace": str(path),
@@ -397,11 +477,22 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a usage error argparse has printed in one line (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command](args)
-    except (LpuError, ValueError, KeyError, TypeError, OSError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    except (LpuError, ValueError, KeyError, TypeError, OSError, MemoryError) as e:
+        if isinstance(e, ArgumentError):
+            message = e.as_option()
+        elif isinstance(e, KeyError) and e.args:
+            message = str(e.args[0])
+        elif isinstance(e, MemoryError) and not isinstance(e, LpuError):
+            message = f"out of memory on this machine ({e or 'MemoryError'})"
+        else:
+            message = str(e)
+        message = " ".join(message.split())  # one line, whatever the message held
         print(f"lpusim {args.command}: error: {message}", file=sys.stderr)
         return 2
 

@@ -27,13 +27,16 @@ import pandas as pd
 from compiler import ModelTooLarge
 from compiler.frontend.model import decode_specs, resolve_model
 from compiler.passes.place import stored_bytes
+from lpusim import checks
 from lpusim.api import _table, estimate
 from models import ModelConfig, decode_step, embed, init_cache, init_params, param_count
 from sim.baselines import (
     FITTED,
     FORMATS,
+    GPUS,
     DoesNotFit,
     Efficiency,
+    GPUSpec,
     ModelDims,
     UnsupportedFormat,
     decode_time,
@@ -41,8 +44,8 @@ from sim.baselines import (
     min_devices,
     prefill_time,
 )
-from sim.baselines.model import decode_demand, is_count, prefill_demand
-from sim.errors import LpuError
+from sim.baselines.model import decode_demand, prefill_demand
+from sim.errors import ArgumentError, LpuError
 from sim.hardware import HardwareConfig, load_hardware
 
 DEFAULT_GPUS = ("a100-80gb", "h100-sxm", "h200", "b200", "mi300x")
@@ -81,6 +84,7 @@ COLUMNS = (
     "tokens_per_s_per_device",
     "bandwidth_utilisation",
     "bound",
+    "why",
     "prefill_bound",
     "memory_per_device_bytes",
     "note",
@@ -108,12 +112,25 @@ def model_dims(cfg: ModelConfig) -> ModelDims:
 
 
 def _as_list(value, name: str) -> list:
-    if isinstance(value, str) or is_count(value):
+    """A value or a sequence of them as a list; each item is checked by its user."""
+    if isinstance(value, str) or not isinstance(value, (Sequence, np.ndarray)):
         return [value]
     out = list(value)
     if not out:
-        raise LpuError(f"{name} must name at least one value")
+        raise ArgumentError(name, value, "must name at least one value")
     return out
+
+
+def _gpu(name):
+    if not isinstance(name, (str, GPUSpec)):
+        raise ArgumentError("gpus", name, f"must name GPUs; known GPUs: {', '.join(GPUS)}")
+    return get_gpu(name)
+
+
+def natural_format(cfg: ModelConfig) -> str:
+    """The weight format a model is served in: its storage dtype's, except that a model published
+    in FP32 (GPT-2) is served in FP16, as every GPU stack runs it."""
+    return "fp16" if cfg.dtype == "float32" else DTYPE_FORMAT[cfg.dtype]
 
 
 # --- the GPU side ---------------------------------------------------------------------------------
@@ -133,7 +150,9 @@ def _empty_row(machine, kind, weights, batch, context, prompt, note) -> dict:
     return row
 
 
-def gpu_row(gpu, dims, *, weights, batch, context, prompt, tp, eff) -> dict:
+def gpu_row(gpu, dims, *, weights, batch, context, prompt, tp, eff, asked="tp") -> dict:
+    """One GPU's row: on `tp` devices (`asked` names the option that set it), or by default on the
+    fewest that hold the model and KV cache."""
     gpu = get_gpu(gpu)
     row = _empty_row(gpu.name, "gpu", weights, batch, context, prompt, "")
     if weights not in FORMATS:
@@ -142,6 +161,7 @@ def gpu_row(gpu, dims, *, weights, batch, context, prompt, tp, eff) -> dict:
             f"GPU formats: {', '.join(FORMATS)}"
         )
         return row
+    row["devices"] = tp
     try:
         n = tp or min_devices(gpu, dims, weights=weights, batch=batch, context=context)
         dec = decode_time(gpu, dims, weights=weights, tp=n, batch=batch, context=context, eff=eff)
@@ -162,6 +182,7 @@ def gpu_row(gpu, dims, *, weights, batch, context, prompt, tp, eff) -> dict:
             f"tp {n} spans more than one {NODE_GPUS}-GPU node; all-reduces use the "
             f"{gpu.link} figures (optimistic)"
         )
+    chosen = f"as {asked} asked" if tp else "the fewest that hold weights and KV cache"
     row.update(
         devices=n,
         tp=n,
@@ -172,11 +193,31 @@ def gpu_row(gpu, dims, *, weights, batch, context, prompt, tp, eff) -> dict:
         tokens_per_s_per_device=batch / dec.step_s / n,
         bandwidth_utilisation=dec.bandwidth_utilisation,
         bound=dec.bound,
+        why=gpu_why(dec, n, chosen),
         prefill_bound=pre.bound,
         memory_per_device_bytes=dec.memory_per_device_bytes,
         note="; ".join(notes),
     )
     return row
+
+
+def gpu_why(dec, devices: int, chosen: str) -> str:
+    """What sets a GPU's decode step: its terms (sim.baselines.model.step_time) and its devices."""
+    return (
+        f"{dec.bound}: reading {_si(dec.bytes_per_device, 'B')} per device takes "
+        f"{_si(dec.memory_s, 's')}, compute {_si(dec.compute_s, 's')}, per-layer overhead "
+        f"{_si(dec.overhead_s, 's')}, all-reduces {_si(dec.communication_s, 's')}; "
+        f"{devices} device{'s' if devices > 1 else ''} ({chosen})"
+    )
+
+
+def _si(value: float, unit: str) -> str:
+    """3 significant digits with an SI prefix: 68.9 GB, 24 ms, 251 ns."""
+    if value == 0:
+        return f"0 {unit}"
+    prefixes = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u"))
+    scale, prefix = next((p for p in prefixes if abs(value) >= p[0]), (1e-9, "n"))
+    return f"{value / scale:.3g} {prefix}{unit}"
 
 
 # --- the LPU side ---------------------------------------------------------------------------------
@@ -212,8 +253,9 @@ def lpu_bound(utilisation: dict[str, float]) -> str:
     return f"latency (critical path; busiest unit {unit} {u:.1%})"
 
 
-def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache) -> dict:
-    """Estimate's figures where the configuration compiles; otherwise a row saying why not."""
+def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=None) -> dict:
+    """Estimate's figures where the configuration compiles; otherwise a row saying why not.
+    `devices`: the chips asked for (default: the fewest whose SRAM holds weights and KV cache)."""
     row = _empty_row(hw.name, "lpu", weights, batch, context, prompt, "")
     if weights not in LPU_FORMATS:
         row["note"] = (
@@ -229,9 +271,15 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache) -> dict:
     except LpuError as e:  # a family the compiler does not trace yet
         row["note"] = str(e)
         return row
-    row["devices"] = chips
+    row["devices"] = chips if devices is None else devices
     why = []
-    if chips > 1:
+    if devices is not None and devices < chips:
+        why.append(f"needs {chips} chips; {devices} hold too little SRAM")
+    elif devices is not None and devices > 1:
+        why.append(
+            f"{devices} chips asked (needs {chips}); multi-chip compilation not implemented yet"
+        )
+    elif chips > 1:
         why.append(f"needs {chips} chips; multi-chip compilation not implemented yet")
     if batch != 1:
         why.append(f"batch {batch}: only batch-1 decode programs compile yet")
@@ -258,23 +306,30 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache) -> dict:
         tokens_per_s_per_device=e.tokens_per_s,
         bandwidth_utilisation=e.bytes_read / e.seconds_per_token / sram_bytes_per_s,
         bound=lpu_bound(e.unit_utilisation),
+        why=lpu_why(e, hw),
         memory_per_device_bytes=e.sram_bytes_used,
         note="simulated; TTFT: no prefill programs yet",
     )
     return row
 
 
+def lpu_why(e, hw: HardwareConfig) -> str:
+    """What sets the simulated step: its largest lower bound (sim.bounds) and the busiest unit."""
+    unit = max(e.unit_utilisation, key=e.unit_utilisation.get)
+    busiest = f"busiest unit {unit} {e.unit_utilisation[unit]:.0%}"
+    if e.bound_by == "dependency":
+        return (
+            f"latency: its chain of dependent operations needs {e.bound_cycles:,} of the step's "
+            f"{e.cycles_per_token:,} cycles, with vectors crossing a chip {hw.width_positions} "
+            f"positions wide; no unit's throughput limits it ({busiest})"
+        )
+    return (
+        f"{e.bound_by}: needs at least {e.bound_cycles:,} of the step's {e.cycles_per_token:,} "
+        f"cycles ({busiest}); one chip holds weights and KV cache"
+    )
+
+
 # --- compare --------------------------------------------------------------------------------------
-
-
-def _check_lengths(cfg: ModelConfig, context, prompt) -> tuple[int, int]:
-    context = min(1024, cfg.max_seq_len) if context is None else context
-    if not is_count(context) or not 1 <= context <= cfg.max_seq_len:
-        raise LpuError(f"context={context!r} must be in [1, max_seq_len={cfg.max_seq_len}]")
-    prompt = max(context // 2, 1) if prompt is None else prompt
-    if not is_count(prompt) or not 1 <= prompt <= context:
-        raise LpuError(f"prompt={prompt!r} must be in [1, context={context}]")
-    return context, prompt
 
 
 def compare(
@@ -285,6 +340,7 @@ def compare(
     batch: int | Sequence[int] = 1,
     weights: str | Sequence[str] | None = None,
     tp: int | None = None,
+    devices: int | None = None,
     context: int | None = None,
     prompt: int | None = None,
     engine: str | None = None,
@@ -293,37 +349,48 @@ def compare(
     """One row per machine for every (weights, batch): the GPUs from the calibrated time model,
     then the LPU (`hw`; None leaves it out) from the simulator.
 
-    weights: formats of FORMATS or "fp32" (default: the model's storage dtype). tp: the GPUs'
-    tensor-parallel degree (default: the fewest devices that hold model and KV cache). context:
-    KV-cache positions of the timed decode step (default: min(1024, max_seq_len)); prompt: the
-    prefill length that TTFT times (default: context // 2). engine: the LPU simulator (default:
-    "numba" when it imports). Columns: COLUMNS; df.attrs holds the inputs (for `plot`).
+    weights: formats of FORMATS or "fp32" (default: the format the model is served in, fp16 for
+    models published in fp32). devices: every machine's device count (default: each the fewest
+    that hold model and KV cache); tp: the GPUs' tensor-parallel degree alone. context: KV-cache
+    positions of the timed decode step (default: checks.DEFAULT_CONTEXT, capped at max_seq_len,
+    as in `estimate`); prompt: the prefill length that TTFT times (default: context // 2).
+    engine: the LPU simulator (default: "numba" when it imports). Columns: COLUMNS, `why` saying
+    what bounds each row's step; df.attrs holds the inputs (for `plot`).
     """
-    cfg = resolve_model(model)
+    cfg = checks.model(model)
     dims = model_dims(cfg)
-    context, prompt = _check_lengths(cfg, context, prompt)
-    default = DTYPE_FORMAT[cfg.dtype]
+    context = checks.context(cfg, context)
+    prompt = max(context // 2, 1) if prompt is None else checks.count("prompt", prompt, 1, context)
+    default = natural_format(cfg)
     weights_list = _as_list(weights if weights is not None else default, "weights")
     for w in weights_list:
         if w not in WEIGHTS:
-            raise LpuError(f"unknown weight format {w!r}; formats: {', '.join(WEIGHTS)}")
-    batches = _as_list(batch, "batch")
-    for b in batches:
-        if not is_count(b) or b < 1:
-            raise LpuError(f"batch={b!r} must be an int >= 1")
-    gpu_specs = [get_gpu(g) for g in _as_list(gpus, "gpus")]
-    if tp is not None:
-        decode_demand(dims, weights="bf16", tp=tp, batch=1, context=1)  # validates tp
+            valid = f"formats: {', '.join(WEIGHTS)}"
+            raise ArgumentError("weights", w, valid, f"unknown weight format {w!r}; {valid}")
+    batches = [checks.count("batch", b) for b in _as_list(batch, "batch")]
+    tp = checks.optional_count("tp", tp)
+    devices = checks.optional_count("devices", devices)
+    if tp is not None and devices is not None and tp != devices:
+        raise ArgumentError("tp", tp, f"differs from devices={devices}; give one of them")
+    gpu_specs = [_gpu(g) for g in _as_list(gpus, "gpus")]
+    gpu_tp = devices or tp
+    if gpu_tp is not None:
+        decode_demand(dims, weights="bf16", tp=gpu_tp, batch=1, context=1)  # validates tp
     hw = load_hardware(hw) if hw is not None else None
-    engine = engine or _default_engine()
+    engine = checks.engine(engine) if engine is not None else _default_engine()
     eff = eff or FITTED
+    asked = "devices" if devices is not None else "tp"
     rows, cache = [], {}
     for w in weights_list:
         for b in batches:
             lengths = dict(weights=w, batch=b, context=context, prompt=prompt)
-            rows += [gpu_row(g, dims, tp=tp, eff=eff, **lengths) for g in gpu_specs]
+            rows += [
+                gpu_row(g, dims, tp=gpu_tp, eff=eff, asked=asked, **lengths) for g in gpu_specs
+            ]
             if hw is not None:
-                rows.append(lpu_row(cfg, hw, engine=engine, cache=cache, **lengths))
+                rows.append(
+                    lpu_row(cfg, hw, engine=engine, cache=cache, devices=devices, **lengths)
+                )
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("batch", "context", "prompt", "devices", "tp"):
         df[col] = df[col].astype("Int64")
@@ -336,6 +403,12 @@ def compare(
         gpus=[g.name for g in gpu_specs],
         context=context,
         prompt=prompt,
+        devices=devices,
+        weights_note=(
+            f"{cfg.name} is published in {cfg.dtype}; compared at {default}, as it is served"
+            if weights is None and DTYPE_FORMAT[cfg.dtype] != default
+            else None
+        ),
         eff=asdict(eff),
     )
     return df
@@ -365,9 +438,10 @@ def format_table(df: pd.DataFrame) -> str:
         out.append(
             f"{a.get('model')}: {w} weights, batch {b}, context {a.get('context')}, "
             f"prompt {a.get('prompt')}"
+            + (f" ({a['weights_note']})" if a.get("weights_note") else "")
         )
         out.append(head)
-        notes = []
+        notes, whys = [], []
         for r in records(block):
             bound = r["bound"] or ""
             if r["note"]:
@@ -383,6 +457,9 @@ def format_table(df: pd.DataFrame) -> str:
                 f"{_fmt(r['tokens_per_s_per_device'], '.4g'):>11}"
                 f"{_fmt(r['bandwidth_utilisation'], '.0%'):>8}  {bound}"
             )
+            if r.get("why"):
+                whys.append(f"  why {r['machine']}: {r['why']}")
+        out += whys
         out += [f"  [{i}] {n}" for i, n in enumerate(notes, 1)]
         out.append("")
     return "\n".join(out).rstrip()
@@ -453,22 +530,25 @@ def plot(df: pd.DataFrame, path=None):
             sel = df[(df["machine"] == m) & (df["weights"] == w) & (df["batch"] == b)]
             v = float(sel["tokens_per_s_user"].iloc[0]) if len(sel) else math.nan
             x = j + (i - (len(machines) - 1) / 2) * width
-            if math.isnan(v):
-                bx.text(
-                    x,
-                    0.01,
-                    "n/a",
-                    rotation=90,
-                    ha="center",
-                    fontsize=7,
-                    transform=bx.get_xaxis_transform(),
-                )
-            else:
+            n = sel["devices"].iloc[0] if len(sel) else None
+            count = "" if n is None or pd.isna(n) else f"{int(n)} dev "
+            if not math.isnan(v):
                 bx.bar(x, v, width, color=color.get(m, f"C{i}"), label=m if j == 0 else None)
+            # Every bar says how many devices (GPUs or chips) hold one copy of the model.
+            bx.text(
+                x,
+                0.01,
+                count + ("n/a" if math.isnan(v) else ""),
+                rotation=90,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                transform=bx.get_xaxis_transform(),
+            )
     bx.set_yscale("log")
     bx.set_xticks(range(len(groups)), [f"{w}\nbatch {b}" for w, b in groups])
     bx.set_ylabel("tokens/s per user")
-    bx.set_title("decode tokens/s per user (n/a: see the table's notes)")
+    bx.set_title("decode tokens/s per user (N dev: devices; n/a: see the notes)")
     handles = [Patch(color=color.get(m, "grey"), label=m) for m in machines]
     bx.legend(handles=handles, fontsize=8)
     if path is not None:
@@ -535,19 +615,23 @@ def measure(
     of that length, compiled once (models.decode_step takes its position as a static argument, so
     every position would be a compilation). The step includes the device-to-host argmax a real
     decode loop waits for."""
-    cfg = resolve_model(model)
+    cfg = checks.model(model)
     if cfg.family != "llama":
-        raise LpuError(
-            f"model {cfg.name!r} is family {cfg.family!r}; the JAX reference decode step "
-            "(models.llama) implements the llama family"
+        raise ArgumentError(
+            "model",
+            cfg.name,
+            f"is family {cfg.family!r}; the JAX reference decode step (models.llama) implements "
+            "the llama family",
         )
-    if not is_count(tokens) or tokens < 1:
-        raise LpuError(f"tokens={tokens!r} must be an int >= 1")
-    context = min(1024, cfg.max_seq_len) if context is None else context
-    if not is_count(context) or not 1 <= context <= cfg.max_seq_len:
-        raise LpuError(f"context={context!r} must be in [1, max_seq_len={cfg.max_seq_len}]")
-    params = init_params(cfg, seed)
+    tokens = checks.count("tokens", tokens)
+    context = checks.context(cfg, context)
+    seed = checks.seed(seed)
     device = jax.devices()[0]
+    # The random weights and the cache are built here; on a CPU, JAX holds a second copy.
+    copies = 2 if device.platform == "cpu" else 1
+    need = copies * (checks.weight_bytes(cfg) + checks.cache_bytes(cfg, context))
+    checks.host_memory(need, f"measuring {cfg.name} (random {cfg.dtype} weights)")
+    params = init_params(cfg, seed)
     weights = jax.device_put({k: v for k, v in params.items() if k != "embed"}, device)
     cache = jax.device_put(init_cache(cfg, context), device)
     pos = context - 1

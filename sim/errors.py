@@ -11,6 +11,24 @@ class ConfigError(LpuError, ValueError):
     """An invalid hardware configuration field, file or preset name."""
 
 
+class ArgumentError(LpuError, ValueError):
+    """A bad argument to a command or API function: a wrong type (a bool, float or string where an
+    integer is due), a value out of range, an empty path. The message names the argument, its value
+    and what would be valid; `as_option()` says the same naming the command-line option."""
+
+    def __init__(self, name: str, value, valid: str, message: str | None = None):
+        self.name, self.value, self.valid = name, value, valid
+        super().__init__(message or f"{name}={value!r} {valid}")
+
+    def as_option(self) -> str:
+        return f"--{self.name.replace('_', '-')}: {self}"
+
+
+class HostMemoryError(LpuError, MemoryError):
+    """Building what a command needs (random weights, a KV cache) would exceed this machine's
+    available memory; says how much it needs and how much there is."""
+
+
 class ProgramFormatError(LpuError, ValueError):
     """A Program file that is truncated, foreign, of another version, or built for other hardware."""
 

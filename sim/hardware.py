@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,62 @@ from sim.errors import ConfigError
 # The widest element a vector holds: the VXM computes in FP32 (REFERENCE.md, "VXM" row), so every
 # stream direction must carry a 4-byte-per-lane vector in one cycle.
 MAX_ELEMENT_BYTES = 4
+# Words (one byte per lane) a slice may hold: the compiler's allocator scans a table per word.
+MAX_WORDS_PER_SLICE = 2**20
+
+# Valid range of every numeric field, and why. Lower bounds are what the machine needs; upper
+# bounds keep a config inside what the instruction fields (16-bit slice, stream, queue and period
+# operands) and the engine's per-cycle windows (sized by the longest latency and the chip's width)
+# hold, and lie far above any published or proposed chip. Nothing outside them is clamped.
+_LATENCY = (1, 4096, "cycles; the engine keeps a window of in-flight vectors this long")
+FIELD_RANGES: dict[str, tuple[float, float, str]] = {
+    "clock_hz": (1e6, 1e11, "Hz: 1 MHz to 100 GHz"),
+    "lanes": (1, 4096, "elements per vector; the TSP has 320"),
+    "mem_slices": (8, 4096, "SRAM slices per chip; the TSP has 88"),
+    "mem_slice_bytes": (1, 2**30, "bytes per slice, at most 1 GiB; the TSP has 2.5 MiB"),
+    "streams_per_direction": (
+        2 * MAX_ELEMENT_BYTES,
+        256,
+        "one-byte streams each way; a VXM op may take two FP32 operands flowing the same way in "
+        f"one cycle, so the scheduler needs two groups of {MAX_ELEMENT_BYTES}",
+    ),
+    "mem_read_latency_cycles": _LATENCY,
+    "mem_write_latency_cycles": _LATENCY,
+    "mxm_planes": (2, 256, "matrix planes, half on each side"),
+    "mxm_install_vectors_per_cycle": (1, 4096, "weight rows a plane installs per cycle"),
+    "mxm_install_latency_cycles": _LATENCY,
+    "mxm_latency_cycles": _LATENCY,
+    "mxm_weight_buffers": (1, 2, "tiles a plane holds"),
+    "mxm_fp16_cycles_per_vector": (1, 1024, "cycles a plane takes per FP16 input vector"),
+    "mxm_accumulator_vectors": (1, 65536, "partial-sum vectors a plane accumulates over K tiles"),
+    "vxm_alus": (1, 1024, "VXM ALUs per lane"),
+    "vxm_small_latency_cycles": _LATENCY,
+    "vxm_large_latency_cycles": _LATENCY,
+    "sxm_units_per_hemisphere": (1, 64, "SXM units on each side"),
+    "sxm_latency_cycles": _LATENCY,
+    "c2c_links": (1, 1024, "chip-to-chip links per chip"),
+    "c2c_bytes_per_cycle": (1e-3, 1e6, "bytes per cycle per link"),
+    "c2c_latency_cycles": (1, 1_000_000, "cycles per chip-to-chip hop, up to 1 ms at 1 GHz"),
+    "icu_issue_width": (1, 64, "instructions a queue dispatches per cycle"),
+    "icu_sync_latency_cycles": _LATENCY,
+    "icu_queue_instructions": (1, 2**20, "instructions a queue's buffer holds"),
+    "icu_instruction_bytes": (1, 4096, "SRAM bytes per instruction (a fetched word holds some)"),
+}
+
+
+def _checked(name: str, kind: str, value):
+    """`value` of field `name` as a plain int or float, or ConfigError naming it and its range."""
+    lo, hi, why = FIELD_RANGES[name]
+    integer = kind == "int"
+    valid = f"{'an integer' if integer else 'a finite number'} in [{lo:g}, {hi:g}] ({why})"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}={value!r} is not a number; it must be {valid}")
+    if integer and not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name}={value!r} is not an integer; it must be {valid}")
+    value = int(value) if integer else float(value)
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ConfigError(f"{name}={value!r} must be {valid}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,22 +124,17 @@ class HardwareConfig:
     mxm_accumulator_vectors: int = 320
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name={self.name!r} must be a non-empty string")
         for f in fields(self):
-            if f.name == "name":
-                continue
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{f.name}={value!r} is not a number")
-            if f.type == "int" and not isinstance(value, int):
-                raise ConfigError(f"{f.name}={value!r} must be an integer")
-            if value <= 0:
-                raise ConfigError(f"{f.name}={value!r} must be > 0")
+            if f.name != "name":
+                object.__setattr__(self, f.name, _checked(f.name, f.type, getattr(self, f.name)))
         if self.mem_slices % (2 * MAX_ELEMENT_BYTES):
             raise ConfigError(
                 f"mem_slices={self.mem_slices} must be a multiple of {2 * MAX_ELEMENT_BYTES}: two "
                 f"hemispheres, each holding whole {MAX_ELEMENT_BYTES}-slice groups for FP32 vectors"
             )
-        if self.streams_per_direction < MAX_ELEMENT_BYTES or self.streams_per_direction % 4:
+        if self.streams_per_direction % MAX_ELEMENT_BYTES:
             raise ConfigError(
                 f"streams_per_direction={self.streams_per_direction}: a float32 vector is "
                 f"{MAX_ELEMENT_BYTES} bytes per lane and needs a group of {MAX_ELEMENT_BYTES} "
@@ -109,6 +162,17 @@ class HardwareConfig:
             raise ConfigError(
                 f"mem_slice_bytes={self.mem_slice_bytes} must be a multiple of lanes={self.lanes} "
                 "(a slice holds whole one-byte-per-lane words)"
+            )
+        if self.words_per_slice > MAX_WORDS_PER_SLICE:
+            raise ConfigError(
+                f"mem_slice_bytes={self.mem_slice_bytes} is {self.words_per_slice:,} words of "
+                f"lanes={self.lanes} bytes; at most {MAX_WORDS_PER_SLICE:,} words per slice (the "
+                "compiler's allocator keeps a table per word; the TSP has 8,192)"
+            )
+        if self.mxm_install_vectors_per_cycle > self.lanes:
+            raise ConfigError(
+                f"mxm_install_vectors_per_cycle={self.mxm_install_vectors_per_cycle} must be at "
+                f"most lanes={self.lanes} (a weight tile has `lanes` rows)"
             )
 
     # --- derived quantities -------------------------------------------------------------------
@@ -164,24 +228,49 @@ class HardwareConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> HardwareConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"a hardware config is a table of fields, not {type(values).__name__} {values!r}"
+            )
         values = dict(values)
         base = values.pop("base", None)
         _check_field_names(values)
         if base is not None:
+            if not isinstance(base, str):
+                raise ConfigError(
+                    f"base={base!r} must be a preset name; presets: {', '.join(sorted(PRESETS))}"
+                )
             return preset(base).replace(**values)
         return cls(**values)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> HardwareConfig:
+        if not str(path):
+            raise ConfigError("hardware file path is empty; give a TOML file or a preset name")
         path = Path(path)
+        name = repr(str(path))
         try:
-            values = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"hardware file {str(path)!r} does not exist") from None
+            raise ConfigError(f"hardware file {name} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"hardware file {name} is a directory, not a TOML file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"hardware file {name} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                f"{e.start}); TOML files are UTF-8"
+            ) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read hardware file {name}: {e.strerror}") from None
+        try:
+            values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"hardware file {str(path)!r} is not valid TOML: {e}") from None
+            raise ConfigError(f"hardware file {name} is not valid TOML: {e}") from None
         values.setdefault("name", path.stem)
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"hardware file {name}: {e}") from None
 
 
 def _check_field_names(values: dict) -> None:
@@ -293,16 +382,28 @@ PRESETS: dict[str, HardwareConfig] = {
 def preset(name: str) -> HardwareConfig:
     try:
         return PRESETS[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name
         raise ConfigError(
             f"unknown hardware preset {name!r}; presets: {', '.join(sorted(PRESETS))}"
         ) from None
 
 
-def load_hardware(spec: str | HardwareConfig) -> HardwareConfig:
+def load_hardware(spec: str | Path | HardwareConfig) -> HardwareConfig:
     """A preset name, a path to a TOML file of config fields, or a config as it is."""
     if isinstance(spec, HardwareConfig):
         return spec
+    if isinstance(spec, Path):
+        return HardwareConfig.from_toml(spec)
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"hardware {spec!r} must be a preset name, a TOML file or a HardwareConfig; "
+            f"presets: {', '.join(sorted(PRESETS))}"
+        )
+    if not spec.strip():
+        raise ConfigError(
+            f"hardware {spec!r} is empty; give a preset name ({', '.join(sorted(PRESETS))}) "
+            "or a TOML file"
+        )
     if spec in PRESETS:
         return PRESETS[spec]
     if spec.endswith(".toml") or Path(spec).exists():

@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sim.errors import ProgramFormatError
+from sim.errors import LpuError, ProgramFormatError
 from sim.hardware import HardwareConfig
 from sim.icu import dispatch
 from sim.isa import (
@@ -230,6 +229,8 @@ class Program:
     # --- one file ----------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
+        """One compressed NumPy archive: a JSON header and the arrays. The header's `digest`
+        covers every header field and every array, so an edited or corrupted file is refused."""
         header = {
             "magic": FORMAT_MAGIC,
             "version": FORMAT_VERSION,
@@ -246,9 +247,7 @@ class Program:
             ],
             "content_hash": self.content_hash,
         }
-        arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
-        arrays["instrs"] = self.instrs
-        arrays["tables"] = self.tables
+        arrays = {"instrs": self.instrs, "tables": self.tables}
         if self.predicted is not None:
             arrays["predicted"] = self.predicted
         for i, s in enumerate(self.symbols):
@@ -256,77 +255,187 @@ class Program:
             arrays[f"sym{i}_vids"] = s.vids
             if s.kind == "const":
                 arrays[f"const{i}"] = self.consts[s.name]
+        header["digest"] = _file_digest(header, arrays)
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         Path(path).write_bytes(buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path, hw: HardwareConfig | None = None) -> Program:
-        """Load a Program; refuses truncated, foreign or mismatched files with a clear error."""
+        """Load a Program; refuses truncated, foreign, edited, corrupt or mismatched files with a
+        one-line ProgramFormatError."""
+        if not str(path):
+            raise ProgramFormatError(
+                "program file path is empty; give a file `lpusim compile` wrote"
+            )
         path = Path(path)
+        name = repr(str(path))
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise ProgramFormatError(f"program file {str(path)!r} does not exist") from None
+            raise ProgramFormatError(f"program file {name} does not exist") from None
+        except IsADirectoryError:
+            raise ProgramFormatError(f"program file {name} is a directory") from None
+        except OSError as e:
+            raise ProgramFormatError(f"cannot read program file {name}: {e.strerror}") from None
         if not data.startswith(b"PK\x03\x04"):
-            raise ProgramFormatError(f"{str(path)!r} is not an lpusim Program file (foreign)")
+            raise ProgramFormatError(f"{name} is not an lpusim Program file (foreign)")
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        except Exception as e:  # any failure to decode these bytes (zlib, zip, npy) is corruption
             raise ProgramFormatError(
-                f"{str(path)!r} is not an lpusim Program file (truncated or foreign: {e})"
+                f"{name} is not an lpusim Program file (truncated or foreign: {_one_line(e)})"
             ) from None
         if "header" not in arrays:
-            raise ProgramFormatError(f"{str(path)!r} is not an lpusim Program file (no header)")
+            raise ProgramFormatError(f"{name} is not an lpusim Program file (no header)")
         try:
             header = json.loads(arrays["header"].tobytes().decode())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ProgramFormatError(f"{str(path)!r} has a corrupt header") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise ProgramFormatError(f"{name} has a corrupt header (not JSON)") from None
+        if not isinstance(header, dict):
+            raise ProgramFormatError(
+                f"{name} has a corrupt header (a JSON {type(header).__name__}, not an object)"
+            )
         if header.get("magic") != FORMAT_MAGIC:
-            raise ProgramFormatError(f"{str(path)!r} is not an lpusim Program file (bad magic)")
+            raise ProgramFormatError(f"{name} is not an lpusim Program file (bad magic)")
         if header.get("version") != FORMAT_VERSION:
             raise ProgramFormatError(
-                f"{str(path)!r} is Program format version {header.get('version')}; "
+                f"{name} is Program format version {header.get('version')!r}; "
                 f"this lpusim reads version {FORMAT_VERSION}"
             )
-        file_hw = HardwareConfig.from_dict(header["hw"])
-        if hw is not None and hw.hash != file_hw.hash:
+        body = {k: v for k, v in arrays.items() if k != "header"}
+        if "digest" not in header:
             raise ProgramFormatError(
-                f"{str(path)!r} was compiled for hardware {file_hw.name} ({file_hw.hash}), "
+                f"{name} has no digest (written before files carried one); recompile it"
+            )
+        if header["digest"] != _file_digest(header, body):
+            raise ProgramFormatError(
+                f"{name} is corrupt or was edited: its digest does not match its header and arrays"
+            )
+        try:
+            program = _from_parts(cls, header, body)
+        except ProgramFormatError as e:
+            raise ProgramFormatError(f"{name} {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProgramFormatError(f"{name} is malformed: {_one_line(e)}") from None
+        if hw is not None and hw.hash != program.hw.hash:
+            raise ProgramFormatError(
+                f"{name} was compiled for hardware {program.hw.name} ({program.hw.hash}), "
                 f"not {hw.name} ({hw.hash}); recompile it for this hardware"
             )
-        if arrays["instrs"].dtype != INSTR_DTYPE:
-            raise ProgramFormatError(f"{str(path)!r} has instructions of an unknown layout")
-        symbols = []
-        consts = {}
-        for i, s in enumerate(header["symbols"]):
-            symbols.append(
-                Symbol(
-                    s["name"],
-                    s["kind"],
-                    tuple(s["shape"]),
-                    s["dtype"],
-                    arrays[f"sym{i}_slices"],
-                    arrays[f"sym{i}_addrs"],
-                    arrays[f"sym{i}_vids"],
-                )
-            )
-            if s["kind"] == "const":
-                consts[s["name"]] = arrays[f"const{i}"]
-        program = cls(
-            hw=file_hw,
-            instrs=arrays["instrs"],
-            tables=arrays["tables"],
-            symbols=tuple(symbols),
-            consts=consts,
-            sources=tuple(header["sources"]),
-            predicted_cycles=int(header["predicted_cycles"]),
-            words_used=int(header["words_used"]),
-            chips=int(header["chips"]),
-            meta=header["meta"],
-            predicted=arrays.get("predicted"),
-        )
         if program.content_hash != header["content_hash"]:
-            raise ProgramFormatError(f"{str(path)!r} is corrupt: its content hash does not match")
+            raise ProgramFormatError(f"{name} is corrupt: its content hash does not match")
         return program
+
+
+# --- the file's parts (Program.save / Program.load) -----------------------------------------------
+
+HEADER_FIELDS = {
+    "hw": dict,
+    "hw_hash": str,
+    "sources": list,
+    "predicted_cycles": int,
+    "words_used": int,
+    "chips": int,
+    "meta": dict,
+    "symbols": list,
+    "content_hash": str,
+}
+SYMBOL_KINDS = ("param", "input", "const", "output")
+# Each symbol's arrays: (name suffix, dtype).
+SYMBOL_ARRAYS = (("slices", np.int32), ("addrs", np.int32), ("vids", np.int64))
+
+
+def _one_line(e: BaseException) -> str:
+    """`module.Type: message` of an exception, on one line."""
+    kind = type(e).__qualname__
+    if type(e).__module__ not in ("builtins", None):
+        kind = f"{type(e).__module__}.{kind}"
+    return f"{kind}: {' '.join(str(e).split())[:200]}"
+
+
+def _file_digest(header: dict, arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of every header field but the digest itself and of every array (name, dtype,
+    shape, bytes): any edit to a saved Program changes it."""
+    h = hashlib.sha256()
+    fields = {k: v for k, v in header.items() if k != "digest"}
+    h.update(json.dumps(fields, sort_keys=True).encode())
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"\0{k}\0{a.dtype.descr}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
+    """The Program a checked header and its arrays describe; ProgramFormatError (completed with the
+    file's name) for a missing or mistyped part."""
+
+    def array(key: str, dtype, ndim: int) -> np.ndarray:
+        if key not in arrays:
+            raise ProgramFormatError(f"lacks the array {key!r}")
+        a = arrays[key]
+        if a.dtype != np.dtype(dtype) or a.ndim != ndim:
+            raise ProgramFormatError(
+                f"has array {key!r} of {a.dtype}{list(a.shape)}; expected {ndim}-D {np.dtype(dtype)}"
+            )
+        return a
+
+    for key, kind in HEADER_FIELDS.items():
+        if key not in header:
+            raise ProgramFormatError(f"has a header without {key!r}")
+        if not isinstance(header[key], kind) or isinstance(header[key], bool):
+            raise ProgramFormatError(
+                f"has header field {key!r} = {header[key]!r:.60}; expected a {kind.__name__}"
+            )
+    try:
+        file_hw = HardwareConfig.from_dict(header["hw"])
+    except LpuError as e:
+        raise ProgramFormatError(f"has an invalid hardware config: {e}") from None
+    if header["hw_hash"] != file_hw.hash:
+        raise ProgramFormatError("has a hardware config that does not match its hash")
+    instrs = arrays.get("instrs")
+    if instrs is None:
+        raise ProgramFormatError("lacks the array 'instrs'")
+    if instrs.dtype != INSTR_DTYPE or instrs.ndim != 1:
+        raise ProgramFormatError("has instructions of an unknown layout")
+    tables = array("tables", np.int32, 2)
+    predicted = array("predicted", np.int64, 1) if "predicted" in arrays else None
+    if predicted is not None and len(predicted) != len(instrs):
+        raise ProgramFormatError(
+            f"has {len(predicted)} predicted cycles for {len(instrs)} instructions"
+        )
+    symbols, consts = [], {}
+    for i, s in enumerate(header["symbols"]):
+        if not (
+            isinstance(s, dict)
+            and isinstance(s.get("name"), str)
+            and s.get("kind") in SYMBOL_KINDS
+            and isinstance(s.get("dtype"), str)
+            and isinstance(s.get("shape"), list)
+            and all(isinstance(d, int) and d >= 0 for d in s["shape"])
+        ):
+            raise ProgramFormatError(f"has a malformed symbol #{i}: {s!r:.80}")
+        parts = [array(f"sym{i}_{suffix}", dtype, 1) for suffix, dtype in SYMBOL_ARRAYS]
+        if len({len(a) for a in parts}) != 1:
+            raise ProgramFormatError(f"has symbol {s['name']!r} with arrays of unequal lengths")
+        symbols.append(Symbol(s["name"], s["kind"], tuple(s["shape"]), s["dtype"], *parts))
+        if s["kind"] == "const":
+            if f"const{i}" not in arrays:
+                raise ProgramFormatError(f"lacks the array 'const{i}' (constant {s['name']!r})")
+            consts[s["name"]] = arrays[f"const{i}"]
+    return cls(
+        hw=file_hw,
+        instrs=instrs,
+        tables=tables,
+        symbols=tuple(symbols),
+        consts=consts,
+        sources=tuple(str(x) for x in header["sources"]),
+        predicted_cycles=header["predicted_cycles"],
+        words_used=header["words_used"],
+        chips=header["chips"],
+        meta=header["meta"],
+        predicted=predicted,
+    )

@@ -433,7 +433,7 @@ def test_icu_prediction_is_saved_and_hashed(tmp_path):
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     (tmp_path / "bad.lpu").write_bytes(buf.getvalue())
-    with pytest.raises(ProgramFormatError, match="content hash does not match"):
+    with pytest.raises(ProgramFormatError, match="digest does not match"):
         Program.load(tmp_path / "bad.lpu")
     # A program without a prediction saves and loads without one.
     bare = dataclasses.replace(prog, predicted=None)
