@@ -124,6 +124,8 @@ def compile(
     instead of in the MXM plane's accumulator. `progress(stage, fraction)` hears how far along it is.
     """
     hw = load_hardware(hw)
+    if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
+        raise LpuError(f"chips={chips!r} must be a whole number of chips, 1 or more")
     if chips != 1:
         raise LpuError(f"chips={chips}: multi-chip compilation is not implemented yet; use chips=1")
     if phase not in ("decode", "prefill"):

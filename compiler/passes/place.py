@@ -142,8 +142,7 @@ def place_static(
             if int(col[0]) in placed:
                 continue
             placed.add(int(col[0]))
-            for r0 in range(0, per_unit, chunk):
-                n = min(chunk, per_unit - r0)
+            for r0, n in _chunks(per_unit, chunk, hw):
                 k = cursor.get(width, 0)
                 cursor[width] = k + 1
                 g = groups[k % len(groups)]
@@ -167,6 +166,21 @@ def place_static(
             next_addr[:] = base + units * stride
             _check_room(int(next_addr.max()), groups[0], hw)
     return Placement(segments, next_addr)
+
+
+def _chunks(rows: int, chunk: int, hw: HardwareConfig) -> list[tuple[int, int]]:
+    """(first row, rows) of each segment of a column: runs of `chunk`, and for weights (chunk
+    below the lanes) each tile of `lanes` rows cut evenly, so a short last tile (K or N not a
+    multiple of the lanes) still streams from every install port at once and they finish
+    together."""
+    if chunk >= hw.lanes:
+        return [(r0, min(chunk, rows - r0)) for r0 in range(0, rows, chunk)]
+    out = []
+    for t0 in range(0, rows, hw.lanes):
+        n = min(hw.lanes, rows - t0)
+        c = -(-n // hw.mxm_install_vectors_per_cycle)
+        out += [(r0, min(c, t0 + n - r0)) for r0 in range(t0, t0 + n, c)]
+    return out
 
 
 # An indirect READ's distance between units is an int16 field (sim/isa.py).

@@ -21,6 +21,7 @@ vectors, splat when the last axis is 1). Then per op kind:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +44,6 @@ VXM_OF = {
     Kind.CONVERT: Op.CONVERT,
     Kind.SELECT: Op.SELECT,
 }
-
-
-# Chains per plane's share of a DOT's K tiles (see _dot): more, shorter chains balance the planes
-# better; fewer, longer ones add fewer partial sums on the VXM.
-CHAIN_SHARE = 8
 
 
 @dataclass(frozen=True)
@@ -288,11 +284,11 @@ def _dot(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     blocks = -(-M // t.acc.rows) if KT > 1 and t.acc is not None else 1
     chained = blocks and KT > 1 and t.acc is not None and t.acc.worth_it(-(-M // blocks), in_bytes)
     blocks = blocks if chained else 1
-    # A chain runs on one plane, so chains as long as a plane's share of the tiles would load the
-    # planes unevenly: each is cut into chains of at most a CHAIN_SHARE-th of that share (at
-    # least 2 tiles), whose sums the VXM adds.
-    share = -(-B * F * NT * KT * blocks // (t.acc.planes * CHAIN_SHARE)) if chained else 1
-    cuts = np.linspace(0, KT, (-(-KT // max(2, share)) if chained else KT) + 1).astype(int)
+    # A chain runs on one plane: to load the planes evenly, each is cut into `split` chains
+    # (whose sums the VXM adds), the fewest that make the chains a multiple of the planes.
+    chains = B * F * NT * blocks
+    split = min(KT, t.acc.planes // math.gcd(chains, t.acc.planes)) if chained else KT
+    cuts = np.linspace(0, KT, split + 1).astype(int)
     rows_at = np.linspace(0, M, blocks + 1).astype(int)
     for b in range(B):
         for f in range(F):

@@ -41,6 +41,7 @@ import numpy as np
 
 from compiler.ir.vector import Selection, VOp, VProgram
 from compiler.passes.place import Placement, slice_groups
+from sim.errors import ScheduleError
 from sim.hardware import HardwareConfig
 from sim.isa import (
     DTYPE_BYTES,
@@ -297,6 +298,7 @@ class _Scheduler:
         units, and on streams; options of one claim that share their `ports` list differ only in
         the stream they take. Options are tried in order, and the first that fits at t is
         taken."""
+        blocked = set()  # kinds of resource that moved t
         for _ in range(LIMIT_ATTEMPTS):
             tent: dict[tuple, list] = {}
             chosen = []
@@ -306,13 +308,22 @@ class _Scheduler:
                     best = self._earliest_option(claim, t, tent)
                 if best[0] > t:
                     t = best[0]
+                    blocked.update(str(key[0]) for key, _, _ in best[1])
                     break
                 chosen.append((best[1], best[2]))
                 for key, off, n in best[1]:
                     tent.setdefault(key, []).append((t + off, n))
             else:
                 return t, chosen
-        raise AssertionError("no common free slot found: scheduler bug")
+        names = {"rd": "SRAM read ports", "wr": "SRAM write ports", "st": "streams",
+                 "q": "queue dispatch slots", "vxm": "VXM ALUs", "sxm": "SXM units",
+                 "mxi": "MXM install ports", "mxc": "MXM compute"}  # fmt: skip
+        held = ", ".join(sorted(names.get(k, k) for k in blocked))
+        raise ScheduleError(
+            f"{self.hw.name}: no cycle found within {LIMIT_ATTEMPTS} tries where one piece's "
+            f"{held} are all free at once; more streams (streams_per_direction), ports or units "
+            "(mem_slices, vxm_alus, sxm_units_per_hemisphere) give the scheduler room"
+        )
 
     def _first_fit(self, claim, t: int, tent: dict):
         busy_ports = {}  # ports lists already found busy at t, by identity (kept alive here)

@@ -3,6 +3,7 @@ plane (FLAG_ACC_OUT / FLAG_ACC_IN) instead of sending each tile's through the VX
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -44,17 +45,28 @@ def test_accumulating_chain_matches_numpy_in_both_executors(hw, shape):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_accumulation_takes_fewer_cycles_and_less_vxm_and_sram():
-    """The pass's own figure: 16 x 1024 x 640 on groq-tsp-v1, with and without it."""
-    args = _args(16, 1024, 640)
-    on = compile(_dot, "groq-tsp-v1", args=args)
-    off = compile(_dot, "groq-tsp-v1", args=args, accumulate=False)
+def _dot16(x, w):
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+@pytest.mark.parametrize("shape", [(64, 1024, 640), (256, 1024, 1024)])
+def test_accumulation_takes_fewer_cycles_and_less_vxm_and_sram(shape):
+    """The pass's own figure on groq-tsp-v1 (FP16, rows enough to cover each tile's install),
+    with and without it: fewer cycles, VXM adds and SRAM writes, and the same product."""
+    rng = np.random.default_rng(0)
+    args = {
+        "x": rng.standard_normal(shape[:2]).astype(np.float16),
+        "w": rng.standard_normal(shape[1:]).astype(np.float16),
+    }
+    on = compile(_dot16, "groq-tsp-v1", args=args)
+    off = compile(_dot16, "groq-tsp-v1", args=args, accumulate=False)
     r_on, r_off = simulate(on, mode="timing"), simulate(off, mode="timing")
     assert r_on.cycles < r_off.cycles
     assert r_on.busy["vxm"] < r_off.busy["vxm"]
     assert r_on.busy["mem_write"] < r_off.busy["mem_write"]
-    a, b = _run(on, args, "numba"), _run(off, args, "numba")
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # one rounding fewer per tile
+    if shape[0] <= 64:  # functional runs of the large one take a while
+        a, b = _run(on, args, "numba"), _run(off, args, "numba")
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)  # one rounding fewer per tile
 
 
 def test_no_chain_when_the_rows_are_too_few_to_cover_an_install():
@@ -80,7 +92,7 @@ def test_rows_beyond_the_accumulator_go_in_blocks():
     "fault", ["drop_acc_in", "drop_last_acc_in", "drop_first_acc_in", "wrong_row", "row_outside"]
 )
 def test_accumulator_faults_are_violations_in_both_executors(fault, functional):
-    args = _args(2, 528, 16)  # 33 K tiles of 16 lanes on the teaching chip: chains of 3
+    args = _args(2, 528, 64)  # 4 chains of 33 K tiles (of 16 lanes), 2 per teaching plane
     prog = compile(_dot, "teaching", args=args)
     ins = prog.instrs.copy()
     acc_in = (ins["op"] == Op.MATMUL) & (ins["flags"] & FLAG_ACC_IN > 0)

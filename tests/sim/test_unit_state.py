@@ -313,7 +313,8 @@ def test_install_row_outside_the_lanes_and_mixed_orientation():
         e = _caught(_set(prog, i, row=row), args, f"row {row}")
         assert e.index == i and e.cycle == int(prog.predicted[i])
         assert e.conflict == f"installs row {row} of tile {tile}, outside 0..{lanes - 1}"
-    e = _caught(_set(prog, i, flags=FLAG_TRANSPOSED), args, "a column among rows")
+    # Only the orientation changes (the piece keeps its weight buffer).
+    e = _caught(_set(prog, i, flags=int(ins["flags"][i]) | FLAG_TRANSPOSED), args, "a column")
     assert e.index == i and e.conflict == f"installs a column of tile {tile}, which holds rows"
 
 
