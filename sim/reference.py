@@ -22,6 +22,10 @@ latency is at least one cycle (SYNC and NOTIFY do nothing at their event).
   starts a new one. Per plane, a flag per lane says which rows (columns) of it are installed, so
   a row installed twice, or a MATMUL whose extent (`row`) is not exactly the rows installed, is
   caught in either mode (`tile_problem`), as is a MATMUL of a tile the plane no longer holds.
+- MXM accumulators. Per plane, rows of partial sums (mxm_accumulator_vectors): a MATMUL with
+  ACC_OUT keeps its sums in row table + j (which must not hold a sum no MATMUL added yet), one
+  with ACC_IN adds the sum it expects there (vid in1 + j) and takes it; a sum left at the end is
+  a violation.
 - Resources. Per cycle: one read and one write per MEM slice, `vxm_alus` VXM ops,
   `sxm_units_per_hemisphere` SXM ops per hemisphere, `mxm_install_vectors_per_cycle` installs and
   one matmul per MXM plane.
