@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench notebooks clean
+.PHONY: demo test lint bench notebooks notebooks-run clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,3 +49,9 @@ notebooks: $(VENV)/.installed-notebooks
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Execute every notebook and keep its outputs in the file (commit them: they read on a code host).
+notebooks-run: $(VENV)/.installed-dev
+	cd notebooks && ../$(BIN)/python -c "import glob, nbformat; from nbclient import NotebookClient; \
+	[(nb := nbformat.read(p, as_version=4), NotebookClient(nb, timeout=600).execute(), \
+	  nbformat.write(nb, p), print('executed', p)) for p in sorted(glob.glob('*.ipynb'))]"

@@ -25,3 +25,13 @@ def test_notebook_runs(name, monkeypatch):
         resources={"metadata": {"path": str(NOTEBOOKS)}},  # the kernel's working directory
     )
     client.execute()  # raises CellExecutionError, naming the cell and its traceback, on error
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_is_committed_with_its_outputs(name):
+    """Committed notebooks read on a code host without running: every code cell was executed."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert code and all(c.execution_count is not None for c in code), (
+        f"{name}: execute it (make notebooks-run) and commit it with its outputs"
+    )
