@@ -105,7 +105,7 @@ def pareto(
 
 def _log_scale(values: pd.Series) -> bool:
     v = values[values > 0]
-    return len(v) > 1 and v.max() / v.min() > 100
+    return len(v) > 1 and v.max() / v.min() > 20
 
 
 def plot_pareto(

@@ -43,7 +43,10 @@ def sweep(
     return this sweep's rows (lpusim.load_results's columns) as a DataFrame.
 
     output: the results folder (default: a temporary one, removed afterwards). workers: local
-    processes (default: the CPUs; 1 runs in this process). scheduler: a Dask scheduler address
+    processes (default: the CPUs this process may use; 1 runs in this process). Worker processes
+    are spawned, so a script that asks for more than one runs its sweep under
+    `if __name__ == "__main__":`; each worker pays a few seconds to start (JAX, the engine's
+    kernels), so for a few dozen quick points workers=1 is faster. scheduler: a Dask scheduler address
     or a distributed.Client (then `workers` is unused; `cache` must be on a filesystem the Dask
     workers share). resume: skip the points whose key the folder already holds; without it a
     folder with results is refused. cache: the Program cache folder (default: output/programs).
@@ -244,6 +247,6 @@ class _Dask:
 def _backend(workers, scheduler, todo: int):
     if scheduler is not None:
         return _Dask(scheduler)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or len(os.sched_getaffinity(0)) or 1
     workers = min(workers, max(todo, 1))
     return _Inline() if workers == 1 else _Pool(workers)
