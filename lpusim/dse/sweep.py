@@ -42,34 +42,39 @@ def sweep(
     """Evaluate the points of `space` (a sweep TOML file, a dict of its keys, or a Space) and
     return this sweep's rows (lpusim.load_results's columns) as a DataFrame.
 
-    output: the results folder (default: a temporary one, removed afterwards). workers: local
-    processes (default: the CPUs this process may use; 1 runs in this process). Worker processes
-    are spawned, so a script that asks for more than one runs its sweep under
-    `if __name__ == "__main__":`; each worker pays a few seconds to start (JAX, the engine's
-    kernels), so for a few dozen quick points workers=1 is faster. scheduler: a Dask scheduler address
-    or a distributed.Client (then `workers` is unused; `cache` must be on a filesystem the Dask
-    workers share). resume: skip the points whose key the folder already holds; without it a
-    folder with results is refused. cache: the Program cache folder (default: output/programs).
+    output: the results folder (default: a temporary one, removed afterwards).
+    workers: local processes (default: the CPUs this process may use; 1 runs in this process).
+        Workers are spawned, so a script that asks for more than one runs its sweep under
+        `if __name__ == "__main__":`. Each pays a few seconds to start (JAX, the engine's
+        kernels): for a few dozen quick points, workers=1 is faster.
+    scheduler: a Dask scheduler address or a distributed.Client (then `workers` is unused, and
+        `cache` must be on a filesystem the Dask workers share).
+    resume: skip the points whose key the folder already holds; without it, a folder that holds
+        results is refused.
+    cache: the Program cache folder (default: output/programs).
     df.attrs: points, computed, reused, failed, gpu_rows, programs_cached, results.
     """
     space = load_space(space)  # every value checked before anything runs
     if workers is not None:
         workers = checks.count("workers", workers, 1, 4096)
     if scheduler is not None and workers is not None:
-        raise ArgumentError("workers", workers, "is for local processes; with a Dask scheduler, "
-                            "the cluster's workers run the points")  # fmt: skip
+        raise ArgumentError(
+            "workers", workers, "is for local processes; the Dask cluster's workers run the points"
+        )
     if output is None:
         with tempfile.TemporaryDirectory(prefix="lpusim-sweep-") as tmp:
-            df = sweep(space, tmp, workers=workers, scheduler=scheduler, cache=cache,
-                       progress=progress)  # fmt: skip
+            kwargs = dict(workers=workers, scheduler=scheduler, cache=cache, progress=progress)
+            df = sweep(space, tmp, **kwargs)
             df.attrs["results"] = None
             return df
     if not isinstance(output, (str, os.PathLike)) or not str(output).strip():
         raise ArgumentError("output", output, "must be a folder path")
     output = Path(output)
     cache = Path(cache) if cache is not None else default_cache(output)
-    store, backend = Store(output), None
+    backend = _backend(workers, scheduler)  # a Dask address is reached before anything is written
+    store = None
     try:
+        store = Store(output)
         done = store.keys()
         if done and not resume:
             raise LpuError(
@@ -77,13 +82,12 @@ def sweep(
                 "(resume=True) to add to them without recomputing a finished point, or choose "
                 "an empty folder"
             )
-        backend = _backend(workers, scheduler, sum(p.key not in done for p in space.points))
         summary = _run(space, store, done, cache, backend, progress)
         store.write_csv()
     finally:
-        if backend is not None:
-            backend.close()
-        store.close()
+        backend.close()
+        if store is not None:
+            store.close()
     df = load_results(output)
     keys = {p.key for p in space.points + space.gpu_points}
     df = df[df["key"].isin(keys)].reset_index(drop=True)
@@ -98,10 +102,10 @@ def _run(space, store: Store, done: set, cache: Path, backend, progress) -> dict
     computed = failed = cached = 0
     for g in gpu_todo:  # a formula each: here, before the points
         store.add(evaluate_gpu(g, run))
-    bar = tqdm(
-        total=len(todo), desc="sweep", unit="pt", file=sys.stderr, disable=None if progress else True,
-        dynamic_ncols=True,
-    )  # fmt: skip
+    # Points done (and of how many), failed, served from the Program cache, and the time left;
+    # shown where stderr is a terminal (disable=None), as every progress bar of the CLI.
+    off = None if progress else True
+    bar = tqdm(total=len(todo), desc="sweep", unit="pt", file=sys.stderr, disable=off)
     try:
         for row in _schedule(todo, backend, str(cache), run):
             store.add(row)
@@ -146,10 +150,11 @@ def _group(p: Point) -> str | None:
 
 def _schedule(todo: list[Point], backend, cache: str, run: int):
     """Rows as they finish: group leaders first, each group's followers once its leader is done."""
+    group = {p.index: _group(p) for p in todo}
     followers: dict[str, list[Point]] = {}
     ready: deque[Point] = deque()
     for p in todo:
-        g = _group(p)
+        g = group[p.index]
         if g is not None and g in followers:
             followers[g].append(p)
         else:
@@ -170,7 +175,7 @@ def _schedule(todo: list[Point], backend, cache: str, run: int):
                     f"a worker died while computing point {p.index} ({type(e).__name__}: {e}); "
                     "the finished points are stored: rerun with --resume"
                 ) from None
-            ready.extend(followers.pop(_group(p), ()))
+            ready.extend(followers.pop(group[p.index], ()))  # its Program is cached now
             yield row
 
 
@@ -221,8 +226,12 @@ class _Dask:
         self.own = not isinstance(scheduler, distributed.Client)
         if self.own:
             if not isinstance(scheduler, str) or not scheduler.strip():
-                raise ArgumentError("scheduler", scheduler, "must be a Dask scheduler address "
-                                    "such as tcp://host:8786, or a distributed.Client")  # fmt: skip
+                raise ArgumentError(
+                    "scheduler",
+                    scheduler,
+                    "must be a Dask scheduler address such as tcp://host:8786, or a "
+                    "distributed.Client",
+                )
             try:
                 scheduler = distributed.Client(scheduler, timeout=30)
             except (OSError, TimeoutError, ValueError) as e:
@@ -244,9 +253,10 @@ class _Dask:
             self.client.close()
 
 
-def _backend(workers, scheduler, todo: int):
+def _backend(workers, scheduler):
+    """Where points run. A pool starts its processes as points are submitted, at most one per
+    point to compute."""
     if scheduler is not None:
         return _Dask(scheduler)
     workers = workers or len(os.sched_getaffinity(0)) or 1
-    workers = min(workers, max(todo, 1))
     return _Inline() if workers == 1 else _Pool(workers)
