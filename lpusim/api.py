@@ -9,6 +9,7 @@ import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -24,6 +25,13 @@ from sim.errors import ArgumentError
 from sim.hardware import load_hardware
 
 Progress = Callable[[str, float], None]
+
+
+class ProgramSource(Protocol):
+    """Gives `estimate` its Program: compiled now, or one compiled earlier for the same schedule
+    (lpusim.dse.cache). Must return a Program for exactly `hw`."""
+
+    def program(self, cfg, hw, *, chips, context, weights, layers, progress) -> Program: ...
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -106,11 +114,13 @@ def estimate(
     weights: str = "native",
     layers: int | None = None,
     progress: Progress | None = None,
+    programs: ProgramSource | None = None,
 ) -> Estimate:
     """Compile one decode step at the last position of `context` (default: DEFAULT_CONTEXT,
     capped at the model's max_seq_len; of the first `layers` layers alone, if given) with weights
     stored as `weights`, and time it on the simulator. Every argument, the context and the fit
-    are checked first, in well under a second."""
+    are checked first, in well under a second. `programs`: where the Program comes from instead
+    of compiling it here (a sweep's cache; see ProgramSource)."""
     cfg = checks.model(model)
     hw = load_hardware(hw)
     chips = checks.chips(chips)
@@ -119,7 +129,8 @@ def estimate(
     engine, weights = checks.engine(engine), checks.weights(weights)
     check_model_fits(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
     t0 = time.perf_counter()
-    program = compile_program(
+    source = programs.program if programs is not None else compile_program
+    program = source(
         cfg, hw, chips=chips, context=context, weights=weights, layers=layers, progress=progress
     )
     t1 = time.perf_counter()

@@ -150,6 +150,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="trace file (open at ui.perfetto.dev)")
     _json_arg(p)
 
+    p = sub.add_parser(
+        "sweep", help="evaluate a design space (sweep TOML file) into a results folder"
+    )
+    p.add_argument(
+        "spec", help="sweep file: models, weights, context, ..., [hw] fields as lists or ranges"
+    )
+    p.add_argument("-o", "--output", required=True, help="results folder (SQLite + CSV + Programs)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="local processes (default: the CPUs; 1: this one)"
+    )
+    p.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:8786")
+    p.add_argument(
+        "--resume", action="store_true", help="skip the points the results folder already holds"
+    )
+    p.add_argument("--cache", default=None, help="Program cache folder (default: OUTPUT/programs)")
+    _json_arg(p)
+
+    p = sub.add_parser("pareto", help="the Pareto front of a sweep's results, and its plot")
+    p.add_argument("results", help="a folder `lpusim sweep` wrote")
+    p.add_argument("--x", default="chips", help="column to minimise (default: chips)")
+    p.add_argument("--y", default="tokens_per_s_user", help="column to maximise")
+    p.add_argument("--x-goal", choices=("min", "max"), default="min")
+    p.add_argument("--y-goal", choices=("min", "max"), default="max")
+    p.add_argument(
+        "--by", default="model", help="comma-separated columns: one front per group ('' for one)"
+    )
+    p.add_argument("--plot", default=None, help="write the front, every point and the GPUs here")
+    _json_arg(p)
+
     p = sub.add_parser("presets", help="the hardware presets with their key figures")
     _json_arg(p)
     p = sub.add_parser("models", help="the model registry with parameter counts")
@@ -406,6 +435,63 @@ def _cmd_trace(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from lpusim.dse import sweep
+
+    df = sweep(
+        args.spec, args.output, workers=args.workers, scheduler=args.scheduler,
+        resume=args.resume, cache=args.cache,
+    )  # fmt: skip
+    a = df.attrs
+    obj = {k: a[k] for k in ("points", "computed", "reused", "failed", "results")}
+    obj.update(gpu_rows=a["gpu_rows"], programs_cached=a["programs_cached"], run=a["run"])
+    text = (
+        f"{a['points']} points: {a['computed']} computed ({a['programs_cached']} with a cached "
+        f"Program), {a['reused']} reused, {a['failed']} failed; {a['gpu_rows']} GPU rows\n"
+        f"results in {a['results']} (results.sqlite, results.csv); "
+        f"`lpusim pareto {a['results']}` for the front"
+    )
+    failed = df[(df["kind"] == "lpu") & (df["status"] != "ok")]
+    for r in failed.head(5).itertuples():
+        text += f"\n  point {r.point} failed: {r.error}"
+    if len(failed) > 5:
+        text += f"\n  ... and {len(failed) - 5} more (see the error column)"
+    _emit(args, obj, text)
+    return 0
+
+
+def _cmd_pareto(args) -> int:
+    from lpusim.compare import records
+    from lpusim.dse import load_results, pareto, plot_pareto
+    from lpusim.dse.space import HW_FIELDS
+
+    plot_path = checks.path("plot", args.plot) if args.plot is not None else None
+    df = load_results(args.results)
+    by = _csv(args.by, "--by") if args.by else None
+    goals = dict(x_goal=args.x_goal, y_goal=args.y_goal, by=by)
+    front = pareto(df, args.x, args.y, **goals)
+    gpus = df[(df["kind"] == "gpu") & (df["status"] == "ok")]
+    # The inputs that differ between the front's rows: what the front is made of.
+    inputs = ["model", "weights", "context", "layers", "chips", "hw_base", *HW_FIELDS]
+    varying = [c for c in inputs if front[c].nunique(dropna=False) > 1 and c not in (by or [])]
+    cols = list(dict.fromkeys([*(by or []), args.x, args.y, *varying]))
+    text = f"Pareto front of {args.y} ({args.y_goal}) against {args.x} ({args.x_goal}): "
+    text += f"{len(front)} of {int((df['kind'] == 'lpu').sum())} LPU points\n"
+    text += front[cols].to_string(index=False) if len(front) else "(no point has both figures)"
+    if len(gpus):
+        text += "\nGPU reference rows:\n"
+        text += gpus[["machine", "model", "weights", "context", "chips", args.y]].to_string(
+            index=False
+        )
+    obj = {"front": records(front), "gpus": records(gpus), "x": args.x, "y": args.y}
+    if plot_path is not None:
+        _write("plot", plot_path, lambda p: plot_pareto(df, args.x, args.y, p, **goals))
+        text += f"\nwrote {plot_path}"
+        obj["plot"] = str(plot_path)
+    _emit(args, obj, text)
+    return 0
+
+
 def _cmd_presets(args) -> int:
     from sim.hardware import PRESETS
 
@@ -471,6 +557,8 @@ COMMANDS = {
     "compare": _cmd_compare,
     "gpus": _cmd_gpus,
     "measure": _cmd_measure,
+    "sweep": _cmd_sweep,
+    "pareto": _cmd_pareto,
     "presets": _cmd_presets,
     "models": _cmd_models,
 }

@@ -1,0 +1,186 @@
+"""Evaluating points: one LPU point (`evaluate`: the chips it needs, then `lpusim.estimate` with
+the Program cache) or one GPU reference row (`evaluate_gpu`: the calibrated time model). Each
+returns the point's row; a point that fails returns a row with its error, never raises, so one
+bad point does not stop a sweep."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from compiler.frontend.model import decode_specs
+from compiler.passes.place import stored_bytes
+from lpusim import checks
+from lpusim.dse.cache import PointPrograms, ProgramCache
+from lpusim.dse.space import HW_FIELDS, GpuPoint, Point, chip_count
+from lpusim.dse.store import UNITS
+from sim.errors import LpuError
+
+_caches: dict[str, ProgramCache] = {}  # one per cache folder in each worker process
+_caches_lock = threading.Lock()
+
+
+def program_cache(folder: str) -> ProgramCache:
+    with _caches_lock:
+        if folder not in _caches:
+            _caches[folder] = ProgramCache(folder)
+        return _caches[folder]
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if isinstance(e, LpuError) else f"{type(e).__name__}: {text}"
+
+
+def chips_needed(cfg, hw, *, context, weights, layers) -> int:
+    """The fewest chips whose SRAM holds the step's weights, KV cache and input, by the
+    compiler's own fit arithmetic (compiler.check_model_fits)."""
+    n = cfg.n_layers if layers is None else layers
+    specs = decode_specs(cfg, context=context, weights=weights, layers=n, head=layers is None)
+    total = sum(
+        stored_bytes(np.shape(leaf), np.dtype(leaf.dtype).name, hw)
+        for leaf in jax.tree_util.tree_leaves(specs)
+    )
+    return max(1, -(-total // hw.sram_bytes))
+
+
+def base_row(p: Point) -> dict:
+    row = {
+        "key": p.key,
+        "kind": "lpu",
+        "machine": p.hw.name,
+        "status": "ok",
+        "error": None,
+        "note": None,
+        "model": p.model,
+        "weights": p.weights,
+        "context": p.context,
+        "layers": p.layers,
+        "head": p.layers is None,
+        "batch": p.batch,
+        "chips_spec": p.chips,
+        "chips": chip_count(p.chips),
+        "hw_base": p.base,
+        "hw_hash": p.hw.hash,
+        **{f: getattr(p.hw, f) for f in HW_FIELDS},
+        "sram_bytes": p.hw.sram_bytes,
+        "point": p.index,
+        "lpusim_version": p.version,
+    }
+    return row
+
+
+def _estimate_point(p: Point, row: dict, programs: PointPrograms):
+    from lpusim.api import estimate
+
+    cfg = checks.model(p.model)
+    context = checks.context(cfg, p.context)
+    layers = checks.optional_count("layers", p.layers, 1, cfg.n_layers)
+    row["context"] = context
+    row["layers"] = cfg.n_layers if layers is None else layers
+    need = chips_needed(cfg, p.hw, context=context, weights=p.weights, layers=layers)
+    chips = need if p.chips == "auto" else row["chips"]
+    row["chips"] = chips
+    if chips > 1:
+        what = f"needs {need} chips" if p.chips == "auto" else f"chips {p.chips} ({chips} chips)"
+        raise LpuError(f"{what}; multi-chip not implemented yet")
+    if p.batch != 1:
+        raise LpuError(f"batch {p.batch}: only batch-1 decode programs compile yet")
+    return estimate(
+        cfg, p.hw, chips=1, context=context, weights=p.weights, layers=layers, engine=p.engine,
+        programs=programs,
+    )  # fmt: skip
+
+
+def evaluate(p: Point, cache_folder: str, run: int) -> dict:
+    """The row of one LPU point."""
+    t0 = time.perf_counter()
+    row = base_row(p)
+    programs = PointPrograms(program_cache(cache_folder))
+    try:
+        e = _estimate_point(p, row, programs)
+    except Exception as exc:  # recorded as the point's error: the sweep goes on
+        row.update(status="error", error=one_line(exc))
+    else:
+        row.update(
+            cycles=e.cycles_per_token,
+            predicted_cycles=e.predicted_cycles,
+            step_s=e.seconds_per_token,
+            tokens_per_s_user=e.tokens_per_s,
+            batch_tokens_per_s=p.batch * e.tokens_per_s,
+            bound=e.bound_by,
+            bound_cycles=e.bound_cycles,
+            bound_fraction=e.bound_fraction,
+            utilisation=max(e.unit_utilisation.values()),
+            # of the SRAM's read bandwidth: one word per slice per cycle (as in `compare`)
+            bandwidth_utilisation=e.bytes_read
+            / e.cycles_per_token
+            / (p.hw.mem_slices * p.hw.lanes),
+            **{f"util_{u}": e.unit_utilisation.get(u) for u in UNITS},
+            sram_bytes_used=e.sram_bytes_used,
+            sram_high_water_bytes=e.sram_high_water_bytes,
+            bytes_read=e.bytes_read,
+            bytes_written=e.bytes_written,
+            link_bytes=0,  # one chip: no chip-to-chip traffic
+            instructions=e.instructions,
+            vector_ops=e.vector_ops,
+            compile_s=e.compile_s,
+            simulate_s=e.simulate_s,
+        )
+    row.update(
+        program_key=programs.key,
+        program_cached=programs.hit,
+        wall_s=time.perf_counter() - t0,
+        run=run,
+    )
+    return row
+
+
+def evaluate_gpu(g: GpuPoint, run: int) -> dict:
+    """The row of one GPU reference: `compare`'s GPU row for the same model, weights, context and
+    batch (the whole model; weights "native" as the model is served: fp16 for fp32 models)."""
+    from lpusim.compare import gpu_row, model_dims, natural_format
+    from sim.baselines import FITTED
+
+    t0 = time.perf_counter()
+    cfg = checks.model(g.model)
+    context = checks.context(cfg, g.context)
+    weights = natural_format(cfg) if g.weights == "native" else g.weights
+    r = gpu_row(
+        g.gpu, model_dims(cfg), weights=weights, batch=g.batch, context=context,
+        prompt=max(context // 2, 1), tp=None, eff=FITTED,
+    )  # fmt: skip
+    ok = r["tokens_per_s_user"] is not None
+    return {
+        "key": g.key,
+        "kind": "gpu",
+        "machine": g.gpu,
+        "status": "ok" if ok else "error",
+        "error": None if ok else r["note"],
+        "note": (r["note"] or None) if ok else None,
+        "model": g.model,
+        "weights": g.weights,
+        "context": context,
+        "layers": cfg.n_layers,
+        "head": True,
+        "batch": g.batch,
+        "chips_spec": "auto",
+        "chips": r["devices"],
+        "step_s": r["step_s"],
+        "tokens_per_s_user": r["tokens_per_s_user"],
+        "batch_tokens_per_s": r["batch_tokens_per_s"],
+        "bound": r["bound"],
+        "bandwidth_utilisation": r["bandwidth_utilisation"],
+        "wall_s": time.perf_counter() - t0,
+        "run": run,
+        "point": g.index,
+        "lpusim_version": g.version,
+    }
+
+
+def default_cache(output: Path) -> Path:
+    return output / "programs"
