@@ -158,7 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="results folder (SQLite + CSV + Programs)")
     p.add_argument(
-        "--workers", type=int, default=None, help="local processes (default: the CPUs; 1: this one)"
+        "--workers",
+        type=int,
+        default=None,
+        help="local processes (default: one per 32 points, up to the CPUs; 1: this one)",
     )
     p.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:8786")
     p.add_argument(

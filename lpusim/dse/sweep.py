@@ -43,10 +43,11 @@ def sweep(
     return this sweep's rows (lpusim.load_results's columns) as a DataFrame.
 
     output: the results folder (default: a temporary one, removed afterwards).
-    workers: local processes (default: the CPUs this process may use; 1 runs in this process).
-        Workers are spawned, so a script that asks for more than one runs its sweep under
-        `if __name__ == "__main__":`. Each pays a few seconds to start (JAX, the engine's
-        kernels): for a few dozen quick points, workers=1 is faster.
+    workers: local processes (1 runs in this process). Workers are spawned, so a script that
+        asks for more than one runs its sweep under `if __name__ == "__main__":`. Each pays a few
+        seconds to start (JAX, the engine's kernels), as much as some POINTS_PER_WORKER quick
+        points take, so the default is one per POINTS_PER_WORKER points, up to the CPUs this
+        process may use.
     scheduler: a Dask scheduler address or a distributed.Client (then `workers` is unused, and
         `cache` must be on a filesystem the Dask workers share).
     resume: skip the points whose key the folder already holds; without it, a folder that holds
@@ -71,7 +72,8 @@ def sweep(
         raise ArgumentError("output", output, "must be a folder path")
     output = Path(output)
     cache = Path(cache) if cache is not None else default_cache(output)
-    backend = _backend(workers, scheduler)  # a Dask address is reached before anything is written
+    # A Dask address is reached before anything is written.
+    backend = _backend(workers, scheduler, len(space.points))
     store = None
     try:
         store = Store(output)
@@ -253,10 +255,16 @@ class _Dask:
             self.client.close()
 
 
-def _backend(workers, scheduler):
+# Quick points (0.05-0.3 s each) a worker's start-up (about 5 s: JAX, the engine's kernels) is
+# worth: measured by benchmarks/sweep_speed.py, where 2 workers on 24 points ran slower than 1.
+POINTS_PER_WORKER = 32
+
+
+def _backend(workers, scheduler, points: int):
     """Where points run. A pool starts its processes as points are submitted, at most one per
     point to compute."""
     if scheduler is not None:
         return _Dask(scheduler)
-    workers = workers or len(os.sched_getaffinity(0)) or 1
+    cpus = len(os.sched_getaffinity(0)) or 1
+    workers = workers or max(1, min(cpus, points // POINTS_PER_WORKER))
     return _Inline() if workers == 1 else _Pool(workers)
