@@ -237,6 +237,12 @@ class _Scheduler:
         w = issue_width(self.hw, q)
         return [] if w >= units else [("q", q, k) for k in range(w)]
 
+    def slot_claims(self, q: int, units: int) -> list:
+        """Queue q's dispatch slot as a claim of its own (none when the queue never binds): the
+        slot and the unit are independent, so a busy slot fails one option, not every unit's."""
+        slots = self.slots(q, units)
+        return [lambda: iter([([(sl, 0, 1)], [], 0, None, None) for sl in slots])] if slots else []
+
     def unit_options(self, keys: list, q: int, n: int, units: int | None = None):
         """Options for n cycles of one of the units `keys`, dispatched from queue q (which feeds
         `units` units in all, by default those)."""
@@ -730,8 +736,10 @@ class _Scheduler:
         flags = (FLAG_TRANSPOSED if op.transposed else 0) | (FLAG_BUFFER if buffer else 0)
         for row, v0, n in self.row_pieces(rows):
             seg, w = self.store.get(v0), self.width(v0)
+            slot = self.slot_claims(q, units)  # first: a busy slot moves t before any read
             claims = [
-                lambda n=n: iter(self.unit_options(ports, q, n, units)),
+                *slot,
+                lambda n=n: iter([([(k, 0, n)], [], 0, None, None) for k in ports]),
                 lambda seg=seg, v0=v0, w=w, n=n: chain(
                     self.forward_options(v0, pos, n) if sel is None else (),
                     self.read_options(seg, v0, w, pos, n, sel=sel),
@@ -739,7 +747,7 @@ class _Scheduler:
             ]
             t, chosen = self._solve(start, claims)
             self._commit(t, chosen)
-            st = self.take(t, *chosen[1], v0, n, op.src, sel)
+            st = self.take(t, *chosen[-1], v0, n, op.src, sel)
             self.records.append(
                 dict(
                     op=Op.INSTALL, cycle=t, queue=q, plane=plane, s0=st, in0=v0, row=row,
