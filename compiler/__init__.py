@@ -14,12 +14,19 @@ from compiler.frontend.jaxpr import UnsupportedPrimitive, trace
 from compiler.ir.graph import Graph, prune, verify
 from compiler.passes.decompose import decompose
 from compiler.passes.layout import layout_blocks
-from compiler.passes.place import ModelTooLarge, check_args_fit, check_fits, place_static
+from compiler.passes.place import (
+    ModelTooLarge,
+    check_args_fit,
+    check_fits,
+    chunk_vectors,
+    place_static,
+)
 from compiler.passes.relayout import fold_relayouts
 from compiler.passes.tile import Accumulators, tile
 from compiler.schedule.listsched import schedule as list_schedule
 from sim.errors import LpuError
 from sim.hardware import HardwareConfig, load_hardware
+from sim.isa import matmul_period
 from sim.program import Program
 
 __all__ = [
@@ -211,7 +218,6 @@ def _accumulators(hw: HardwareConfig, accumulate: bool) -> Accumulators | None:
     """The MXM's accumulators as the tiler sees them (None: the VXM adds every partial sum)."""
     if not accumulate:
         return None
-    install = -(-hw.lanes // hw.mxm_install_vectors_per_cycle)
     return Accumulators(
-        hw.mxm_accumulator_vectors, hw.mxm_planes, install, hw.mxm_fp16_cycles_per_vector
+        hw.mxm_accumulator_vectors, hw.mxm_planes, chunk_vectors(hw), matmul_period(hw, 2)
     )

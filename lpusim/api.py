@@ -119,7 +119,7 @@ def estimate(
     """Compile one decode step at the last position of `context` (default: DEFAULT_CONTEXT,
     capped at the model's max_seq_len; of the first `layers` layers alone, if given) with weights
     stored as `weights`, and time it on the simulator. Every argument, the context and the fit
-    are checked first, in well under a second. `programs`: where the Program comes from instead
+    are checked first, before any tracing or weight building. `programs`: where the Program comes from instead
     of compiling it here (a sweep's cache; see ProgramSource)."""
     cfg = checks.model(model)
     hw = load_hardware(hw)
@@ -137,7 +137,7 @@ def estimate(
     result = simulate(program, mode="timing", engine=engine)
     t2 = time.perf_counter()
     n = program.meta["layers"]
-    b = bounds(program)
+    b = bounds(program, program.predicted)  # the simulation just checked it is the queues' timing
     return Estimate(
         model=cfg.name,
         hw=hw.name,

@@ -1,6 +1,6 @@
 """The checks every command and API function applies first, before any tracing, weight building or
 simulation: argument types and ranges, the context against the model, the model against the
-chip's SRAM and against this machine's memory. Each takes well under a second, and each error is
+chip's SRAM and against this machine's memory. Each runs before any tracing or weight building, and each error is
 an `ArgumentError` (or `HostMemoryError`) naming the argument, its value and what would be valid;
 the CLI shows the same message with the option's name."""
 

@@ -161,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="local processes (default: one per 32 points, up to the CPUs; 1: this one)",
+        help="local processes (default: one per POINTS_PER_WORKER points of lpusim.dse.sweep, up "
+        "to the CPUs; 1: this one)",
     )
     p.add_argument("--scheduler", default=None, help="a Dask scheduler address, tcp://host:8786")
     p.add_argument(

@@ -224,10 +224,16 @@ def _si(value: float, unit: str) -> str:
 
 
 def lpu_chips_needed(
-    cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
+    cfg: ModelConfig,
+    hw: HardwareConfig,
+    context: int,
+    weights: str = "native",
+    layers: int | None = None,
 ) -> int:
-    """Chips whose SRAM holds the weights and KV cache, by the compiler's own fit arithmetic."""
-    args = decode_specs(cfg, context=context, weights=weights, layers=cfg.n_layers)
+    """Chips whose SRAM holds the weights and KV cache (of the first `layers` layers and no
+    head, if given), by the compiler's own fit arithmetic."""
+    n = cfg.n_layers if layers is None else layers
+    args = decode_specs(cfg, context=context, weights=weights, layers=n, head=layers is None)
     total = sum(
         stored_bytes(np.shape(leaf), np.dtype(leaf.dtype).name, hw)
         for leaf in jax.tree_util.tree_leaves(args)

@@ -23,6 +23,7 @@ import numpy as np
 from sim.icu import cycles_of
 from sim.isa import (
     DTYPE_BYTES,
+    DTYPE_WIDTHS,
     OP_UNIT,
     VXM_ARITY,
     DType,
@@ -56,14 +57,13 @@ def _lut(table: dict, default: int) -> np.ndarray:
     return out
 
 
-WIDTH_LUT = _lut(DTYPE_BYTES, 1)
 UNIT_LUT = _lut(OP_UNIT, -1)
 
 
 def put_words(ins: np.ndarray) -> np.ndarray:
     """Words (streams) of the vector each instruction puts on a stream: its element type's,
     float32 for a MATMUL whatever its dtype field."""
-    w = WIDTH_LUT[ins["dtype"].astype(np.int64)]
+    w = DTYPE_WIDTHS[ins["dtype"].astype(np.int64)]
     return np.where(ins["op"] == int(Op.MATMUL), F32, w)
 
 
@@ -109,7 +109,7 @@ def resource_bounds(program: Program) -> dict[str, int]:
     }
 
 
-def dependency_bound(program: Program) -> int:
+def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
     """The Program's dataflow with every resource free: each instruction at the earliest cycle
     its operands could reach it. Producers are found as the simulator finds them (the vector on
     the operand's stream at its diagonal); a run of n vectors keeps its one-per-cycle pace."""
@@ -137,7 +137,7 @@ def dependency_bound(program: Program) -> int:
 
     release: dict[tuple, int] = {}  # (chip, barrier) -> asap cycle its SYNCs may dispatch
     start: dict[tuple, int] = {}  # (chip, queue) -> asap cycle after its last SYNC
-    cycles = cycles_of(program)
+    cycles = cycles_of(program) if cycles is None else cycles
     for i in np.argsort(cycles, kind="stable"):
         r = ins[i]
         o = Op(int(r["op"]))
@@ -182,8 +182,9 @@ def dependency_bound(program: Program) -> int:
     return end
 
 
-def bounds(program: Program) -> Bounds:
+def bounds(program: Program, cycles: np.ndarray | None = None) -> Bounds:
+    """`cycles`: each instruction's dispatch cycle, if known (else the queues are run again)."""
     terms = resource_bounds(program)
-    terms["dependency"] = dependency_bound(program)
+    terms["dependency"] = dependency_bound(program, cycles)
     binding = max(terms, key=terms.get)
     return Bounds(terms[binding], binding, terms)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LpuError(Exception):
     """Base of every error the project raises on purpose; the CLI prints these in one line."""
@@ -62,3 +64,23 @@ class ScheduleViolation(LpuError):
             f"chip {chip}, unit {unit}, cycle {cycle}: instruction #{index} `{instr}` "
             f"(from {source}): {conflict}"
         )
+
+
+def read_file(path, what: str, error: type[LpuError], text: bool = False):
+    """The bytes (or, with `text`, the UTF-8 text) of the file `what` names, e.g. "hardware
+    file"; any failure to read it is one line of `error` naming the file."""
+    name = f"{what} {str(path)!r}"
+    try:
+        data = Path(path).read_bytes()
+        return data.decode("utf-8") if text else data
+    except FileNotFoundError:
+        raise error(f"{name} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{name} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise error(
+            f"{name} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "TOML files are UTF-8"
+        ) from None
+    except OSError as e:
+        raise error(f"cannot read {name}: {e.strerror}") from None

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import tomllib
 
-from sim.errors import ConfigError
+from sim.errors import ConfigError, read_file
 
 # The widest element a vector holds: the VXM computes in FP32 (REFERENCE.md, "VXM" row), so every
 # stream direction must carry a 4-byte-per-lane vector in one cycle.
@@ -56,7 +56,11 @@ FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     "mxm_install_vectors_per_cycle": (1, 4096, "weight rows a plane installs per cycle"),
     "mxm_install_latency_cycles": _LATENCY,
     "mxm_latency_cycles": _LATENCY,
-    "mxm_weight_buffers": (1, 2, "tiles a plane holds"),
+    "mxm_weight_buffers": (
+        1,
+        2,
+        "tiles a plane holds: 2 lets the next tile install while the current one computes",
+    ),
     "mxm_fp16_cycles_per_vector": (1, 1024, "cycles a plane takes per FP16 input vector"),
     "mxm_accumulator_vectors": (1, 65536, "partial-sum vectors a plane accumulates over K tiles"),
     "vxm_alus": (1, 1024, "VXM ALUs per lane"),
@@ -142,11 +146,6 @@ class HardwareConfig:
             )
         if self.mxm_planes % 2:
             raise ConfigError(f"mxm_planes={self.mxm_planes} must be even (one half per side)")
-        if self.mxm_weight_buffers not in (1, 2):
-            raise ConfigError(
-                f"mxm_weight_buffers={self.mxm_weight_buffers}: a plane has 1 weight buffer, or 2 "
-                "(the next tile installs while the current one computes)"
-            )
         if not self.lanes // self.icu_instruction_bytes:
             raise ConfigError(
                 f"icu_instruction_bytes={self.icu_instruction_bytes}: an instruction fetch reads "
@@ -249,19 +248,7 @@ class HardwareConfig:
             raise ConfigError("hardware file path is empty; give a TOML file or a preset name")
         path = Path(path)
         name = repr(str(path))
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"hardware file {name} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"hardware file {name} is a directory, not a TOML file") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(
-                f"hardware file {name} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
-                f"{e.start}); TOML files are UTF-8"
-            ) from None
-        except OSError as e:
-            raise ConfigError(f"cannot read hardware file {name}: {e.strerror}") from None
+        text = read_file(path, "hardware file", ConfigError, text=True)
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

@@ -290,6 +290,8 @@ DTYPE_NUMPY = {
     DType.INT8: np.dtype(np.int8),
     DType.FP8E4M3: np.dtype(ml_dtypes.float8_e4m3fn),
 }
+# Words of a vector by dtype code (an array for a field of records; 1 for an invalid code).
+DTYPE_WIDTHS = np.array([DTYPE_BYTES.get(c, 1) for c in range(256)], np.int64)
 DTYPE_BY_NAME = {np.dtype(v).name: k for k, v in DTYPE_NUMPY.items()}
 # Suffixes in listings (`READ.f16`).
 DTYPE_SHORT = {
@@ -380,6 +382,14 @@ def make_instrs(records: list[dict]) -> np.ndarray:
             out["delay"][i] = int(r["cycle"]) - last.get(key, 0)
             last[key] = int(r["cycle"])
     return out
+
+
+def repetitions(ins) -> tuple[np.ndarray, np.ndarray]:
+    """(instruction, repetition j) of every repetition of the instructions `ins`, in order; a
+    repeat below 1 is none, as both executors take it."""
+    reps = np.maximum(ins["repeat"].astype(np.int64), 0)
+    i = np.repeat(np.arange(len(ins), dtype=np.int64), reps)
+    return i, np.arange(len(i), dtype=np.int64) - np.repeat(np.cumsum(reps) - reps, reps)
 
 
 def periods(ins):

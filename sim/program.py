@@ -20,21 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.errors import LpuError, ProgramFormatError
+from sim.errors import LpuError, ProgramFormatError, read_file
 from sim.hardware import HardwareConfig
-from sim.icu import dispatch
 from sim.isa import (
     DTYPE_BY_NAME,
-    DTYPE_BYTES,
+    DTYPE_WIDTHS,
     INSTR_DTYPE,
     Op,
     disassemble_one,
     n_queues,
     queue_name,
+    repetitions,
 )
 
 FORMAT_MAGIC = "lpusim-program"
-DTYPE_WIDTHS = np.array([DTYPE_BYTES.get(c, 1) for c in range(256)], np.int64)  # by dtype code
 # 2: a MATMUL's `row` is its tile's extent, which the executors check (version 1 files have 0);
 # 3: the instruction field `period` (cycles between repetitions);
 # 4: no cycles: each queue's `delay` (NOP) fields, SYNC/NOTIFY, and the scheduler's predictions.
@@ -148,9 +147,7 @@ class Program:
         ins, lanes = self.instrs, self.hw.lanes
         mem = np.isin(ins["op"], [int(Op.READ), int(Op.WRITE), int(Op.IFETCH)])
         r = ins[mem]
-        reps = np.maximum(r["repeat"].astype(np.int64), 0)
-        i = np.repeat(np.arange(len(r)), reps)
-        j = np.arange(len(i)) - np.repeat(np.cumsum(reps) - reps, reps)
+        i, j = repetitions(r)
         width = np.where(r["op"] == int(Op.IFETCH), 1, DTYPE_WIDTHS[r["dtype"]])[i]
         chip = r["chip"].astype(np.int64)[i]
         slices = r["slice"].astype(np.int64)[i]
@@ -205,7 +202,9 @@ class Program:
         if self.predicted is not None:
             cycles = self.predicted
         else:
-            cycles = dispatch(hw, self.instrs)[0]  # the queues' own timing
+            from sim.engine.icu import dispatch_cycles  # the engine builds on this module
+
+            cycles = dispatch_cycles(hw, self.instrs)[0]  # the queues' own timing (-1: never)
         shown = 0
         for chip in range(self.chips):
             for q in range(n_queues(hw)):
@@ -271,14 +270,7 @@ class Program:
             )
         path = Path(path)
         name = repr(str(path))
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ProgramFormatError(f"program file {name} does not exist") from None
-        except IsADirectoryError:
-            raise ProgramFormatError(f"program file {name} is a directory") from None
-        except OSError as e:
-            raise ProgramFormatError(f"cannot read program file {name}: {e.strerror}") from None
+        data = read_file(path, "program file", ProgramFormatError)
         if not data.startswith(b"PK\x03\x04"):
             raise ProgramFormatError(f"{name} is not an lpusim Program file (foreign)")
         try:

@@ -34,6 +34,7 @@ from sim.isa import (
     n_queues,
     periods,
     queue_name,
+    repetitions,
 )
 from sim.program import Program
 
@@ -82,10 +83,7 @@ def schedule_table(program: Program) -> pd.DataFrame:
     from), queue (queue index), instr (index into `program.instrs`), rep (repetition j).
     """
     hw, ins = program.hw, program.instrs
-    reps = ins["repeat"].astype(np.int64)
-    instr = np.repeat(np.arange(len(ins), dtype=np.int64), reps)  # (events,)
-    first = np.cumsum(reps) - reps  # event index of each instruction's repetition 0
-    rep = np.arange(len(instr), dtype=np.int64) - first[instr]
+    instr, rep = repetitions(ins)  # (events,)
     op = ins["op"][instr].astype(np.int64)
     lat_of = np.zeros(max(Op) + 1, np.int64)
     for o in Op:

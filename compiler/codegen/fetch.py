@@ -27,7 +27,15 @@ from compiler.passes.place import ModelTooLarge
 from sim.errors import ScheduleError
 from sim.hardware import HardwareConfig
 from sim.icu import fetch_width
-from sim.isa import DTYPE_BYTES, Op, issue_width, make_instrs, periods, queue_name
+from sim.isa import (
+    DTYPE_WIDTHS,
+    Op,
+    issue_width,
+    make_instrs,
+    periods,
+    queue_name,
+    repetitions,
+)
 
 
 def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: int):
@@ -35,13 +43,11 @@ def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: i
     end = int(cycles.max()) + 2 if len(cycles) else 2
     sel = (ins["op"] == int(Op.READ)) & (ins["chip"] == chip)
     r, t0 = ins[sel], cycles[sel]
-    reps = r["repeat"].astype(np.int64)
-    i = np.repeat(np.arange(len(r)), reps)
-    j = np.arange(len(i)) - np.repeat(np.cumsum(reps) - reps, reps)
+    i, j = repetitions(r)
     t = t0[i] + j * periods(r)[i]
     end = max(end, int(t.max()) + 2 if len(t) else 0)
     busy = np.zeros((hw.mem_slices, end), np.bool_)
-    width = np.array([DTYPE_BYTES[int(d)] for d in r["dtype"]], np.int64)[i] if len(i) else i
+    width = DTYPE_WIDTHS[r["dtype"]][i]
     for m in range(4):
         k = m < width
         busy[r["slice"].astype(np.int64)[i[k]] + m, t[k]] = True

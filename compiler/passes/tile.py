@@ -49,7 +49,8 @@ VXM_OF = {
 @dataclass(frozen=True)
 class Accumulators:
     """What the tiler needs of the MXM to chain K tiles: accumulator rows per plane, planes,
-    cycles to install a tile, and compute cycles per input wider than a byte."""
+    cycles to install a tile, and compute cycles per input wider than a byte (sim.isa's
+    matmul_period of such an input)."""
 
     rows: int
     planes: int
@@ -281,8 +282,9 @@ def _dot(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     in_bytes = DTYPE_BYTES[_code(lhs)]
     # Rows in blocks the plane's accumulator holds (re-installing the tiles per block), when
     # accumulating K tiles in the plane is worth it; else one block, its sums added on the VXM.
-    blocks = -(-M // t.acc.rows) if KT > 1 and t.acc is not None else 1
-    chained = blocks and KT > 1 and t.acc is not None and t.acc.worth_it(-(-M // blocks), in_bytes)
+    use = KT > 1 and t.acc is not None
+    blocks = -(-M // t.acc.rows) if use else 1
+    chained = use and t.acc.worth_it(-(-M // blocks), in_bytes)
     blocks = blocks if chained else 1
     # A chain runs on one plane: to load the planes evenly, each is cut into `split` chains
     # (whose sums the VXM adds), the fewest that make the chains a multiple of the planes.

@@ -221,9 +221,6 @@ class _Scheduler:
         self.rl, self.wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
         self.S = hw.streams_per_direction
         self._nearest: dict[tuple, list[int]] = {}
-        # A MEM queue dispatches at most a READ and a WRITE a cycle (one port each), so only a
-        # width of one constrains it; other queues need their slots when below their units.
-        self.mem_slot = hw.icu_issue_width == 1
 
     def add_copy(self, copy: Copy) -> Copy:
         copy.index = len(self.copies)
@@ -437,8 +434,7 @@ class _Scheduler:
             d = 0 if pos >= p0 else 1
             diag_off = -pos if d == 0 else pos
             ports = [(("rd", c.group + m), off_r, span) for m in range(w)]
-            if self.mem_slot:
-                ports.append((("q", c.group, 0), off_r, 1))
+            ports += [(sl, off_r, 1) for sl in self.slots(c.group, 2)]
             for s in self.stream_order(d, w):
                 yield (
                     ports,
@@ -478,8 +474,7 @@ class _Scheduler:
             diag_off = joff - pos if d == 0 else joff + pos
             span = (n - 1) * period + 1
             ports = [(("wr", g + m), joff + abs(p - pos), span) for m in range(w)]
-            if self.mem_slot:
-                ports.append((("q", g, 0), joff + abs(p - pos), 1))
+            ports += [(sl, joff + abs(p - pos), 1) for sl in self.slots(g, 2)]
             for s in self.stream_order(d, w):
                 yield ports, self._stream_items(d, s, w, diag_off, span), 0, None, (g, s, d)
 
@@ -587,8 +582,7 @@ class _Scheduler:
             def claims(g=g, pos=pos):
                 def wr():
                     ports = [(("wr", g + m), 0, n) for m in range(w)]
-                    if self.mem_slot:
-                        ports.append((("q", g, 0), 0, 1))
+                    ports += [(sl, 0, 1) for sl in self.slots(g, 2)]
                     yield ports, [], 0, None, g
 
                 return [lambda: self.read_options(seg, seg.v0, w, pos, n, sel=sel), wr]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -28,7 +27,7 @@ from functools import cache
 from pathlib import Path
 
 from compiler import compile as compile_program
-from lpusim.dse.space import lpusim_version
+from lpusim.dse.space import _digest, lpusim_version
 from sim import Program
 from sim.errors import LpuError, ProgramFormatError
 from sim.hardware import HardwareConfig
@@ -69,7 +68,7 @@ def program_key(cfg, hw: HardwareConfig, *, chips, context, weights, layers) -> 
         "hw": schedule_fields(hw),
         "compiler": compiler_version(),
     }
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return _digest(blob, 24)
 
 
 class ProgramCache:

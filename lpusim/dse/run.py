@@ -9,12 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
-from compiler.frontend.model import decode_specs
-from compiler.passes.place import stored_bytes
 from lpusim import checks
+from lpusim.compare import lpu_chips_needed
 from lpusim.dse.cache import PointPrograms, ProgramCache
 from lpusim.dse.space import HW_FIELDS, GpuPoint, Point, chip_count
 from lpusim.dse.store import UNITS
@@ -34,18 +30,6 @@ def program_cache(folder: str) -> ProgramCache:
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text if isinstance(e, LpuError) else f"{type(e).__name__}: {text}"
-
-
-def chips_needed(cfg, hw, *, context, weights, layers) -> int:
-    """The fewest chips whose SRAM holds the step's weights, KV cache and input, by the
-    compiler's own fit arithmetic (compiler.check_model_fits)."""
-    n = cfg.n_layers if layers is None else layers
-    specs = decode_specs(cfg, context=context, weights=weights, layers=n, head=layers is None)
-    total = sum(
-        stored_bytes(np.shape(leaf), np.dtype(leaf.dtype).name, hw)
-        for leaf in jax.tree_util.tree_leaves(specs)
-    )
-    return max(1, -(-total // hw.sram_bytes))
 
 
 def base_row(p: Point) -> dict:
@@ -82,11 +66,13 @@ def _estimate_point(p: Point, row: dict, programs: PointPrograms):
     layers = checks.optional_count("layers", p.layers, 1, cfg.n_layers)
     row["context"] = context
     row["layers"] = cfg.n_layers if layers is None else layers
-    need = chips_needed(cfg, p.hw, context=context, weights=p.weights, layers=layers)
-    chips = need if p.chips == "auto" else row["chips"]
+    if p.chips == "auto":  # the fewest chips that hold the step
+        chips = max(1, lpu_chips_needed(cfg, p.hw, context, p.weights, layers))
+    else:
+        chips = row["chips"]
     row["chips"] = chips
     if chips > 1:
-        what = f"needs {need} chips" if p.chips == "auto" else f"chips {p.chips} ({chips} chips)"
+        what = f"needs {chips} chips" if p.chips == "auto" else f"chips {p.chips} ({chips} chips)"
         raise LpuError(f"{what}; multi-chip not implemented yet")
     if p.batch != 1:
         raise LpuError(f"batch {p.batch}: only batch-1 decode programs compile yet")

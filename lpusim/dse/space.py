@@ -43,7 +43,7 @@ import tomllib
 
 from lpusim import checks
 from models.quantize import FORMATS as WEIGHT_FORMATS
-from sim.errors import ConfigError, LpuError
+from sim.errors import ConfigError, LpuError, read_file
 from sim.execute import ENGINES
 from sim.hardware import FIELD_RANGES, HardwareConfig, preset
 
@@ -141,8 +141,10 @@ class Space:
     name: str  # what the errors call it: "sweep file 'x.toml'" or "sweep space"
 
 
-def _digest(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+def _digest(obj: dict, length: int = 20) -> str:
+    """A content hash of a JSON-able dict (anything else in it as its str)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -160,16 +162,7 @@ def load_space(spec) -> Space:
         )
     path = Path(spec)
     name = f"sweep file {str(path)!r}"
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise SweepFileError(f"{name} does not exist") from None
-    except IsADirectoryError:
-        raise SweepFileError(f"{name} is a directory, not a TOML file") from None
-    except UnicodeDecodeError:
-        raise SweepFileError(f"{name} is not UTF-8 text; TOML files are UTF-8") from None
-    except OSError as e:
-        raise SweepFileError(f"cannot read {name}: {e.strerror}") from None
+    text = read_file(path, "sweep file", SweepFileError, text=True)
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -122,13 +122,14 @@ class Store:
                 (time.time(), computed, reused, failed, run),
             )
 
-    def write_csv(self) -> Path:
-        """A CSV snapshot of the whole table, written to a temporary file and renamed."""
+    def write_csv(self, table: pd.DataFrame) -> Path:
+        """A CSV snapshot of the whole table (load_results'), written to a temporary file and
+        renamed."""
         path = self.folder / CSV
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=CSV + ".", suffix=".tmp")
         os.close(fd)
         try:
-            load_results(self.folder).to_csv(tmp, index=False)
+            table.to_csv(tmp, index=False)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -85,12 +85,12 @@ def sweep(
                 "an empty folder"
             )
         summary = _run(space, store, done, cache, backend, progress)
-        store.write_csv()
+        df = load_results(output)  # read once: the CSV snapshot and this sweep's rows
+        store.write_csv(df)
     finally:
         backend.close()
         if store is not None:
             store.close()
-    df = load_results(output)
     keys = {p.key for p in space.points + space.gpu_points}
     df = df[df["key"].isin(keys)].reset_index(drop=True)
     df.attrs.update(summary, results=str(output))
@@ -255,8 +255,10 @@ class _Dask:
             self.client.close()
 
 
-# Quick points (0.05-0.3 s each) a worker's start-up (about 5 s: JAX, the engine's kernels) is
-# worth: measured by benchmarks/sweep_speed.py, where 2 workers on 24 points ran slower than 1.
+# Points per local worker by default. A worker's start-up (JAX, the engine's kernels) outweighs
+# quick points: `benchmarks/sweep_speed.py --small` measured 24 points at 7.96 points/s on 1
+# worker and 4.47 on 2 (2-core CI machine). Where 2 workers start to win was not measured; 32 is
+# a guess above that 24.
 POINTS_PER_WORKER = 32
 
 

@@ -594,7 +594,7 @@ def make_kernel(functional: bool):
                 transposed = np.int64(r["flags"]) & FLAG_TRANSPOSED
                 # the tile state of the plane's weight buffer (two per plane)
                 plane_slot = pl
-                pl = 2 * pl + (1 if np.int64(r["flags"]) & FLAG_BUFFER else 0)
+                pl = 2 * pl + (1 if second else 0)
                 if op == INSTALL:
                     row = np.int64(r["row"]) + j  # within the lanes, as checked above
                     if planes[pl, PL_TILE] != tile:  # a new tile; the old weights stay in place

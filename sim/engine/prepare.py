@@ -36,6 +36,7 @@ from sim.isa import (
     queue_position,
     queue_sxm,
     queue_unit,
+    repetitions,
     topk_registers,
 )
 from sim.program import Program, pack_tensor
@@ -180,12 +181,10 @@ def _events(ins: np.ndarray, cycle: np.ndarray, in_order: bool) -> tuple[np.ndar
     n = len(cycle)
     if in_order:  # the compiler's output: events are the instructions, in order
         return cycle, np.arange(n, dtype=np.int32)
-    reps = np.maximum(ins["repeat"].astype(np.int64), 0)
-    ev_i = np.repeat(np.arange(n, dtype=np.int64), reps)
+    ev_i, j = repetitions(ins)
     if not len(ev_i):
         return np.zeros(0, np.int64), np.zeros(0, np.int32)
-    first = np.repeat(np.cumsum(reps) - reps, reps)  # event number of each repetition 0
-    ev_t = cycle[ev_i] + (np.arange(len(ev_i)) - first) * periods(ins)[ev_i]
+    ev_t = cycle[ev_i] + j * periods(ins)[ev_i]
     lo, hi = int(ev_t.min()), int(ev_t.max())
     if (hi - lo + 1) * n < 2**62:  # one int64 key: one sort, much faster than lexsort
         key = np.sort((ev_t - lo) * n + ev_i)

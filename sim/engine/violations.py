@@ -193,8 +193,8 @@ def leftover_partial(program: Program, prep, slot: int, vid: int) -> ScheduleVio
     """A partial sum still in an accumulator at the end (slot: dense plane * rows + row)."""
     g, rows = prep.g, program.hw.mxm_accumulator_vectors
     dense, row = divmod(slot, rows)
-    keys = np.flatnonzero(np.diff(np.r_[-1, prep.plane_map]) > 0)  # the slots' (chip, plane)s
-    chip_index, plane = divmod(int(keys[dense]), int(g[c.G_PLANES]))
+    key = int(np.searchsorted(prep.plane_map, dense))  # plane_map never decreases
+    chip_index, plane = divmod(key, int(g[c.G_PLANES]))
     return ScheduleViolation(
         chip=chip_index + int(g[c.G_CHIP_LO]),
         unit=queue_name(program.hw, queue_mxm(program.hw, plane + int(g[c.G_PLANE_LO]))),
