@@ -34,6 +34,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/calibrate_gpu.py --small
 	$(BIN)/python benchmarks/compile_speed.py --small
 	$(BIN)/python benchmarks/roofline.py --small
+	$(BIN)/python benchmarks/sram_bandwidth.py --small
 	$(BIN)/python benchmarks/sweep_speed.py --small
 
 lint: $(VENV)/.installed-dev
@@ -43,6 +44,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/sim_speed.py
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/roofline.py
+	$(BIN)/python benchmarks/sram_bandwidth.py
 	$(BIN)/python benchmarks/sweep_speed.py
 
 # Opens the teaching and research notebooks in JupyterLab (installs the `notebooks` extra once).

@@ -7,7 +7,8 @@ schedule achieves.
     python benchmarks/roofline.py --small    # what CI runs: the small cases only
     python benchmarks/roofline.py --json
 
-Achieved TB/s is SRAM bytes read per simulated second; TFLOPS counts 2 x the MACs the MXM issues
+Achieved TB/s is SRAM bytes read per simulated second (the streaming copy passes every vector
+through the VXM, so its 16 ALUs bind it, not SRAM); TFLOPS counts 2 x the MACs the MXM issues
 (every streamed input times its tile's rows times the lanes), so it is an upper bound on useful
 work. Peaks for comparison: REFERENCE.md "peak" (750 TOPS INT8, 188 TFLOPS FP16) and "SRAM
 bandwidth" (80 TB/s) rows, next to what this preset's ports deliver.
@@ -105,9 +106,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     hw = preset(HW)
     rows = [measure(n) for n in (SMALL if args.small else CASES)]
-    ports_tb = hw.mem_slices * hw.lanes * hw.clock_hz / 1e12
+    ports_tb = hw.sram_bytes_per_cycle * hw.clock_hz / 1e12
     if args.json:
-        print(json.dumps({"hw": HW, "rows": rows, "sram_read_ports_tb_per_s": ports_tb}))
+        print(json.dumps({"hw": HW, "rows": rows, "sram_ports_tb_per_s": ports_tb}))
         return 0
     print(
         f"{'case':<24}{'cycles':>9}{'bound':>9}  {'binds':<12}{'bound/sim':>10}{'TB/s':>8}{'TFLOPS':>8}"
@@ -118,9 +119,11 @@ def main(argv=None) -> int:
             f"{r['bound_fraction']:>10.2f}{r['tb_per_s']:>8.2f}{r['tflops']:>8.1f}"
         )
     print(
-        f"\n{HW}: SRAM read ports deliver {ports_tb:.1f} TB/s (one {hw.lanes}-byte word per slice "
-        f"per cycle); REFERENCE.md states 80 TB/s. MXM: {hw.mxm_planes} planes; REFERENCE.md "
-        f"peak 750 TOPS INT8, 188 TFLOPS FP16 (an FP16 input every {hw.mxm_fp16_cycles_per_vector} cycles)."
+        f"\n{HW}: SRAM ports deliver {ports_tb:.1f} TB/s ({hw.mem_read_ports_per_slice} reads and "
+        f"{hw.mem_write_ports_per_slice} writes of a {hw.lanes}-byte word per slice per cycle; "
+        "benchmarks/sram_bandwidth.py measures it); REFERENCE.md states 80 TB/s. MXM: "
+        f"{hw.mxm_planes} planes; REFERENCE.md peak 750 TOPS INT8, 188 TFLOPS FP16 (an FP16 input "
+        f"every {hw.mxm_fp16_cycles_per_vector} cycles)."
     )
     by = {r["case"]: r for r in rows}
     if "matmul 1024^3 int8" in by and "matmul 1024^3 fp16" in by:

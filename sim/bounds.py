@@ -4,12 +4,18 @@ Every bound is what the Program's own work needs on this machine, however it wer
 
     mxm_install   installed rows / (planes x rows a plane installs per cycle)
     mxm_compute   compute-pipeline cycles / planes (an INT8 input a cycle, FP16 at a quarter)
-    sram_read     words read / slices (one read port per slice per cycle); sram_write likewise
+    sram_read     words read / (slices x read ports per slice); sram_write likewise
     vxm, sxm      vector ops / ALUs (units) that run them each cycle
-    streams       stream slots its vectors take / streams (one vector per stream per diagonal)
+    streams       the busiest cut between two neighbouring positions: the words that cross it
+                  one way / streams per direction (each stream carries one word per cycle past
+                  any point). A vector crosses from where it is put to where it is taken
     dependency    the longest chain of the Program's dataflow, every instruction as early as
                   its inputs allow (with their real latencies and distances) and no unit, port
                   or stream ever busy: what is left when resource conflicts cost nothing
+
+Both the stream cuts and the dependency chain match each taken vector to the put it came from as
+the simulator does (the nearest put upstream on its diagonal), from each instruction's first
+repetition: the compiler streams a run from one run.
 
 The largest is the step's bound; `bound / simulated cycles` says how close the schedule comes.
 """
@@ -87,8 +93,6 @@ def resource_bounds(program: Program) -> dict[str, int]:
     per_unit = UNIT_LUT[op]
     reads = int((reps * width)[op == int(Op.READ)].sum())
     writes = int((reps * width)[op == int(Op.WRITE)].sum())
-    puts = (op != int(Op.WRITE)) & (op != int(Op.INSTALL)) & (per_unit != int(Unit.ICU))
-    slots = int((reps * width)[puts].sum())
     chips = max(program.chips, 1)
 
     def ceil(a: int, b: int) -> int:
@@ -99,40 +103,71 @@ def resource_bounds(program: Program) -> dict[str, int]:
             events(Op.INSTALL), chips * hw.mxm_planes * hw.mxm_install_vectors_per_cycle
         ),
         "mxm_compute": ceil(matmul_cycles(program), chips * hw.mxm_planes),
-        "sram_read": ceil(reads, chips * hw.mem_slices),
-        "sram_write": ceil(writes, chips * hw.mem_slices),
+        "sram_read": ceil(reads, chips * hw.mem_slices * hw.mem_read_ports_per_slice),
+        "sram_write": ceil(writes, chips * hw.mem_slices * hw.mem_write_ports_per_slice),
         "vxm": ceil(int(reps[per_unit == int(Unit.VXM)].sum()), chips * hw.vxm_alus),
         "sxm": ceil(
             int(reps[per_unit == int(Unit.SXM)].sum()), chips * 2 * hw.sxm_units_per_hemisphere
         ),
-        "streams": ceil(slots, chips * 2 * hw.streams_per_direction),
     }
 
 
-def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
-    """The Program's dataflow with every resource free: each instruction at the earliest cycle
-    its operands could reach it. Producers are found as the simulator finds them (the vector on
-    the operand's stream at its diagonal); a run of n vectors keeps its one-per-cycle pace."""
+class _Puts:
+    """The vectors put on each (chip, stream, diagonal), by position: a take at p finds the one
+    put nearest upstream of p (p itself included), as the simulator does."""
+
+    def __init__(self, streams_per_direction: int) -> None:
+        self.S = streams_per_direction
+        self.at: dict[tuple, dict[int, tuple]] = {}
+
+    def add(self, chip: int, st: int, diag: int, p: int, value: tuple) -> None:
+        self.at.setdefault((chip, st, diag), {})[p] = value
+
+    def nearest(self, chip: int, st: int, diag: int, p: int) -> tuple[tuple, int] | None:
+        """(value, position) of the put a take at p sees, or None."""
+        at = self.at.get((chip, st, diag))
+        if not at:
+            return None
+        east = st // self.S == 0
+        up = [p0 for p0 in at if (p0 <= p if east else p0 >= p)]
+        if not up:
+            return None
+        p0 = max(up) if east else min(up)
+        return at[p0], p0
+
+
+def _dataflow(program: Program, cycles: np.ndarray | None = None) -> tuple[int, int]:
+    """(dependency, streams): the Program's dataflow with every resource free, each instruction
+    at the earliest cycle its operands could reach it (a run of n vectors keeps its pace), and
+    the busiest stream cut."""
     hw, ins = program.hw, program.instrs
     S = hw.streams_per_direction
     lat = {o: latency(hw, o) for o in Op}
     pos = [queue_position(hw, q) for q in range(n_queues(hw))]
     rl, wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
+    words = put_words(ins)
 
     def diag(st: int, t: int, p: int) -> int:
         return t - p if st // S == 0 else t + p
 
-    put: dict[tuple, tuple[int, int]] = {}  # (chip, stream, diagonal) -> (asap entry, position)
+    put = _Puts(S)  # (asap cycle it enters its stream, words) of each put vector
     ready: dict[tuple, int] = {}  # (chip, slice, addr) -> asap cycle its vector is readable
     tile_ready: dict[tuple, int] = {}  # (chip, plane, tile) -> asap cycle it is installed
+    # crossings[chip, direction, boundary b] (between positions b and b + 1): words crossing it
+    width = max(hw.width_positions, max(pos) + 1)
+    crossings = np.zeros((max(program.chips, 1), 2, width + 1), np.int64)
     end = 0
 
-    def arrival(chip: int, st: int, t: int, p: int) -> int:
-        """Asap cycle the vector taken at (st, t, p) in the real schedule could be at p."""
-        found = put.get((chip, st, diag(st, t, p)))
+    def arrival(chip: int, st: int, t: int, p: int, repeat: int) -> int:
+        """Asap cycle the vector taken at (st, t, p) in the real schedule could be at p; the
+        run's words cross every boundary between its put and p."""
+        found = put.nearest(chip, st, diag(st, t, p), p)
         if found is None:
             return 0
-        t_in, p_in = found
+        (t_in, w), p_in = found
+        lo, hi = sorted((p_in, p))
+        crossings[chip, st // S, lo] += repeat * w
+        crossings[chip, st // S, hi] -= repeat * w
         return t_in + abs(p - p_in)
 
     release: dict[tuple, int] = {}  # (chip, barrier) -> asap cycle its SYNCs may dispatch
@@ -149,22 +184,25 @@ def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
             barrier = release.get((chip, int(r["table"])), 0)
             start[(chip, q)] = max(start.get((chip, q), 0), barrier) + 1
             continue
+        if o == Op.IFETCH:
+            continue
         # a run's last vector comes period * (repeat - 1) cycles after its first
         per = int(periods(r))
         n = (int(r["repeat"]) - 1) * per + 1
+        rep, w = int(r["repeat"]), int(words[i])
         p = pos[q]
         if o == Op.READ:  # data enters the dataflow here, once its queue has started
             a = max(ready.get((chip, int(r["slice"]), int(r["addr"])), 0), start.get((chip, q), 0))
-            put[(chip, int(r["sd"]), diag(int(r["sd"]), t + rl, p))] = (a + rl, p)
+            put.add(chip, int(r["sd"]), diag(int(r["sd"]), t + rl, p), p, (a + rl, w))
             end = max(end, a + n - 1 + rl)
         elif o == Op.WRITE:
-            a = arrival(chip, int(r["s0"]), t, p)
+            a = arrival(chip, int(r["s0"]), t, p, rep)
             s, a0, stride = int(r["slice"]), int(r["addr"]), int(r["stride"])
             for j in range(int(r["repeat"])):  # vector j lands `period` after vector j - 1
                 ready[(chip, s, a0 + j * stride)] = a + j * per + wl
             end = max(end, a + n - 1 + wl)
         elif o == Op.INSTALL:
-            a = arrival(chip, int(r["s0"]), t, p)
+            a = arrival(chip, int(r["s0"]), t, p, rep)
             key = (chip, int(r["plane"]), int(r["aux"]))
             tile_ready[key] = max(tile_ready.get(key, 0), a + n - 1 + lat[o])
             end = max(end, a + n - 1 + lat[o])
@@ -174,17 +212,26 @@ def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
                 streams.append("s1")
             if o in VXM_ARITY and VXM_ARITY[o] == 3:
                 streams.append("s2")
-            a = max(arrival(chip, int(r[s]), t, p) for s in streams)
+            a = max(arrival(chip, int(r[f]), t, p, rep) for f in streams)
             if o == Op.MATMUL:
                 a = max(a, tile_ready.get((chip, int(r["plane"]), int(r["aux"])), 0))
-            put[(chip, int(r["sd"]), diag(int(r["sd"]), t + lat[o], p))] = (a + lat[o], p)
+            put.add(chip, int(r["sd"]), diag(int(r["sd"]), t + lat[o], p), p, (a + lat[o], w))
             end = max(end, a + n - 1 + lat[o])
-    return end
+    busiest = int(np.cumsum(crossings, axis=2).max(initial=0))
+    return end, -(-busiest // S)
+
+
+def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
+    """The Program's dataflow with every resource free: each instruction at the earliest cycle
+    its operands could reach it. Producers are found as the simulator finds them (the vector on
+    the operand's stream at its diagonal, put nearest upstream); a run of n vectors keeps its
+    one-per-cycle pace."""
+    return _dataflow(program, cycles)[0]
 
 
 def bounds(program: Program, cycles: np.ndarray | None = None) -> Bounds:
     """`cycles`: each instruction's dispatch cycle, if known (else the queues are run again)."""
     terms = resource_bounds(program)
-    terms["dependency"] = dependency_bound(program, cycles)
+    terms["dependency"], terms["streams"] = _dataflow(program, cycles)
     binding = max(terms, key=terms.get)
     return Bounds(terms[binding], binding, terms)

@@ -50,6 +50,8 @@ FIELD_RANGES: dict[str, tuple[float, float, str]] = {
         "one-byte streams each way; a VXM op may take two FP32 operands flowing the same way in "
         f"one cycle, so the scheduler needs two groups of {MAX_ELEMENT_BYTES}",
     ),
+    "mem_read_ports_per_slice": (1, 16, "vector reads a MEM slice serves per cycle"),
+    "mem_write_ports_per_slice": (1, 16, "vector writes a MEM slice accepts per cycle"),
     "mem_read_latency_cycles": _LATENCY,
     "mem_write_latency_cycles": _LATENCY,
     "mxm_planes": (2, 256, "matrix planes, half on each side"),
@@ -126,6 +128,8 @@ class HardwareConfig:
     icu_queue_instructions: int = 256
     icu_instruction_bytes: int = 32
     mxm_accumulator_vectors: int = 320
+    mem_read_ports_per_slice: int = 1
+    mem_write_ports_per_slice: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -183,6 +187,12 @@ class HardwareConfig:
     @property
     def sram_bytes(self) -> int:
         return self.mem_slices * self.mem_slice_bytes
+
+    @property
+    def sram_bytes_per_cycle(self) -> int:
+        """Bytes every slice's read and write ports move in one cycle, all together."""
+        ports = self.mem_read_ports_per_slice + self.mem_write_ports_per_slice
+        return self.mem_slices * ports * self.lanes
 
     @property
     def half_slices(self) -> int:
@@ -302,6 +312,12 @@ PRESETS: dict[str, HardwareConfig] = {
         icu_queue_instructions=256,  # "ICU" row: instructions fetched from MEM; buffer size U
         icu_instruction_bytes=32,  # U: 10 instructions per 320-byte word
         mxm_accumulator_vectors=320,  # "MXM" row: FP32/INT32 accumulators; how many is U
+        # "SRAM bandwidth" row: 80 TB/s. One read and one write per slice and cycle would move
+        # 88 x 320 B x 2 x 0.9 GHz = 50.7 TB/s; the split into ports is unpublished (U): two of
+        # each (two banks, each reading and writing a word a cycle) is the least that reaches it,
+        # 101 TB/s (benchmarks/sram_bandwidth.py measures it).
+        mem_read_ports_per_slice=2,
+        mem_write_ports_per_slice=2,
     ),
     # Next generation, from press figures only ("Next-generation LPU" line, all conf S): 500 MB
     # of SRAM, 150 TB/s of SRAM bandwidth, 2.5 TB/s chip to chip. The TSP's organisation is kept;
@@ -333,6 +349,8 @@ PRESETS: dict[str, HardwareConfig] = {
         icu_queue_instructions=256,
         icu_instruction_bytes=32,
         mxm_accumulator_vectors=320,
+        mem_read_ports_per_slice=1,  # the clock above makes these 150 TB/s
+        mem_write_ports_per_slice=1,
     ),
     # A chip small enough that a whole decoder layer's schedule fits on a screen. Nothing here is a
     # measured figure: it keeps the TSP's shape (mirrored hemispheres, stream groups) at toy size.

@@ -11,9 +11,13 @@ latency is at least one cycle (SYNC and NOTIFY do nothing at their event).
 
 - Streams. A vector entering eastward stream s at position p0 at cycle t0 is at position p0 + k at
   cycle t0 + k; westward, at p0 - k. So a vector is identified by its stream, direction and
-  *diagonal* d = t0 - p0 (east) or t0 + p0 (west), and it flows to the chip's edge. A second vector
-  on the same diagonal would overlap it: a conflict. A consumer at position p at cycle t takes
-  the vector on diagonal t - p (t + p), which must exist and have entered upstream of p.
+  *diagonal* d = t0 - p0 (east) or t0 + p0 (west). It flows on until the chip's edge or until a
+  unit downstream puts another vector on the same diagonal, which replaces it from there on (the
+  TSP's stream registers: each position passes on what it received unless its unit writes).
+  A consumer at position p at cycle t takes the vector on diagonal t - p (t + p) that entered
+  nearest upstream of p (at p itself included); there must be one, and a vector that was replaced
+  before it reached its consumer is caught by the vector id the consumer expects. Two vectors put
+  at one position on one diagonal are a conflict.
 - Memory. A WRITE commits `mem_write_latency` cycles after issue; a READ sees commits up to its
   cycle. Each word remembers the vector id it holds, so a READ of a vector that is not (yet, or any
   more) there is caught.
@@ -195,7 +199,8 @@ def run_reference(
     mem_vid: dict[tuple, int] = {}  # (chip, slice, addr) -> vid held by that word
     mem_val: dict[tuple, np.ndarray] = {}  # (chip, base slice, addr) -> (lanes,) float32
     pending: list[tuple[int, tuple, int, int, np.ndarray]] = []  # commits (cycle, key, w, vid, v)
-    streams: dict[tuple, tuple] = {}  # (chip, dir, s, diag) -> (vid, values, p0, width, instr)
+    # (chip, dir, s, diag) -> {p0: (vid, values, p0, width, instr)}: the vectors put on a diagonal
+    streams: dict[tuple, dict[int, tuple]] = {}
     busy: dict[tuple, int] = {}  # (resource..., cycle) -> uses
     planes: dict[tuple, dict] = {}  # (chip, plane, weight buffer) -> tile state
     accumulators: dict[tuple, dict] = {}  # (chip, plane) -> {row: (partial sum vid, values)}
@@ -235,34 +240,40 @@ def run_reference(
             raise violation(i, t0, f"stream group {stream_name(hw, st)} x{width} is misaligned")
         diag = diagonal(d, t0, p0)
         for m in range(width):
-            key = (chip, d, s + m, diag)
-            if key in streams:
-                other = streams[key]
+            at = streams.setdefault((chip, d, s + m, diag), {})
+            if p0 in at:
+                other = at[p0]
                 raise violation(
                     i,
                     t0,
                     f"stream {stream_name(hw, st + m)} already carries vector {other[0]} "
-                    f"(from instruction #{other[4]}) on this slot",
+                    f"(from instruction #{other[4]}) put at this position on this diagonal",
                 )
-            streams[key] = (vid, values, p0, width, i)
+            at[p0] = (vid, values, p0, width, i)
+
+    def nearest(chip, d, s, diag, p):
+        """The vector on (stream s of direction d, diag) that entered nearest upstream of p."""
+        at = streams.get((chip, d, s, diag), {})
+        up = [p0 for p0 in at if (p0 <= p if d == 0 else p0 >= p)]
+        return at[max(up) if d == 0 else min(up)] if up else None
 
     def width_at(chip, st, p, t) -> int:
         """Words of the vector on stream `st` at (p, t), 1 if none (taking it will say so)."""
         d, s = divmod(st, S)
-        entry = streams.get((chip, d, s, diagonal(d, t, p)))
+        entry = nearest(chip, d, s, diagonal(d, t, p), p)
         return 1 if entry is None else entry[3]
 
     def take(i, chip, st, p, t, expect=-1):
         d, s = divmod(st, S)
         diag = diagonal(d, t, p)
-        entry = streams.get((chip, d, s, diag))
-        if entry is None or (p < entry[2] if d == 0 else p > entry[2]):
+        entry = nearest(chip, d, s, diag, p)
+        if entry is None:
             raise violation(
                 i, t, f"reads stream {stream_name(hw, st)} but no vector arrives there at cycle {t}"
             )
         vid, values, p0, width, src = entry
         for m in range(1, width):
-            other = streams.get((chip, d, s + m, diag))
+            other = nearest(chip, d, s + m, diag, p)
             if other is None or other[4] != src:
                 raise violation(i, t, f"stream group {stream_name(hw, st)} x{width} is torn")
         if expect >= 0 and vid != expect:
@@ -270,7 +281,8 @@ def run_reference(
                 i,
                 t,
                 f"expects vector {expect} on stream {stream_name(hw, st)} but vector {vid} "
-                "passes at this cycle (its operand is not there yet, or no longer)",
+                "passes at this cycle (its operand is not there yet, no longer, or was replaced "
+                "upstream)",
             )
         counts["stream_hops"] += abs(p - p0) * width
         return vid, values
@@ -330,8 +342,11 @@ def run_reference(
             if a < 0 or a >= hw.words_per_slice:
                 raise violation(i, t, f"address {a} is outside 0..{hw.words_per_slice - 1}")
             port = "rd" if op == Op.READ else "wr"
+            ports = hw.mem_read_ports_per_slice if op == Op.READ else hw.mem_write_ports_per_slice
             for m in range(width):
-                claim(i, t, (chip, port, s + m), 1, f"{queue_name(hw, s + m)} {port} port")
+                claim(
+                    i, t, (chip, port, s + m), ports, f"every {queue_name(hw, s + m)} {port} port"
+                )
             if op == Op.READ:
                 for m in range(width):
                     held = mem_vid.get((chip, s + m, a), -1)
@@ -427,7 +442,10 @@ def run_reference(
                     raise violation(i, t, f"IFETCH reads slice {s}, outside 0..{hw.mem_slices - 1}")
                 if a < 0 or a >= hw.words_per_slice:
                     raise violation(i, t, f"address {a} is outside 0..{hw.words_per_slice - 1}")
-                claim(i, t, (chip, "rd", s), 1, f"{queue_name(hw, s)} rd port")
+                claim(
+                    i, t, (chip, "rd", s), hw.mem_read_ports_per_slice,
+                    f"every {queue_name(hw, s)} rd port",
+                )  # fmt: skip
                 counts["mem_read"] += 1
                 bytes_read += lanes
 

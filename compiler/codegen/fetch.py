@@ -39,18 +39,18 @@ from sim.isa import (
 
 
 def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: int):
-    """(slices, cycles) bool: the read ports the chip's READs hold, each repetition."""
+    """(slices, cycles) int: the read ports the chip's READs hold, each repetition."""
     end = int(cycles.max()) + 2 if len(cycles) else 2
     sel = (ins["op"] == int(Op.READ)) & (ins["chip"] == chip)
     r, t0 = ins[sel], cycles[sel]
     i, j = repetitions(r)
     t = t0[i] + j * periods(r)[i]
     end = max(end, int(t.max()) + 2 if len(t) else 0)
-    busy = np.zeros((hw.mem_slices, end), np.bool_)
+    busy = np.zeros((hw.mem_slices, end), np.int16)
     width = DTYPE_WIDTHS[r["dtype"]][i]
     for m in range(4):
         k = m < width
-        busy[r["slice"].astype(np.int64)[i[k]] + m, t[k]] = True
+        np.add.at(busy, (r["slice"].astype(np.int64)[i[k]] + m, t[k]), 1)
     return busy
 
 
@@ -59,6 +59,7 @@ def plan_fetches(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(instrs, cycles, words used) with the IFETCHes every queue needs added (source `src`)."""
     cap, most, rl = hw.icu_queue_instructions, fetch_width(hw), hw.mem_read_latency_cycles
+    ports_per_slice = hw.mem_read_ports_per_slice
     key = ins["chip"].astype(np.int64) * (1 << 20) + ins["queue"].astype(np.int64)
     qkeys, sizes = np.unique(key, return_counts=True)
     if not len(qkeys) or sizes.max() <= cap:
@@ -91,11 +92,12 @@ def plan_fetches(
                     break  # no room for a word yet
                 first = loaded - fetches - 1  # the first real instruction this one delivers
                 latest = min(d - 1, int(c[first]) - rl) if first < n else d - 1
-                t = _free_cycle(busy, used, width, t, latest, landed, pos)
+                t = _free_cycle(busy, ports_per_slice, used, width, t, latest, landed, pos)
                 if t < 0:
                     break
-                s = int(np.argmin(np.where(busy[:, t], np.iinfo(np.int64).max, image)))
-                busy[s, t] = True
+                full = busy[:, t] >= ports_per_slice
+                s = int(np.argmin(np.where(full, np.iinfo(np.int64).max, image)))
+                busy[s, t] += 1
                 used[t] += 1
                 records.append(
                     dict(op=Op.IFETCH, chip=chip, queue=q, slice=s, addr=int(image[s]),
@@ -135,12 +137,14 @@ def _there(landed: tuple[list, list], pos: int, t: int) -> bool:
     return k < len(landed[1]) and landed[0][k] <= t
 
 
-def _free_cycle(busy, used: Counter, width: int, t: int, latest: int, landed, pos: int) -> int:
+def _free_cycle(
+    busy, ports: int, used: Counter, width: int, t: int, latest: int, landed, pos: int
+) -> int:
     """The first cycle in [t, latest] at which the queue has a dispatch slot, its entry `pos`
-    has landed, and some slice's read port is idle; -1 if none."""
+    has landed, and some slice has a read port idle; -1 if none."""
     while t <= latest:
         free = used[t] < width and _there(landed, pos, t)
-        if free and t < busy.shape[1] and not busy[:, t].all():
+        if free and t < busy.shape[1] and (busy[:, t] < ports).any():
             return t
         t += 1
     return -1

@@ -1,8 +1,13 @@
 """Place what lives in SRAM for the whole program (parameters, inputs, constants) and check that
 the model fits the chip before any work is spent on it.
 
-Vectors go round-robin over the slice groups of their width, alternating hemispheres, so the rows
-of one weight tile sit in different slices and can be read in the same cycle.
+Vectors go in segments round-robin over the slice groups of their width, so the rows of one tile
+sit in different slices and can be read in the same cycle. The rows one MXM vop installs (a tile,
+or a chain of K tiles accumulating in one plane) go whole to one hemisphere, the next vop's to the
+other, so that they reach an MXM plane on their own side without crossing the chip (the scheduler
+installs them on their side's planes where it can), from the slices next to the MXM inwards;
+anything else alternates hemispheres segment by segment, from the VXM outwards, so that both
+stream directions into the VXM carry it.
 """
 
 from __future__ import annotations
@@ -95,6 +100,13 @@ def slice_groups(hw: HardwareConfig, width: int) -> list[int]:
     return [s for pair in zip(west, east, strict=True) for s in pair]
 
 
+def hemisphere_groups(hw: HardwareConfig, width: int) -> tuple[list[int], list[int]]:
+    """Base slices of the aligned groups of `width` in the west and in the east hemisphere, each
+    from the VXM outwards."""
+    h = hw.half_slices
+    return list(range(0, h, width)), list(range(h, hw.mem_slices, width))
+
+
 def chunk_vectors(hw: HardwareConfig) -> int:
     """Vectors per stored segment: a weight tile's rows come from lanes / chunk slice groups at
     once, as many as the MXM installs per cycle (REFERENCE.md "MXM": < 40 cycles for a tile)."""
@@ -115,11 +127,16 @@ def place_static(
     cursor = {} if cursor is None else cursor
     placed: set[int] = set()
     segments = []
+    tracks = hw.mxm_planes // 2  # planes on each side
+    installer = np.full(len(vp.dtypes), -1, np.int64)  # the MXM vop that installs each vector
+    for op in vp.ops:
+        if op.rows is not None:
+            installer[op.rows] = op.id
     for sym in vp.symbols:
         if sym.kind == "output" or (names is not None and sym.name not in names):
             continue
         width = DTYPE_BYTES[DTYPE_BY_NAME[sym.dtype]]
-        groups = slice_groups(hw, width)
+        groups = hemisphere_groups(hw, width)
         rows, tiles, _ = tensor_layout(sym.shape, hw.lanes)
         cols = sym.vids.reshape(rows, tiles).T  # (tiles, rows): each column is one run
         # Every tensor in short segments spread round-robin: weights stream out of several slices
@@ -137,9 +154,18 @@ def place_static(
                 continue
             placed.add(int(col[0]))
             for r0, n in _chunks(per_unit, hw):
-                k = cursor.get(width, 0)
-                cursor[width] = k + 1
-                g = groups[k % len(groups)]
+                vop = int(installer[int(col[r0])])
+                if vop < 0:  # segment by segment, alternating hemispheres, from the VXM outwards
+                    side = cursor[(width, "side")] = 1 - cursor.get((width, "side"), 1)
+                    k = cursor.get((width, side), 0)
+                    cursor[(width, side)] = k + 1
+                    g = groups[side][k % len(groups[side])]
+                else:  # a vop's rows on one track, each segment in its least filled group
+                    if vop != cursor.get((width, "vop")):
+                        cursor[(width, "vop")] = vop
+                        cursor[(width, "track")] = _track(groups, tracks, width, next_addr, cursor)
+                    own = _track_groups(groups, tracks, *cursor[(width, "track")])
+                    g = own[int(np.argmin(_fill(next_addr, own, width)))]
                 a = int(next_addr[g : g + width].max())
                 _check_room(a + n, g, hw)
                 next_addr[g : g + width] = a + n
@@ -158,7 +184,7 @@ def place_static(
                     Segment(s.v0 + u * per_unit, s.n, s.group, s.addr + u * stride) for s in unit0
                 ]
             next_addr[:] = base + units * stride
-            _check_room(int(next_addr.max()), groups[0], hw)
+            _check_room(int(next_addr.max()), groups[0][0], hw)
     return Placement(segments, next_addr)
 
 
@@ -172,6 +198,32 @@ def _chunks(rows: int, hw: HardwareConfig) -> list[tuple[int, int]]:
         c = -(-n // hw.mxm_install_vectors_per_cycle)
         out += [(r0, min(c, t0 + n - r0)) for r0 in range(t0, t0 + n, c)]
     return out
+
+
+def _track_groups(groups, tracks: int, side: int, track: int) -> list[int]:
+    """The slice groups of one track: every `tracks`-th group of the side from the MXM's edge
+    inwards (so the first rows of every plane's first tile are near it)."""
+    return groups[side][::-1][track::tracks]
+
+
+def _track(groups, tracks: int, width: int, next_addr: np.ndarray, cursor: dict):
+    """(side, track) for the next MXM vop's rows: the least filled, ties in turn (west track 0,
+    east track 0, west track 1, ...), so consecutive vops alternate sides and, on a side, the
+    planes that take them in turn."""
+    turn = cursor.get((width, "turn"), 0)
+    cursor[(width, "turn")] = turn + 1
+    order = [(side, track) for track in range(tracks) for side in (0, 1)]
+    order = order[turn % len(order) :] + order[: turn % len(order)]
+
+    def filled(st):
+        return float(_fill(next_addr, _track_groups(groups, tracks, *st), width).mean())
+
+    return min(order, key=filled)
+
+
+def _fill(next_addr: np.ndarray, groups: list[int], width: int) -> np.ndarray:
+    """The first free address of each slice group (the highest of its slices')."""
+    return next_addr[np.asarray(groups)[:, None] + np.arange(width)].max(axis=1)
 
 
 # An indirect READ's distance between units is an int16 field (sim/isa.py).

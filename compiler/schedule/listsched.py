@@ -16,13 +16,20 @@ to the plane's install width at once) and then streams its inputs through it.
 
 Every resource is a capacity-one timeline of busy intervals (`Busy`): a port or unit by cycle, a
 queue's dispatch slots by cycle (an instruction holds one for the cycle it dispatches: the ICU
-dispatches at most icu_issue_width a cycle per queue), a stream by diagonal (sim.isa.diagonal), so a piece's claims are intervals of length n at fixed
+dispatches at most icu_issue_width a cycle per queue), a stream by diagonal (sim.isa.diagonal) in
+each *zone* of positions its vectors cross, so a piece's claims are intervals of length n at fixed
 offsets from its issue cycle. The earliest cycle at which all of them are free is found by jumping
 from one busy interval's end to the next (a bisection each), never cycle by cycle.
 
-Stream chaining: a unit's results flow on their stream to the chip's edge, so a consumer
-downstream may take them straight from it at the one cycle they pass (a `Flow`), with no WRITE and
-READ between; a result every consumer took so is then not written at all.
+Streams: a vector flows on until a unit downstream puts another on its diagonal (sim/reference.py),
+so one diagonal of a stream carries several vectors over disjoint stretches of the chip. The
+scheduler cuts the positions into zones (each hemisphere into ZONES_PER_HEMISPHERE, the VXM alone)
+and claims a vector's diagonal in every zone from where it enters to where its last consumer
+takes it: vectors whose zones differ never meet.
+
+Stream chaining: a consumer downstream of a unit may take its results straight from the stream
+at the one cycle they pass (a `Flow`), with no WRITE and READ between, claiming the zones from
+where the results were written on to it; a result every consumer took so is then not written.
 
 The output: instruction records (READ/WRITE addresses still relative to a `Copy`, which the
 allocator places), every copy of every stored run, and the predicted cycle count, which the
@@ -40,7 +47,7 @@ from itertools import chain
 import numpy as np
 
 from compiler.ir.vector import Selection, VOp, VProgram
-from compiler.passes.place import Placement, slice_groups
+from compiler.passes.place import Placement, chunk_vectors, slice_groups
 from sim.errors import ScheduleError
 from sim.hardware import HardwareConfig
 from sim.isa import (
@@ -76,6 +83,21 @@ SPREAD = 2
 # ... or, when those are busy, one of the nearest WRITE_REACH.
 WRITE_REACH = 8
 
+# The widths of stream groups: a vector of b bytes per lane takes an aligned group of b streams.
+STREAM_GROUPS = (1, 2, 4)
+
+# Zones of stream positions per hemisphere: more lets more vectors share a diagonal, at the cost
+# of a claim per zone a vector crosses.
+ZONES_PER_HEMISPHERE = 2
+
+# A spaced run (an FP16 MATMUL's inputs and sums) of up to this many vectors claims each one's
+# cycle alone; a longer one its whole span.
+SPACED_CLAIMS = 32
+
+# ... and a VXM op takes a spaced run straight from its stream, at its pace, when it is at most
+# this long (a longer one waits for it in SRAM: trying both paces costs compile time).
+PACED_VECTORS = 8
+
 # A piece that finds no common free slot after this many attempts means a scheduler bug.
 LIMIT_ATTEMPTS = 10_000
 
@@ -103,6 +125,17 @@ class Busy:
             t = hi[i]
             i += 1
         return t
+
+    def add_union(self, t: int, n: int) -> None:
+        """Make [t, t + n) busy, merging with whatever it overlaps or touches."""
+        lo, hi = self.lo, self.hi
+        i = bisect_right(hi, t - 1)  # the first interval ending at or after t
+        if i == len(lo) or lo[i] > t + n:  # overlaps and touches nothing: a plain insert
+            self.add(t, n)
+            return
+        j = bisect_right(lo, t + n) - 1  # the last interval starting at or before t + n
+        lo[i], hi[i] = min(lo[i], t), max(hi[j], t + n)
+        del lo[i + 1 : j + 1], hi[i + 1 : j + 1]
 
     def add(self, t: int, n: int) -> None:
         lo, hi = self.lo, self.hi
@@ -139,14 +172,16 @@ class Copy:
 @dataclass(eq=False)
 class Flow:
     """A unit's results on a stream: vector v0 + j enters stream group `stream` at position
-    `pos` at cycle t + j and flows on to the chip's edge, where any unit downstream may take it."""
+    `pos` at cycle t + j*period; its diagonals are claimed up to position `reach` (where they are
+    written), and any unit downstream may take them that claims the zones beyond."""
 
     v0: int
     n: int
     stream: int
     t: int
     pos: int
-    period: int = 1  # cycles between its vectors
+    period: int
+    reach: int
 
 
 @dataclass
@@ -221,6 +256,12 @@ class _Scheduler:
         self.rl, self.wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
         self.S = hw.streams_per_direction
         self._nearest: dict[tuple, list[int]] = {}
+        self.zone = stream_zones(hw, ZONES_PER_HEMISPHERE)
+        self._covers: dict[tuple, tuple] = {}
+        self.chunk = chunk_vectors(hw)  # cycles a plane takes to install a whole tile
+        self.read_ports = hw.mem_read_ports_per_slice
+        self.write_ports = hw.mem_write_ports_per_slice
+        self.mem_units = self.read_ports + self.write_ports  # what a slice's queue feeds
 
     def add_copy(self, copy: Copy) -> Copy:
         copy.index = len(self.copies)
@@ -315,7 +356,8 @@ class _Scheduler:
                     break
                 chosen.append((best[1], best[2]))
                 for key, off, n in best[1]:
-                    tent.setdefault(key, []).append((t + off, n))
+                    for k in self.covers(key):
+                        tent.setdefault(k, []).append((t + off, n))
             else:
                 return t, chosen
         names = {"rd": "SRAM read ports", "wr": "SRAM write ports", "st": "streams",
@@ -341,16 +383,21 @@ class _Scheduler:
         return None
 
     def _earliest_option(self, claim, t: int, tent: dict):
+        """The option that can start soonest: ports lists by when their ports alone are free,
+        soonest first, and each one's streams only while it can still beat the best."""
+        options = list(claim())
+        bound: dict[int, int] = {}  # per ports list (alive in `options`): its ports' earliest
+        for ports, _, lb, _, _ in options:
+            if id(ports) not in bound:
+                bound[id(ports)] = self._conj(ports, max(t, lb), tent)
+        options.sort(key=lambda o: bound[id(o[0])])  # stable: the claim's order among equals
         best = None
-        bound: dict[int, tuple] = {}  # per ports list (kept alive): when its ports alone are free
-        for ports, streams, lb, ub, payload in claim():
-            k = id(ports)
-            if k not in bound:
-                bound[k] = (self._conj(ports, max(t, lb), tent), ports)
-            if best is not None and bound[k][0] >= best[0]:
-                continue  # no stream can make this one earlier than the best
+        for ports, streams, _, ub, payload in options:
+            b = bound[id(ports)]
+            if best is not None and b >= best[0]:
+                break  # no stream can make this one, or any after it, earlier than the best
             items = ports + streams
-            tt = self._conj(items, bound[k][0], tent)
+            tt = self._conj(items, b, tent)
             if ub is not None and tt > ub:
                 continue  # an exact-time option (a forward) that cannot be met
             if best is None or tt < best[0]:
@@ -372,10 +419,29 @@ class _Scheduler:
     def _commit(self, t: int, chosen: list) -> None:
         for items, _ in chosen:
             for key, off, n in items:
-                b = self.busy.get(key)
-                if b is None:
-                    b = self.busy[key] = Busy()
-                b.add(t + off, n)
+                for k in self.covers(key):
+                    b = self.busy.get(k)
+                    if b is None:
+                        b = self.busy[k] = Busy()
+                    b.add_union(t + off, n)
+
+    def covers(self, key: tuple) -> tuple:
+        """The keys a claim on `key` makes busy. A stream group (one stream, an aligned pair or
+        an aligned four) is checked as one key that holds every claim on any of its streams, so a
+        claim is added to each of its streams' keys, and to the pair's and the four's that hold
+        them."""
+        found = self._covers.get(key)
+        if found is None:
+            if key[0] != "st":
+                found = (key,)
+            else:
+                _, d, w, s0, z = key
+                words = range(s0, s0 + w)
+                found = tuple(
+                    dict.fromkeys(("st", d, v, m // v * v, z) for v in STREAM_GROUPS for m in words)
+                )
+            self._covers[key] = found
+        return found
 
     # --- claim options --------------------------------------------------------------------------
 
@@ -396,8 +462,12 @@ class _Scheduler:
         self._orders.clear()
         return d * self.S + s
 
-    def _stream_items(self, d: int, s: int, w: int, diag_off: int, n: int) -> Items:
-        return [(("st", d, s + m), diag_off, n) for m in range(w)]
+    def _stream_items(self, d: int, s: int, w: int, diag_off: int, run, a: int, b: int) -> Items:
+        """The diagonals of a run (`spans`) of stream group s (w wide) of direction d from
+        t + diag_off, in every zone from position a to position b: one key per zone, the group's
+        (see `covers`)."""
+        za, zb = sorted((self.zone[a], self.zone[b]))
+        return [(("st", d, w, s, z), diag_off + o, k) for z in range(za, zb + 1) for o, k in run]
 
     def usable(self, seg: Seg, sel: Selection | None) -> list[Copy]:
         """The copies a read may use: for a chosen unit (`sel`), unit 0's home read through the
@@ -419,9 +489,9 @@ class _Scheduler:
     ):
         """Options for READing vectors v0..v0+n-1 of `seg` (from copy `only`, if given) so that
         vector v0+j passes `pos` at t+j*period: payload (copy, stream, direction). Ports and
-        streams are claimed for the whole span of a spaced run."""
+        streams are claimed for each vector of a spaced run."""
         hw = self.hw
-        span = (n - 1) * period + 1
+        run = spans(n, period)
         for c in self.usable(seg, sel) if only is None else [only]:
             ready = c.ready
             if c.write >= 0:  # its vectors land one every c.period cycles from its first WRITE
@@ -433,32 +503,45 @@ class _Scheduler:
             off_r = -abs(pos - p0) - self.rl  # READ issue relative to t
             d = 0 if pos >= p0 else 1
             diag_off = -pos if d == 0 else pos
-            ports = [(("rd", c.group + m), off_r, span) for m in range(w)]
-            ports += [(sl, off_r, 1) for sl in self.slots(c.group, 2)]
-            for s in self.stream_order(d, w):
-                yield (
-                    ports,
-                    self._stream_items(d, s, w, diag_off, span),
-                    ready - off_r,
-                    None,
-                    (c, s, d),
-                )
+            slots = [(sl, off_r, 1) for sl in self.slots(c.group, self.mem_units)]
+            for k in range(self.read_ports):
+                ports = [(("rd", c.group + m, k), off_r + o, L) for m in range(w) for o, L in run]
+                ports += slots
+                for s in self.stream_order(d, w):
+                    yield (
+                        ports,
+                        self._stream_items(d, s, w, diag_off, run, p0, pos),
+                        ready - off_r,
+                        None,
+                        (c, s, d),
+                    )
 
     def forward_options(self, v0: int, pos: int, n: int, period: int = 1):
         """Taking vectors v0..v0+n-1 straight from the stream their unit put them on, where it
         passes `pos` (downstream of the unit): only at the one cycle they pass and at their pace
-        (stream chaining, no SRAM round trip). Payload ("forward", stream)."""
+        (stream chaining, no SRAM round trip), with the flow's diagonals in the zones beyond its
+        reach. Payload ("forward", stream, flow, pos)."""
         f = self.flows.find(v0) if self.chaining else None
         if f is None or v0 + n > f.v0 + f.n or (n > 1 and f.period != period):
             return
-        east = f.stream // self.S == 0
-        if (pos < f.pos) if east else (pos > f.pos):
+        d, s = divmod(f.stream, self.S)
+        if (pos < f.pos) if d == 0 else (pos > f.pos):
             return
         t = f.t + (v0 - f.v0) * f.period + abs(pos - f.pos)
-        yield [], [], t, t, ("forward", f.stream)
+        items = []
+        beyond = pos > f.reach if d == 0 else pos < f.reach
+        if beyond and self.zone[pos] != self.zone[f.reach]:
+            first = f.reach + 1 if d == 0 else f.reach - 1  # a position past the reach
+            while self.zone[first] == self.zone[f.reach]:
+                first += 1 if d == 0 else -1
+            diag0 = f.t - f.pos if d == 0 else f.t + f.pos
+            span = (f.n - 1) * f.period + 1  # every vector of the flow: one reach for all
+            w = self.width(f.v0)
+            items = self._stream_items(d, s, w, diag0 - t, [(0, span)], first, pos)
+        yield [], items, t, t, ("forward", f.stream, f, pos)
 
-    def add_flow(self, v0: int, n: int, stream: int, t: int, pos: int, period: int = 1) -> None:
-        self.flows.add(Flow(v0, n, stream, t, pos, period))
+    def add_flow(self, v0: int, n: int, stream: int, t: int, pos: int, period: int, reach: int):
+        self.flows.add(Flow(v0, n, stream, t, pos, period, reach))
 
     def write_options(self, w: int, pos: int, joff: int, n: int, pin=None, period: int = 1):
         """Options for WRITing n results that enter a stream at `pos` at t+joff+j: payload
@@ -472,11 +555,15 @@ class _Scheduler:
             p = hw.slice_position(g)
             d = 0 if p >= pos else 1
             diag_off = joff - pos if d == 0 else joff + pos
-            span = (n - 1) * period + 1
-            ports = [(("wr", g + m), joff + abs(p - pos), span) for m in range(w)]
-            ports += [(sl, joff + abs(p - pos), 1) for sl in self.slots(g, 2)]
-            for s in self.stream_order(d, w):
-                yield ports, self._stream_items(d, s, w, diag_off, span), 0, None, (g, s, d)
+            run = spans(n, period)
+            at = joff + abs(p - pos)
+            slots = [(sl, at, 1) for sl in self.slots(g, self.mem_units)]
+            for k in range(self.write_ports):
+                ports = [(("wr", g + m, k), at + o, L) for m in range(w) for o, L in run]
+                ports += slots
+                for s in self.stream_order(d, w):
+                    items = self._stream_items(d, s, w, diag_off, run, pos, p)
+                    yield ports, items, 0, None, (g, s, d)
 
     # --- recording ------------------------------------------------------------------------------
 
@@ -503,7 +590,9 @@ class _Scheduler:
     def take(self, t, items, payload, vid, n, src, sel=None, period=1) -> int:
         """The stream an operand arrives on: straight from its unit, or by a READ."""
         if payload[0] == "forward":
-            return payload[1]
+            _, st, f, pos = payload
+            f.reach = max(f.reach, pos) if st < self.S else min(f.reach, pos)
+            return st
         return self.record_read(t, items, payload, vid, n, src, sel, period)
 
     def record_write(self, t, items, payload, vid, n, src, period=1) -> int:
@@ -581,9 +670,9 @@ class _Scheduler:
 
             def claims(g=g, pos=pos):
                 def wr():
-                    ports = [(("wr", g + m), 0, n) for m in range(w)]
-                    ports += [(sl, 0, 1) for sl in self.slots(g, 2)]
-                    yield ports, [], 0, None, g
+                    slots = [(sl, 0, 1) for sl in self.slots(g, self.mem_units)]
+                    for k in range(self.write_ports):
+                        yield [(("wr", g + m, k), 0, n) for m in range(w)] + slots, [], 0, None, g
 
                 return [lambda: self.read_options(seg, seg.v0, w, pos, n, sel=sel), wr]
 
@@ -627,41 +716,50 @@ class _Scheduler:
                 (queue_sxm(hw, h), hw.sxm_position(h), [("sxm", h, u) for u in range(hw.sxm_units_per_hemisphere)])
                 for h in sorted((0, 1), key=lambda h: h != near)
             ]  # fmt: skip
+        # A VXM op may also run at the pace of an operand that flows from its unit at one vector
+        # every few cycles (an FP16 MATMUL's sums), to take it straight from the stream.
+        paces = {1}
+        if op.unit == Unit.VXM and 1 < n <= PACED_VECTORS and self.chaining:
+            for v, sel in operands:
+                f = self.flows.find(v) if sel is None else None
+                if f is not None and f.period > 1 and v + n <= f.v0 + f.n:
+                    paces.add(f.period)
         best = None
-        for q, pos, keys in units:
+        for (q, pos, keys), per in ((u, p) for u in units for p in sorted(paces)):
+            span = (n - 1) * per + 1
             t0 = max(
                 min(
                     [c.ready + self.rl + abs(hw.slice_position(c.group) - pos)]
-                    + [lb for _, _, lb, _, _ in self.forward_options(v, pos, n)]
+                    + [lb for _, _, lb, _, _ in self.forward_options(v, pos, n, per)]
                 )
                 for (v, _), c in zip(operands, picked, strict=True)
             )
 
-            def claims(pos=pos, keys=keys, q=q):
-                out = [lambda: iter(self.unit_options(keys, q, n))]
+            def claims(pos=pos, keys=keys, q=q, per=per, span=span):
+                out = [lambda: iter(self.unit_options(keys, q, span))]
                 for s, (v, sel), c in zip(segs, operands, picked, strict=True):
                     out.append(
                         lambda s=s, v=v, c=c, sel=sel: chain(
-                            self.forward_options(v, pos, n) if sel is None else (),
-                            self.read_options(s, v, self.width(v), pos, n, c, sel),
+                            self.forward_options(v, pos, n, per) if sel is None else (),
+                            self.read_options(s, v, self.width(v), pos, n, c, sel, per),
                         )
                     )
-                out.append(lambda: self.write_options(w_out, pos, lat, n, pin))
+                out.append(lambda: self.write_options(w_out, pos, lat, n, pin, per))
                 return out
 
             t, chosen = self._solve(t0, claims())
-            if best is None or t < best[0]:
-                best = (t, chosen, q, pos)
-        t, chosen, q, pos = best
+            if best is None or t + span < best[0] + best[4]:
+                best = (t, chosen, q, pos, span, per)
+        t, chosen, q, pos, _, per = best
         self._commit(t, chosen)
         streams = {}
         for (items, pay), (v, sel) in zip(chosen[1:-1], operands, strict=True):
-            streams[v] = self.take(t, items, pay, v, n, op.src, sel)
-        sd = self.record_write(t, *chosen[-1], out, n, op.src)
-        self.add_flow(out, n, sd, t + lat, pos)
+            streams[v] = self.take(t, items, pay, v, n, op.src, sel, per)
+        sd = self.record_write(t, *chosen[-1], out, n, op.src, per)
+        self.add_flow(out, n, sd, t + lat, pos, per, hw.slice_position(chosen[-1][1][0]))
         rec = dict(
             op=op.op, cycle=t, queue=q, dtype=op.dtype, vid=out, src=op.src, sd=sd,
-            count=op.count, table=op.table, repeat=n,
+            count=op.count, table=op.table, repeat=n, period=per,
         )  # fmt: skip
         for k, v in enumerate(op.ins):
             r = real[v][0] + j0
@@ -699,10 +797,19 @@ class _Scheduler:
         installed into the next weight buffer, then the inputs streamed through; a chain's tiles
         keep their partial sums in the plane's accumulator, and only the last puts results out."""
         hw = self.hw
-        # The buffer free soonest: with two per plane, a tile installs while the other computes.
-        plane, buffer = min(self.plane_free, key=lambda pb: (self.plane_free[pb], pb[1], pb[0]))
         _, sel = self.real(int(op.rows[0]))  # a tile's rows are one column of one choice, or none
         rows = op.rows + (sel.offset if sel is not None else 0)
+        # The buffer free soonest (with two per plane, a tile installs while the other computes),
+        # on the side where the tile's rows are stored unless the other side frees a tile's
+        # install time sooner: rows from the far hemisphere cross the chip on every stream.
+        home = hw.slice_hemisphere(self.store.get(int(rows[0])).copies[0].group)
+        far = self.chunk
+
+        def cost(pb):
+            side = 0 if pb[0] < hw.mxm_planes // 2 else 1
+            return (self.plane_free[pb] + (far if side != home else 0), pb[1], pb[0])
+
+        plane, buffer = min(self.plane_free, key=cost)
         ins = np.asarray(op.ins, np.int64)
         assert self.real(int(ins[0]))[1] is None, "a chosen unit streamed through the MXM"
         tiles = op.chain or ((len(op.rows), op.count),)
@@ -797,10 +904,35 @@ class _Scheduler:
                     rec["vid"] = partial + (k + 1) * op.n
             if not acc & FLAG_ACC_OUT:
                 rec["sd"] = self.record_write(t, *chosen[2], y0, n, op.src, period=per)
-                self.add_flow(y0, n, rec["sd"], t + ml, pos, per)
+                reach = hw.slice_position(chosen[2][1][0])
+                self.add_flow(y0, n, rec["sd"], t + ml, pos, per, reach)
             self.records.append(rec)
             last = max(last, t + (n - 1) * per)
         return last + 1
+
+
+def spans(n: int, period: int) -> list[tuple[int, int]]:
+    """(offset, length) of the cycles (or diagonals) a run of n vectors, one every `period`
+    cycles, holds a port or stream: one interval when they are back to back; one per vector for
+    a spaced run of at most SPACED_CLAIMS (its gaps stay free for other runs); the whole span for
+    a longer one (fewer claims to check, and such runs are long MATMULs that bind anyway)."""
+    if period <= 1:
+        return [(0, n)]
+    if n > SPACED_CLAIMS:
+        return [(0, (n - 1) * period + 1)]
+    return [(j * period, 1) for j in range(n)]
+
+
+def stream_zones(hw: HardwareConfig, per_hemisphere: int) -> list[int]:
+    """Zone of each position: each hemisphere's positions (from the MXM at its edge to the slice
+    next to the VXM) in `per_hemisphere` runs of nearly equal length, and the VXM a zone of its
+    own."""
+    v, width = hw.vxm_position, hw.width_positions
+    west = [k * per_hemisphere // v for k in range(v)]
+    east = [
+        per_hemisphere + 1 + k * per_hemisphere // (width - v - 1) for k in range(width - v - 1)
+    ]
+    return [*west, per_hemisphere, *east]
 
 
 def _drop_unread_writes(vp: VProgram, s: _Scheduler) -> None:

@@ -43,38 +43,14 @@ def run_engine(
 ) -> RawResult:
     """Execute `program`; functional mode computes every vector (all inputs required) and returns
     the outputs, timing mode only times and checks the schedule."""
-    hw = program.hw
-    lanes = hw.lanes
+    lanes = program.hw.lanes
     prep = prepare_program(program)
-    mem_vid, mem_val = preload(program, prep, inputs or {}, functional)
-    ring = np.zeros((prep.ring_slots, c.N_RING), np.int64)
-    ring[:, c.R_DIAG] = c.EMPTY
-    busy = np.zeros((prep.resources, 2), np.int64)
-    busy[:, 0] = np.iinfo(np.int64).min  # never claimed
-    planes = np.zeros((2 * prep.planes, c.N_PLANE), np.int64)  # per (plane, weight buffer)
-    planes[:, c.PL_TILE] = -1
-    installed = np.zeros((2 * prep.planes, lanes), np.bool_)  # timing mode checks rows too
-    pending = np.zeros((prep.pending, c.N_PENDING), np.int64)
-    # Value arrays (float32, the storage format of every vector) are empty in timing mode.
-    ring_val = np.zeros((prep.ring_slots if functional else 0, lanes), np.float32)
-    weights = np.zeros((2 * prep.planes if functional else 0, lanes, lanes), np.float32)
-    rows = prep.planes * hw.mxm_accumulator_vectors  # partial sums kept in each plane
-    accum = np.full(rows, -1, np.int64)
-    accum_val = np.zeros((rows if functional else 0, lanes), np.float32)
-    pending_val = np.zeros((prep.pending if functional else 0, lanes), np.float32)
-    # Select registers hold values, so only functional mode keeps them (timing mode reads 0s).
-    sel = np.zeros(len(prep.sel_first) if functional else 0, np.int64)
-    sel_pending = np.zeros((prep.sel_pending if functional else 0, c.N_SEL_PENDING), np.int64)
-    out = np.zeros(c.N_OUT, np.int64)
-
-    kernel = make_kernel(bool(functional))
-    with np.errstate(all="ignore"):  # NaN and inf are data here (this matters without the JIT)
-        kernel(
-            prep.ev_t, prep.ev_i, program.instrs, prep.dispatch, prep.g, prep.lat_lut, prep.pos_lut,
-            prep.queue_lut, prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid,
-            mem_val, ring, ring_val, busy, planes, installed, weights, accum, accum_val, pending, pending_val,
-            prep.sel_first, sel, sel_pending, out,
-        )  # fmt: skip
+    while True:  # once, unless a diagonal carries more vectors than the ring has ways for
+        mem_vid, mem_val = preload(program, prep, inputs or {}, functional)
+        out, installed, accum = _run(program, prep, mem_vid, mem_val, functional)
+        if out[c.O_CODE] != c.E_WAYS:
+            break
+        prep.g[c.G_WAYS] *= 2
     if out[c.O_CODE] != c.OK:
         raise_failure(program, prep, out, installed)
     left = np.flatnonzero(accum >= 0)
@@ -98,6 +74,42 @@ def run_engine(
         events=len(prep.ev_t),
         trace=events,
     )
+
+
+def _run(program: Program, prep: Prepared, mem_vid, mem_val, functional: bool):
+    """The event loop over fresh unit state: (out, installed rows, accumulator rows)."""
+    hw = program.hw
+    lanes = hw.lanes
+    slots = prep.ring_rows * int(prep.g[c.G_WAYS])
+    ring = np.zeros((slots, c.N_RING), np.int64)
+    ring[:, c.R_DIAG] = c.EMPTY
+    busy = np.zeros((prep.resources, 2), np.int64)
+    busy[:, 0] = np.iinfo(np.int64).min  # never claimed
+    planes = np.zeros((2 * prep.planes, c.N_PLANE), np.int64)  # per (plane, weight buffer)
+    planes[:, c.PL_TILE] = -1
+    installed = np.zeros((2 * prep.planes, lanes), np.bool_)  # timing mode checks rows too
+    pending = np.zeros((prep.pending, c.N_PENDING), np.int64)
+    # Value arrays (float32, the storage format of every vector) are empty in timing mode.
+    ring_val = np.zeros((slots if functional else 0, lanes), np.float32)
+    weights = np.zeros((2 * prep.planes if functional else 0, lanes, lanes), np.float32)
+    rows = prep.planes * hw.mxm_accumulator_vectors  # partial sums kept in each plane
+    accum = np.full(rows, -1, np.int64)
+    accum_val = np.zeros((rows if functional else 0, lanes), np.float32)
+    pending_val = np.zeros((prep.pending if functional else 0, lanes), np.float32)
+    # Select registers hold values, so only functional mode keeps them (timing mode reads 0s).
+    sel = np.zeros(len(prep.sel_first) if functional else 0, np.int64)
+    sel_pending = np.zeros((prep.sel_pending if functional else 0, c.N_SEL_PENDING), np.int64)
+    out = np.zeros(c.N_OUT, np.int64)
+
+    kernel = make_kernel(bool(functional))
+    with np.errstate(all="ignore"):  # NaN and inf are data here (this matters without the JIT)
+        kernel(
+            prep.ev_t, prep.ev_i, program.instrs, prep.dispatch, prep.g, prep.lat_lut, prep.pos_lut,
+            prep.queue_lut, prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid,
+            mem_val, ring, ring_val, busy, planes, installed, weights, accum, accum_val, pending, pending_val,
+            prep.sel_first, sel, sel_pending, out,
+        )  # fmt: skip
+    return out, installed, accum
 
 
 def _outputs(

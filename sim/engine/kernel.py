@@ -9,7 +9,8 @@ depend on it are module-level (Numba caches those, and closures calling them, on
 Each event decodes its instruction record (INSTR_DTYPE) with a few lookups (sim/engine/prepare.py
 builds the tables and the geometry `g`). State, all NumPy arrays (layouts in schema.py):
 - mem_vid[cell]: vector id each memory word holds; mem_val[cell]: values (at a group's base slice)
-- ring[slot]: the vector on each (stream key, diagonal mod RING); ring_val[slot]: its values
+- ring[slot]: the vectors on each (stream key, diagonal mod RING), one per way (each put at its
+  own position; a take finds the nearest upstream); ring_val[slot]: their values
 - busy[resource]: (last cycle claimed, claims in it); events come in cycle order, so that suffices
 - planes[plane], installed[plane], weights[plane]: MXM tile state, which rows (columns) of the
   tile are installed (a flag per lane), and (lanes, lanes) float32 weights
@@ -56,6 +57,7 @@ from sim.engine.schema import (
     E_TOPK,
     E_TORN,
     E_UNIT,
+    E_WAYS,
     E_WRONG_VECTOR,
     G_ACC_ROWS,
     G_BASE_COMPUTE,
@@ -78,6 +80,7 @@ from sim.engine.schema import (
     G_PLANE_LO,
     G_PLANES,
     G_QUEUE_LO,
+    G_READ_PORTS,
     G_RING_MASK,
     G_SEL_PENDING_MASK,
     G_SLICES,
@@ -85,8 +88,10 @@ from sim.engine.schema import (
     G_SXM_CAP,
     G_TABLES,
     G_VXM_CAP,
+    G_WAYS,
     G_WEIGHT_BUFFERS,
     G_WORDS_PER_SLICE,
+    G_WRITE_PORTS,
     KEY_PAD,
     NEVER,
     O_A,
@@ -178,15 +183,15 @@ def _direction(st, S):
 @njit_inline
 def _key(st, ci, geo):
     """Stream key of (chip index ci, stream operand st): its row block in the ring.
-    geo: (streams per direction, directions per chip, first direction, ring mask, keys)."""
-    S, dirs, dir_lo, _, _ = geo
+    geo: (streams per direction, directions per chip, first direction, ring mask, keys, ways)."""
+    S, dirs, dir_lo, _, _, _ = geo
     d = _direction(st, S)
     return (ci * dirs + d - dir_lo) * (S + KEY_PAD) + st - d * S
 
 
 @njit_inline
-def _slot(key, diag, geo):
-    return (diag & geo[3]) * geo[4] + key
+def _slot(key, diag, way, geo):
+    return ((diag & geo[3]) * geo[5] + way) * geo[4] + key
 
 
 @njit_inline
@@ -196,12 +201,28 @@ def _expect(first, j):
 
 
 @njit_inline
+def _nearest(ring, key, diag, p, east, geo):
+    """The slot of the vector on (key, diag) that entered nearest upstream of p (p included), or
+    -1: a diagonal carries one vector per way, each from its own position."""
+    best = -1
+    for way in range(geo[5]):
+        slot = _slot(key, diag, way, geo)
+        if ring[slot, R_DIAG] != diag:
+            continue
+        p0 = ring[slot, R_P0]
+        upstream = p0 <= p if east else p0 >= p
+        if upstream and (best < 0 or (p0 > ring[best, R_P0] if east else p0 < ring[best, R_P0])):
+            best = slot
+    return best
+
+
+@njit_inline
 def _width_at(ring, st, ci, geo, p, t):
     """Words of the vector on stream st at (p, t), 1 if none (taking it will say so)."""
-    key = _key(st, ci, geo)
-    diag = t - p if 0 <= st < geo[0] else t + p
-    slot = _slot(key, diag, geo)
-    return ring[slot, R_WIDTH] if ring[slot, R_DIAG] == diag else 1
+    east = 0 <= st < geo[0]
+    diag = t - p if east else t + p
+    slot = _nearest(ring, _key(st, ci, geo), diag, p, east, geo)
+    return ring[slot, R_WIDTH] if slot >= 0 else 1
 
 
 @njit_inline
@@ -221,28 +242,28 @@ def _take(ring, st, ci, geo, operand, p, t, expect, out, e):
     key = _key(st, ci, geo)
     east = 0 <= st < geo[0]
     diag = t - p if east else t + p
-    slot = _slot(key, diag, geo)
-    p0 = ring[slot, R_P0]
-    if ring[slot, R_DIAG] != diag or (p < p0 if east else p > p0):
+    slot = _nearest(ring, key, diag, p, east, geo)
+    if slot < 0:
         _fail(out, E_NO_VECTOR, e, t, operand, 0, 0)
         return -1
     width = ring[slot, R_WIDTH]
     for m in range(1, width):
-        other = _slot(key + m, diag, geo)
-        if ring[other, R_DIAG] != diag or ring[other, R_SRC] != ring[slot, R_SRC]:
+        other = _nearest(ring, key + m, diag, p, east, geo)
+        if other < 0 or ring[other, R_SRC] != ring[slot, R_SRC]:
             _fail(out, E_TORN, e, t, operand, width, 0)
             return -1
     if expect >= 0 and ring[slot, R_VID] != expect:
         _fail(out, E_EXPECT, e, t, operand, expect, ring[slot, R_VID])
         return -1
-    out[O_HOPS] += abs(p - p0) * width
+    out[O_HOPS] += abs(p - ring[slot, R_P0]) * width
     return slot
 
 
 @njit_inline
 def _put(ring, st, ci, geo, width, p0, t0, vid, src, out, e):
     """Enter a `width`-word vector on stream group st at position p0, cycle t0; its base slot,
-    or -1 (with `out` filled) when the group is misaligned or a slot is taken."""
+    or -1 (with `out` filled) when the group is misaligned, a vector was put at p0 on this
+    diagonal already, or the diagonal's ways are all taken (E_WAYS: run again with more)."""
     S = geo[0]
     d = _direction(st, S)
     within = st - d * S
@@ -251,17 +272,28 @@ def _put(ring, st, ci, geo, width, p0, t0, vid, src, out, e):
         return -1
     key = _key(st, ci, geo)
     diag = t0 - p0 if d == 0 else t0 + p0
+    base = -1
     for m in range(width):
-        slot = _slot(key + m, diag, geo)
-        if ring[slot, R_DIAG] == diag:
-            _fail(out, E_PUT_TAKEN, e, t0, m, ring[slot, R_VID], ring[slot, R_SRC])
+        free = -1
+        for way in range(geo[5]):
+            slot = _slot(key + m, diag, way, geo)
+            if ring[slot, R_DIAG] != diag:
+                if free < 0:
+                    free = slot
+            elif ring[slot, R_P0] == p0:
+                _fail(out, E_PUT_TAKEN, e, t0, m, ring[slot, R_VID], ring[slot, R_SRC])
+                return -1
+        if free < 0:
+            _fail(out, E_WAYS, e, t0, 0, 0, 0)
             return -1
-        ring[slot, R_DIAG] = diag
-        ring[slot, R_VID] = vid
-        ring[slot, R_P0] = p0
-        ring[slot, R_WIDTH] = width
-        ring[slot, R_SRC] = src
-    return _slot(key, diag, geo)
+        ring[free, R_DIAG] = diag
+        ring[free, R_VID] = vid
+        ring[free, R_P0] = p0
+        ring[free, R_WIDTH] = width
+        ring[free, R_SRC] = src
+        if m == 0:
+            base = free
+    return base
 
 
 @njit
@@ -364,7 +396,7 @@ def make_kernel(functional: bool):
     ):  # fmt: skip
         lanes = g[G_LANES]
         slices = g[G_SLICES]
-        geo = (g[G_STREAMS], g[G_DIRS], g[G_DIR_LO], g[G_RING_MASK], g[G_KEYS])
+        geo = (g[G_STREAMS], g[G_DIRS], g[G_DIR_LO], g[G_RING_MASK], g[G_KEYS], g[G_WAYS])
         chip_lo = g[G_CHIP_LO]
         queue_lo = g[G_QUEUE_LO]
         words_per_slice = g[G_WORDS_PER_SLICE]
@@ -413,7 +445,8 @@ def make_kernel(functional: bool):
                     if a < 0 or a >= words_per_slice:
                         _fail(out, E_ADDRESS, e, t, a, 0, 0)
                         return
-                    if _claim(busy, (np.int64(r["chip"]) - chip_lo) * 2 * slices + s, t, 1):
+                    rd = (np.int64(r["chip"]) - chip_lo) * 2 * slices + s
+                    if _claim(busy, rd, t, g[G_READ_PORTS]):
                         _fail(out, E_BUSY, e, t, 0, 0, 0)
                         return
                 continue
@@ -456,8 +489,9 @@ def make_kernel(functional: bool):
                     _fail(out, E_ADDRESS, e, t, a, 0, 0)
                     return
                 port = (ci * 2 + (1 if op == WRITE else 0)) * slices + s
+                ports = g[G_WRITE_PORTS] if op == WRITE else g[G_READ_PORTS]
                 for m in range(width):
-                    if _claim(busy, port + m, t, 1):
+                    if _claim(busy, port + m, t, ports):
                         _fail(out, E_BUSY, e, t, m, 0, 0)
                         return
                 cell = (ci * cell_words + a) * cell_slices + s

@@ -72,6 +72,12 @@ def _pow2_at_least(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+# Vectors the ring keeps per (stream, diagonal) at first. A diagonal carries one vector per
+# position that puts on it; a program that puts more on one diagonal runs again with twice as many
+# (the results cannot differ: only the ring's capacity does).
+FIRST_WAYS = 2
+
+
 def ring_size(hw: HardwareConfig, largest_position: int) -> int:
     """Diagonals each stream key keeps (a power of two, so `diag & (RING - 1)` is the slot).
 
@@ -214,7 +220,7 @@ class Prepared:
     tables: np.ndarray  # (tables, lanes) int32 PERMUTE tables
     table_ok: np.ndarray  # (tables,) bool: no entry beyond the lanes
     cells: int  # memory cells (chip, slice, address)
-    ring_slots: int
+    ring_rows: int  # slots per way: the ring holds ring_rows * g[G_WAYS]
     resources: int
     planes: int
     pending: int  # capacity of the pending-commit FIFO
@@ -293,7 +299,9 @@ def prepare_program(program: Program) -> Prepared:
     dirs = (stream_lo + streams - 1) // S - dir_lo + 1
     ring = ring_size(hw, int(pos_lut.max()))
     # A WRITE stays pending write-latency cycles and holds a port of its slice when issued.
-    pending = _pow2_at_least(chips * hw.mem_slices * hw.mem_write_latency_cycles + 2)
+    pending = _pow2_at_least(
+        chips * hw.mem_slices * hw.mem_write_ports_per_slice * hw.mem_write_latency_cycles + 2
+    )
 
     g = np.zeros(c.N_GEOMETRY, np.int64)
     g[c.G_STREAMS], g[c.G_SLICES], g[c.G_LANES] = S, hw.mem_slices, lanes
@@ -318,6 +326,9 @@ def prepare_program(program: Program) -> Prepared:
     g[c.G_BASE_COMPUTE] = g[c.G_BASE_INSTALL] + n_planes
     g[c.G_VXM_CAP], g[c.G_SXM_CAP] = hw.vxm_alus, hw.sxm_units_per_hemisphere
     g[c.G_INSTALL_CAP] = hw.mxm_install_vectors_per_cycle
+    g[c.G_READ_PORTS] = hw.mem_read_ports_per_slice
+    g[c.G_WRITE_PORTS] = hw.mem_write_ports_per_slice
+    g[c.G_WAYS] = FIRST_WAYS
     g[c.G_WEIGHT_BUFFERS] = hw.mxm_weight_buffers
     g[c.G_FP16_CYCLES] = hw.mxm_fp16_cycles_per_vector
     g[c.G_ACC_ROWS] = hw.mxm_accumulator_vectors
@@ -355,7 +366,7 @@ def prepare_program(program: Program) -> Prepared:
         tables=tables,
         table_ok=(tables < lanes).all(axis=1),  # a larger entry: IndexError in the reference
         cells=chips * cell_slices * cell_words,
-        ring_slots=int(g[c.G_KEYS]) * ring,
+        ring_rows=int(g[c.G_KEYS]) * ring,
         resources=int(g[c.G_BASE_COMPUTE]) + n_planes,
         planes=n_planes,
         pending=pending,

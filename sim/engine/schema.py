@@ -5,7 +5,7 @@ Plain module-level ints, so Numba folds them into the kernels as constants. Gram
 
     g       (G_*,)                 sizes and ranges of one Program on one chip config
     stats   (S_*,)                 what the pre-pass over the instructions found
-    ring    (slots, R_*)           stream slots: (diagonal mod RING, stream key)
+    ring    (slots, R_*)           stream slots: (diagonal mod RING, way, stream key)
     planes  (2 * planes, PL_*)     MXM tile state per (chip, plane, weight buffer)
     installed (2 * planes, lanes)  bool: which rows (columns) of its tile each buffer holds
     queue_lut (queues, 2)          (unit, index) of each queue from G_QUEUE_LO; unit -1: none
@@ -47,7 +47,10 @@ G_SEL_PENDING_MASK = 26
 G_WEIGHT_BUFFERS = 27  # per MXM plane (tile state: 2 slots per plane whatever this is)
 G_FP16_CYCLES = 28  # compute-pipeline cycles per MATMUL input wider than a byte
 G_ACC_ROWS = 29  # accumulator rows per MXM plane (accum: (planes * rows,) partial sum vids)
-N_GEOMETRY = 30
+G_READ_PORTS = 30  # reads a MEM slice serves per cycle
+G_WRITE_PORTS = 31
+G_WAYS = 32  # vectors each (stream key, diagonal) keeps, put at different positions
+N_GEOMETRY = 33
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.
@@ -79,7 +82,9 @@ S_QUEUE_LO = 21
 S_TOPK = 22  # TOPK instructions (their register writes are numbered up front)
 N_STATS = 23
 
-# --- ring: one slot per (diagonal mod RING, stream key) --------------------------------------------
+# --- ring: G_WAYS slots per (diagonal mod RING, stream key) ----------------------------------------
+# A diagonal may carry several vectors, put at different positions (each replaces the one from
+# upstream from its position on); each takes a way. A take finds the nearest upstream of the ways.
 R_DIAG = 0  # the full diagonal held, or EMPTY: another diagonal means the slot is stale
 R_VID = 1
 R_P0 = 2  # position where the vector entered
@@ -154,3 +159,4 @@ E_FETCH_SLICE = 25  # an IFETCH names no slice; a: the slice
 E_ACC_ROW = 26  # a: accumulator row outside the plane's
 E_ACC_HELD = 27  # a: row, b: partial sum it holds (-1: none), c: the one expected
 E_ACC_BUSY = 28  # a: row, b: the partial sum it still holds
+E_WAYS = 29  # a diagonal holds more vectors than G_WAYS: not a violation; run again with more

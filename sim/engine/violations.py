@@ -38,8 +38,12 @@ def _busy_what(hw, r, m: int) -> tuple[str, int]:
     op = Op(int(r["op"]))
     unit = OP_UNIT[op]
     if unit == Unit.MEM or op == Op.IFETCH:
-        port = "wr" if op == Op.WRITE else "rd"
-        return f"{queue_name(hw, int(r['slice']) + m)} {port} port", 1
+        if op == Op.WRITE:
+            return (
+                f"every {queue_name(hw, int(r['slice']) + m)} wr port",
+                hw.mem_write_ports_per_slice,
+            )
+        return f"every {queue_name(hw, int(r['slice']) + m)} rd port", hw.mem_read_ports_per_slice
     if unit == Unit.VXM:
         return "every VXM ALU", hw.vxm_alus
     if unit == Unit.SXM:
@@ -93,7 +97,7 @@ def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, 
     if code == c.E_PUT_TAKEN:
         return (
             f"stream {stream_name(hw, int(r['sd']) + a)} already carries vector {b} "
-            f"(from instruction #{x}) on this slot"
+            f"(from instruction #{x}) put at this position on this diagonal"
         )
     if code == c.E_NO_VECTOR:
         st = int(r[OPERAND_FIELDS[a]])
@@ -103,7 +107,8 @@ def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, 
     if code == c.E_EXPECT:
         return (
             f"expects vector {b} on stream {stream_name(hw, int(r[OPERAND_FIELDS[a]]))} but vector "
-            f"{x} passes at this cycle (its operand is not there yet, or no longer)"
+            f"{x} passes at this cycle (its operand is not there yet, no longer, or was replaced "
+            "upstream)"
         )
     if code == c.E_WRONG_VECTOR:
         return f"stream carries vector {a}, not {vid}"

@@ -34,3 +34,30 @@ def test_weight_segments_cover_the_rows_once_and_stay_inside_their_tile(rows, hw
     for sizes in tiles.values():  # at most one segment per port, none longer than needed:
         n = sum(sizes)  # the tile installs in the fewest cycles its rows allow
         assert len(sizes) <= ports and max(sizes) == -(-n // ports)
+
+
+def test_each_weight_tile_lies_in_one_hemisphere_and_the_next_in_the_other():
+    """An MXM vop's rows go whole to one hemisphere, from the MXM's edge inwards, so a plane on
+    that side installs them without crossing the chip; consecutive vops alternate sides."""
+    import jax
+    import jax.numpy as jnp
+
+    from compiler import compile
+
+    def f(x, w):
+        return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+    args = {
+        "x": jax.ShapeDtypeStruct((1, 1280), jnp.int8),
+        "w": jax.ShapeDtypeStruct((1280, 640), jnp.int8),
+    }
+    prog = compile(f, HW, args=args, params=("w",))
+    w = prog.symbol("w")
+    side = (w.slices >= HW.half_slices).astype(int)
+    rows, tiles = 1280, 2
+    per_tile = side.reshape(rows, tiles).T.reshape(tiles, rows // HW.lanes, HW.lanes)
+    assert (per_tile == per_tile[..., :1]).all()  # each (K tile, N tile) on one side
+    assert set(per_tile[..., 0].ravel().tolist()) == {0, 1}  # both sides used
+    first = w.slices.reshape(rows, tiles)[0, 0]
+    # nearest the MXM of its side: the outermost slice group of its hemisphere
+    assert first in (HW.half_slices - 1, HW.mem_slices - 1)
