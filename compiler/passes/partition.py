@@ -1,0 +1,381 @@
+"""How a model maps onto chips: how many, and which share of it each chip holds (no IR rewriting).
+
+    Mapping.parse("tp=8,pp=72")                 tensor x pipeline x expert parallel degrees
+    check(mapping, cfg, system_or_chips)        the mapping suits the model and the system
+    fit(mapping, cfg, hw, context, weights)     SRAM bytes on a chip of every pipeline stage
+    auto_mapping(cfg, hw, context, weights)     the fewest chips whose SRAM holds it all
+
+The split the partitioning passes build:
+- tp: each chip of a stage holds 1/tp of every weight and of the KV cache's heads, so tp divides
+  the query heads, the KV heads and the FFN width.
+- ep: the experts of a mixture-of-experts layer in ep groups, each expert's matrices split tp ways;
+  the rest of the stage (attention, router, norms, KV cache) is on every chip of the ep groups.
+- pp: a decode step is n_layers + 1 blocks, the decoder layers and then the head (final norm and
+  LM head); each of pp stages holds a contiguous run of them, the runs chosen so that the fullest
+  chip holds as little as possible (`stage_blocks`). The head is a block of its own so that a head
+  too large to share a chip with a layer (Llama-2-70B's 32,000 x 8,192 LM head in FP16) can have a
+  stage, and one small enough shares the last layers' stage.
+
+Bytes are the compiler's own: `stored_bytes` (padded to whole vectors) of the decode step's
+arguments (`decode_specs`), as the single-chip fit check counts them. A chip's share of a block is
+its bytes divided by tp (and ep for experts), rounded up: as if each tensor were split along a
+leading axis, which divides its padded rows exactly; a split along the last axis pads every shard
+to whole vectors and may take a little more. Activations and instruction buffers are not counted,
+as in the single-chip check: the compiler places them in what is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import jax
+import numpy as np
+
+from compiler.frontend.model import check_weights, decode_specs, resolve_step
+from compiler.passes.place import ModelTooLarge, stored_bytes
+from models import ModelConfig
+from sim.errors import ArgumentError
+from sim.hardware import HardwareConfig
+from sim.system import System
+
+KEYS = ("tp", "pp", "ep")
+MAPPING_FORM = 'degrees such as "tp=8,pp=72": tp, pp and ep, each a positive integer, at most once'
+# auto_mapping's largest tensor-parallel group: one GroqNode, fully connected, so a layer's
+# all-reduce crosses one hop (shared/REFERENCE.md "topology" row).
+MAX_AUTO_TP = 8
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """tp chips split each layer, pp pipeline stages hold layer ranges, ep groups hold the experts:
+    tp x pp x ep chips."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+
+    def __post_init__(self) -> None:
+        for key in KEYS:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ArgumentError(key, value, "must be a positive integer")
+
+    @property
+    def chips(self) -> int:
+        return self.tp * self.pp * self.ep
+
+    @classmethod
+    def parse(cls, text: str) -> Mapping:
+        """The mapping a text such as "tp=8,pp=72" names; degrees it does not name are 1."""
+        if not isinstance(text, str) or not text.strip():
+            raise ArgumentError("mapping", text, f"must be {MAPPING_FORM}")
+        degrees: dict[str, int] = {}
+        for part in text.split(","):
+            key, eq, n = (s.strip() for s in part.partition("="))
+            if not eq or key not in KEYS:
+                raise ArgumentError(
+                    "mapping", text, f"has {part.strip()!r}; it must be {MAPPING_FORM}"
+                )
+            if key in degrees:
+                raise ArgumentError(
+                    "mapping", text, f"gives {key} twice; it must be {MAPPING_FORM}"
+                )
+            if not (n.isascii() and n.isdigit()) or int(n) < 1:
+                raise ArgumentError("mapping", text, f"has {key}={n!r}; it must be {MAPPING_FORM}")
+            degrees[key] = int(n)
+        return cls(**degrees)
+
+    def __str__(self) -> str:
+        """The degrees above 1 in the order of KEYS ("tp=1" for a single chip): parse's input."""
+        return ",".join(f"{k}={getattr(self, k)}" for k in KEYS if getattr(self, k) > 1) or "tp=1"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "chips": self.chips}
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def check(mapping: Mapping, cfg: ModelConfig, system_or_chips: System | int | None = None) -> None:
+    """ArgumentError naming the mapping and what would be valid when it cannot split `cfg`, or
+    uses other than the `chips` given, or more chips than the `System` has (a system may have more:
+    a Groq system comes in whole nodes)."""
+    where = f"of {cfg.name!r}"
+    text = str(mapping)
+    dims = {"n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_ff": cfg.d_ff}
+    if any(v % mapping.tp for v in dims.values()):
+        given = ", ".join(f"{k}={v}" for k, v in dims.items())
+        raise ArgumentError(
+            "mapping",
+            text,
+            f"splits each layer tp={mapping.tp} ways, but tp must divide {given} {where}; "
+            f"valid tp: {_divisors(math.gcd(*dims.values()))}",
+        )
+    if mapping.pp > cfg.n_layers + 1:
+        raise ArgumentError(
+            "mapping",
+            text,
+            f"has pp={mapping.pp} stages, more than the {cfg.n_layers + 1} blocks {where} (its "
+            f"{cfg.n_layers} layers and the head); valid pp: 1 to {cfg.n_layers + 1}",
+        )
+    if mapping.ep > 1 and not cfg.n_experts:
+        raise ArgumentError(
+            "mapping", text, f"has ep={mapping.ep}, but {cfg.name!r} has no experts; use ep=1"
+        )
+    if cfg.n_experts and cfg.n_experts % mapping.ep:
+        raise ArgumentError(
+            "mapping",
+            text,
+            f"has ep={mapping.ep}, which does not divide n_experts={cfg.n_experts} {where}; "
+            f"valid ep: {_divisors(cfg.n_experts)}",
+        )
+    if isinstance(system_or_chips, System):
+        if system_or_chips.chips < mapping.chips:
+            raise ArgumentError(
+                "mapping",
+                text,
+                f"uses tp x pp x ep = {mapping.chips} chips, but the topology has "
+                f"{system_or_chips.chips} ({system_or_chips.describe()})",
+            )
+    elif system_or_chips is not None and (
+        type(system_or_chips) is not int or system_or_chips != mapping.chips
+    ):
+        raise ArgumentError(
+            "chips",
+            system_or_chips,
+            f"does not match mapping {text}, which uses tp x pp x ep = {mapping.chips} chips",
+        )
+
+
+# --- bytes per chip of each block ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ModelBytes:
+    """Stored bytes of a decode step's arguments, per layer and in total."""
+
+    dense: tuple[int, ...]  # per layer: weights other than experts
+    experts: tuple[int, ...]  # per layer: expert weights (0 for a dense MLP)
+    kv: tuple[int, ...]  # per layer: K and V caches at this context
+    head: int  # final norm and LM head
+    total: int  # everything, the input vector included
+
+
+def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str) -> _ModelBytes:
+    check_weights(weights)
+    resolve_step(cfg, pos=None, context=context, layers=None)  # context in [1, max_seq_len]
+    specs = decode_specs(cfg, context=context, weights=weights, layers=cfg.n_layers)
+
+    def size(tree) -> int:
+        leaves = jax.tree_util.tree_leaves(tree)
+        return sum(stored_bytes(np.shape(x), np.dtype(x.dtype).name, hw) for x in leaves)
+
+    layers = specs["params"]["layers"]
+    experts = tuple(size(layer.get("experts", {})) for layer in layers)
+    cache = specs["cache"]
+    return _ModelBytes(
+        dense=tuple(size(layer) - e for layer, e in zip(layers, experts, strict=True)),
+        experts=experts,
+        kv=tuple(size(k) + size(v) for k, v in zip(cache["k"], cache["v"], strict=True)),
+        head=size({k: v for k, v in specs["params"].items() if k != "layers"}),
+        total=size(specs),
+    )
+
+
+def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int]]:
+    """(weights, KV cache) bytes on one chip of each block: the layers, then the head."""
+    layers = [
+        (-(-dense // tp) + -(-experts // (tp * ep)), -(-kv // tp))
+        for dense, experts, kv in zip(b.dense, b.experts, b.kv, strict=True)
+    ]
+    return [*layers, (-(-b.head // tp), 0)]
+
+
+# --- pipeline stages ------------------------------------------------------------------------------
+
+
+def stage_blocks(sizes: Sequence[int], pp: int) -> list[range]:
+    """pp contiguous, non-empty runs of blocks of these sizes whose largest sum is the least
+    possible: the least bound under which packing the blocks in order needs at most pp runs (by
+    bisection), then the blocks packed under it, a run closing early only when the blocks left are
+    just enough for one in each run left."""
+    if not 1 <= pp <= len(sizes):
+        raise ArgumentError("pp", pp, f"must be in [1, {len(sizes)}], one block or more a stage")
+    lo, hi = max(sizes), sum(sizes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _runs(sizes, mid) <= pp else (mid + 1, hi)
+    runs, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (total + size > lo or len(sizes) - i == pp - len(runs) - 1):
+            runs.append(range(start, i))
+            start, total = i, 0
+        total += size
+    return [*runs, range(start, len(sizes))]
+
+
+def _runs(sizes: Sequence[int], bound: int) -> int:
+    """Runs that packing the blocks in order, each run holding at most `bound`, takes: the fewest
+    any contiguous split under `bound` takes (every block fits: bound >= max(sizes))."""
+    runs, total = 1, 0
+    for size in sizes:
+        if total + size > bound:
+            runs, total = runs + 1, 0
+        total += size
+    return runs
+
+
+# --- the fit of a mapping -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageBytes:
+    """SRAM bytes on each chip of one pipeline stage (its tp x ep chips hold equal shares)."""
+
+    stage: int
+    layers: range  # decoder layers; empty for a stage holding only the head
+    head: bool  # the stage holds the final norm and LM head
+    weights_bytes: int
+    kv_bytes: int
+    capacity_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.total_bytes <= self.capacity_bytes
+
+    def __str__(self) -> str:
+        r = self.layers
+        held = [f"layer {r[0]}" if len(r) == 1 else f"layers {r[0]}-{r[-1]}"] if r else []
+        held += ["the head"] if self.head else []
+        return (
+            f"stage {self.stage} ({' and '.join(held)}): "
+            f"{self.total_bytes:,} bytes per chip (weights {self.weights_bytes:,}, KV cache "
+            f"{self.kv_bytes:,}) of {self.capacity_bytes:,} "
+            f"({self.total_bytes / self.capacity_bytes:.0%})"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "stage": self.stage,
+            "layers": list(self.layers),
+            "head": self.head,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "total_bytes": self.total_bytes,
+            "capacity_bytes": self.capacity_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Why a mapping does or does not hold a model: the bytes on a chip of every stage."""
+
+    model: str
+    hw: str
+    weights: str
+    context: int
+    mapping: Mapping
+    total_bytes: int  # the whole decode step: weights, KV cache and input, as one chip counts them
+    chips_needed: int  # ceil(total_bytes / SRAM per chip): no mapping has fewer chips
+    stages: tuple[StageBytes, ...]
+
+    @property
+    def fullest(self) -> StageBytes:
+        """The stage whose chips hold the most (the first such)."""
+        return max(self.stages, key=lambda s: s.total_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.fullest.fits
+
+    def __str__(self) -> str:
+        return (
+            f"{self.model} ({self.weights} weights, context {self.context}) on "
+            f"{self.mapping.chips} chips of {self.hw} ({self.mapping}): the fullest chip holds "
+            f"{self.fullest}; the model's {self.total_bytes:,} bytes need at least "
+            f"{self.chips_needed} chips"
+        )
+
+    def check(self) -> None:
+        """ModelTooLarge naming the fullest stage when a chip's share exceeds its SRAM."""
+        if not self.fits:
+            raise ModelTooLarge(
+                f"{self}: it does not fit; a larger pp or tp splits the model further"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "hw": self.hw,
+            "weights": self.weights,
+            "context": self.context,
+            "mapping": self.mapping.to_dict(),
+            "total_bytes": self.total_bytes,
+            "chips_needed": self.chips_needed,
+            "fits": self.fits,
+            "stages": [s.to_dict() for s in self.stages],
+        }
+
+
+def _fit(cfg, hw, context, weights, mapping: Mapping, b: _ModelBytes) -> Fit:
+    blocks = _block_bytes(b, mapping.tp, mapping.ep)
+    stages = []
+    for s, run in enumerate(stage_blocks([w + kv for w, kv in blocks], mapping.pp)):
+        layers = range(run.start, min(run.stop, cfg.n_layers))
+        weights_bytes, kv_bytes = (sum(blocks[i][j] for i in run) for j in (0, 1))
+        stages.append(
+            StageBytes(s, layers, cfg.n_layers in run, weights_bytes, kv_bytes, hw.sram_bytes)
+        )
+    needed = -(-b.total // hw.sram_bytes)
+    return Fit(cfg.name, hw.name, weights, context, mapping, b.total, needed, tuple(stages))
+
+
+def fit(
+    mapping: Mapping, cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
+) -> Fit:
+    """The bytes a chip of each stage holds under `mapping` (checked against the model first);
+    `.check()` raises ModelTooLarge when one exceeds the chip's SRAM."""
+    check(mapping, cfg)
+    return _fit(cfg, hw, context, weights, mapping, _model_bytes(cfg, hw, context, weights))
+
+
+def auto_mapping(
+    cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
+) -> Fit:
+    """The mapping with the fewest chips whose every chip holds its share, over tp a power of two
+    up to MAX_AUTO_TP dividing the heads, KV heads and FFN width, and ep a divisor of the experts.
+    For each, pp is the fewest stages under the chip's SRAM (packing the blocks in order), but at
+    least the total's lower bound, ceil(total / SRAM) chips. Among equal chip counts: the fewest
+    stages (a token crosses every stage in turn), then the larger tp. Raises ModelTooLarge when a
+    block split the most ways does not fit a chip."""
+    b = _model_bytes(cfg, hw, context, weights)
+    needed = -(-b.total // hw.sram_bytes)
+    divides = (cfg.n_heads, cfg.n_kv_heads, cfg.d_ff)
+    powers = (2**i for i in range(MAX_AUTO_TP.bit_length()))
+    tps = [t for t in powers if not any(v % t for v in divides)]
+    eps = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == 0] or [1]
+    best = None
+    for tp in tps:
+        for ep in eps:
+            sizes = [w + kv for w, kv in _block_bytes(b, tp, ep)]
+            if max(sizes) > hw.sram_bytes:
+                continue
+            pp = max(_runs(sizes, hw.sram_bytes), -(-needed // (tp * ep)))
+            key = (tp * pp * ep, pp, -tp)
+            if pp <= len(sizes) and (best is None or key < best[0]):
+                best = (key, Mapping(tp, pp, ep))
+    if best is None:
+        widest = _fit(cfg, hw, context, weights, Mapping(tps[-1], cfg.n_layers + 1, eps[-1]), b)
+        raise ModelTooLarge(
+            f"{widest}: no mapping fits, even with one block per stage split the most ways "
+            f"(tp up to {MAX_AUTO_TP} dividing n_heads={cfg.n_heads}, n_kv_heads="
+            f"{cfg.n_kv_heads} and d_ff={cfg.d_ff})"
+        )
+    return _fit(cfg, hw, context, weights, best[1], b)
