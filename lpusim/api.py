@@ -14,14 +14,15 @@ from typing import Protocol
 import jax
 import numpy as np
 
-from compiler import check_model_fits
+from compiler import ModelTooLarge, check_model_fits
 from compiler import compile as compile_program
 from compiler.frontend.jaxpr import flatten_named
+from compiler.passes.partition import auto_mapping
 from lpusim import checks
 from models import decode_step, embed, init_cache, init_params
 from sim import Program, simulate
 from sim.bounds import bounds
-from sim.errors import ArgumentError
+from sim.errors import ArgumentError, LpuError
 from sim.hardware import load_hardware
 
 Progress = Callable[[str, float], None]
@@ -104,6 +105,25 @@ class Estimate:
         )
 
 
+def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
+    """The fit check; where the model needs more chips, the error also says how it would map
+    onto the fewest that hold it (compiler.passes.partition.auto_mapping: the bytes on the
+    fullest chip, with the KV cache at this context)."""
+    try:
+        check_model_fits(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
+    except ModelTooLarge as e:
+        if layers is not None:
+            raise
+        try:
+            plan = auto_mapping(cfg, hw, context, weights)
+        except LpuError:  # no mapping holds it: the plain error says how much it needs
+            raise e from None
+        raise ModelTooLarge(
+            f"{e}. Mapped onto the fewest chips that hold it: {plan}. Simulating several chips "
+            "is not implemented yet"
+        ) from None
+
+
 def estimate(
     model="tiny-llama",
     hw="teaching",
@@ -127,7 +147,7 @@ def estimate(
     context = checks.context(cfg, context)
     layers = checks.optional_count("layers", layers, 1, cfg.n_layers)
     engine, weights = checks.engine(engine), checks.weights(weights)
-    check_model_fits(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
+    _check_fits_or_map(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
     t0 = time.perf_counter()
     source = programs.program if programs is not None else compile_program
     program = source(

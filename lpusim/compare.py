@@ -26,6 +26,7 @@ import pandas as pd
 
 from compiler import ModelTooLarge
 from compiler.frontend.model import decode_specs, resolve_model
+from compiler.passes.partition import auto_mapping
 from compiler.passes.place import stored_bytes
 from lpusim import checks
 from lpusim.api import _table, estimate
@@ -277,16 +278,22 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
     except LpuError as e:  # a family the compiler does not trace yet
         row["note"] = str(e)
         return row
+    if chips > 1 and devices is None:  # the fewest chips a mapping holds it on, and which
+        try:
+            plan = auto_mapping(cfg, hw, context, fmt)
+            chips, mapped = plan.mapping.chips, f" ({plan.mapping}, fullest chip {plan.fullest})"
+        except LpuError:
+            mapped = ""
     row["devices"] = chips if devices is None else devices
     why = []
     if devices is not None and devices < chips:
         why.append(f"needs {chips} chips; {devices} hold too little SRAM")
     elif devices is not None and devices > 1:
         why.append(
-            f"{devices} chips asked (needs {chips}); multi-chip compilation not implemented yet"
+            f"{devices} chips asked (needs {chips}); multi-chip simulation not implemented yet"
         )
     elif chips > 1:
-        why.append(f"needs {chips} chips; multi-chip compilation not implemented yet")
+        why.append(f"needs {chips} chips{mapped}; multi-chip simulation not implemented yet")
     if batch != 1:
         why.append(f"batch {batch}: only batch-1 decode programs compile yet")
     if why:

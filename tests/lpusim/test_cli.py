@@ -1,6 +1,7 @@
 """The CLI: one JSON object with --json; bad input -> one line on stderr, no traceback, exit 2."""
 
 import json
+import re
 
 import pytest
 
@@ -114,3 +115,16 @@ def test_foreign_program_file(capsys, tmp_path):
     f.write_bytes(b"\x00" * 64)
     rc, _, err = run(capsys, "simulate", str(f))
     assert rc == 2 and "not an lpusim Program file" in err
+
+
+def test_cli_estimate_of_a_model_too_large_for_a_chip_says_how_it_would_map(capsys):
+    """One line, no traceback: the bytes it needs, and the fewest chips that hold it with the
+    mapping, the fullest chip and its share of SRAM (compiler.passes.partition.auto_mapping)."""
+    rc, out, err = run(
+        capsys, "estimate", "--model", "llama2-70b", "--hw", "groq-tsp-v1", "--weights", "int8"
+    )
+    assert rc != 0 and not out and len(err.strip().splitlines()) == 1
+    assert "it needs at least 306 chips" in err
+    assert "Mapped onto the fewest chips that hold it: llama2-70b (int8 weights" in err
+    assert re.search(r"on (\d+) chips of groq-tsp-v1 \(tp=\d+,pp=\d+\): the fullest chip", err)
+    assert "Simulating several chips is not implemented yet" in err
