@@ -84,3 +84,15 @@ def read_file(path, what: str, error: type[LpuError], text: bool = False):
         ) from None
     except OSError as e:
         raise error(f"cannot read {name}: {e.strerror}") from None
+
+
+def read_toml(path, what: str, error: type[LpuError]) -> dict:
+    """The table of the TOML file `what` names (read_file's errors, and one line of `error` if
+    it is not valid TOML)."""
+    import tomllib
+
+    text = read_file(path, what, error, text=True)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{what} {str(path)!r} is not valid TOML: {e}") from None

@@ -24,9 +24,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
-import tomllib
-
-from sim.errors import ConfigError, read_file
+from sim.errors import ConfigError, read_toml
 
 # The widest element a vector holds: the VXM computes in FP32 (REFERENCE.md, "VXM" row), so every
 # stream direction must carry a 4-byte-per-lane vector in one cycle.
@@ -258,11 +256,7 @@ class HardwareConfig:
             raise ConfigError("hardware file path is empty; give a TOML file or a preset name")
         path = Path(path)
         name = repr(str(path))
-        text = read_file(path, "hardware file", ConfigError, text=True)
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"hardware file {name} is not valid TOML: {e}") from None
+        values = read_toml(path, "hardware file", ConfigError)
         values.setdefault("name", path.stem)
         try:
             return cls.from_dict(values)

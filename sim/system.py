@@ -23,9 +23,8 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
-import tomllib
 
-from sim.errors import ArgumentError, ConfigError, read_file
+from sim.errors import ArgumentError, ConfigError, read_toml
 from sim.hardware import HardwareConfig
 
 # GroqNode, GroqRack and the Dragonfly between racks (shared/REFERENCE.md, "topology" row:
@@ -112,11 +111,7 @@ class System:
     @classmethod
     def from_toml(cls, path: str | Path, hw: HardwareConfig) -> System:
         where = f"topology file {str(path)!r}"
-        text = read_file(path, "topology file", ConfigError, text=True)
-        try:
-            values = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{where} is not valid TOML: {e}") from None
+        values = read_toml(path, "topology file", ConfigError)
         try:
             return cls.from_dict(values, hw, Path(path).stem)
         except ConfigError as e:

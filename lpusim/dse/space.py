@@ -39,11 +39,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from lpusim import checks
 from models.quantize import FORMATS as WEIGHT_FORMATS
-from sim.errors import ConfigError, LpuError, read_file
+from sim.errors import ConfigError, LpuError, read_toml
 from sim.execute import ENGINES
 from sim.hardware import FIELD_RANGES, HardwareConfig, preset
 
@@ -162,12 +161,7 @@ def load_space(spec) -> Space:
         )
     path = Path(spec)
     name = f"sweep file {str(path)!r}"
-    text = read_file(path, "sweep file", SweepFileError, text=True)
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise SweepFileError(f"{name} is not valid TOML: {e}") from None
-    return parse_space(values, name)
+    return parse_space(read_toml(path, "sweep file", SweepFileError), name)
 
 
 def parse_space(values: dict, name: str = "sweep space") -> Space:
