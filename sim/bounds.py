@@ -11,7 +11,8 @@ Every bound is what the Program's own work needs on this machine, however it wer
                   any point). A vector crosses from where it is put to where it is taken
     dependency    the longest chain of the Program's dataflow, every instruction as early as
                   its inputs allow (with their real latencies and distances) and no unit, port
-                  or stream ever busy: what is left when resource conflicts cost nothing
+                  or stream ever busy: what is left when resource conflicts cost nothing (a
+                  vector a SEND sends is at its RECV c2c_latency + link_cycles later)
 
 Both the stream cuts and the dependency chain match each taken vector to the put it came from as
 the simulator does (the nearest put upstream on its diagonal), from each instruction's first
@@ -36,6 +37,9 @@ from sim.isa import (
     Op,
     Unit,
     latency,
+    link_channel,
+    link_cycles,
+    link_problem,
     n_queues,
     periods,
     queue_position,
@@ -153,6 +157,7 @@ def _dataflow(program: Program, cycles: np.ndarray | None = None) -> tuple[int, 
     put = _Puts(S)  # (asap cycle it enters its stream, words) of each put vector
     ready: dict[tuple, int] = {}  # (chip, slice, addr) -> asap cycle its vector is readable
     tile_ready: dict[tuple, int] = {}  # (chip, plane, tile) -> asap cycle it is installed
+    landed: dict[tuple, int] = {}  # (link channel, vid) -> asap cycle a SEND's vector lands
     # crossings[chip, direction, boundary b] (between positions b and b + 1): words crossing it
     width = max(hw.width_positions, max(pos) + 1)
     crossings = np.zeros((max(program.chips, 1), 2, width + 1), np.int64)
@@ -201,6 +206,19 @@ def _dataflow(program: Program, cycles: np.ndarray | None = None) -> tuple[int, 
             for j in range(int(r["repeat"])):  # vector j lands `period` after vector j - 1
                 ready[(chip, s, a0 + j * stride)] = a + j * per + wl
             end = max(end, a + n - 1 + wl)
+        elif o in (Op.SEND, Op.RECV):
+            if link_problem(program.links, r) is not None:
+                continue
+            channel = link_channel(program.links, r)[0]
+            if o == Op.SEND:
+                a = arrival(chip, int(r["s0"]), t, p, rep)
+                lands = a + hw.c2c_latency_cycles + link_cycles(hw, w)
+                landed[(channel, int(r["vid"]))] = lands
+                end = max(end, a + n - 1 + lat[o])
+            else:
+                a = landed.get((channel, int(r["vid"])), 0)
+                put.add(chip, int(r["sd"]), diag(int(r["sd"]), t + lat[o], p), p, (a + lat[o], w))
+                end = max(end, a + n - 1 + lat[o])
         elif o == Op.INSTALL:
             a = arrival(chip, int(r["s0"]), t, p, rep)
             key = (chip, int(r["plane"]), int(r["aux"]))

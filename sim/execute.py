@@ -46,4 +46,5 @@ def simulate(
         instructions=raw.instructions,
         vector_ops=raw.events,
         trace=raw.trace,
+        link_bytes=raw.link_bytes,
     )

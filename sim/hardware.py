@@ -71,6 +71,7 @@ FIELD_RANGES: dict[str, tuple[float, float, str]] = {
     "c2c_links": (1, 1024, "chip-to-chip links per chip"),
     "c2c_bytes_per_cycle": (1e-3, 1e6, "bytes per cycle per link"),
     "c2c_latency_cycles": (1, 1_000_000, "cycles per chip-to-chip hop, up to 1 ms at 1 GHz"),
+    "c2c_buffer_vectors": (1, 65536, "receive slots per link direction: vectors a RECV takes"),
     "icu_issue_width": (1, 64, "instructions a queue dispatches per cycle"),
     "icu_sync_latency_cycles": _LATENCY,
     "icu_queue_instructions": (1, 2**20, "instructions a queue's buffer holds"),
@@ -128,6 +129,7 @@ class HardwareConfig:
     mxm_accumulator_vectors: int = 320
     mem_read_ports_per_slice: int = 1
     mem_write_ports_per_slice: int = 1
+    c2c_buffer_vectors: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -199,6 +201,12 @@ class HardwareConfig:
     @property
     def vxm_position(self) -> int:
         return 2 + self.half_slices
+
+    @property
+    def c2c_position(self) -> int:
+        """Where SEND takes and RECV puts vectors on the stream row: the VXM's position (U: the
+        C2C ports' place is unpublished; at the centre both hemispheres reach them equally)."""
+        return self.vxm_position
 
     @property
     def width_positions(self) -> int:
@@ -312,6 +320,7 @@ PRESETS: dict[str, HardwareConfig] = {
         # 101 TB/s (benchmarks/sram_bandwidth.py measures it).
         mem_read_ports_per_slice=2,
         mem_write_ports_per_slice=2,
+        c2c_buffer_vectors=64,  # U: receive slots per link direction (a few round trips' worth)
     ),
     # Next generation, from press figures only ("Next-generation LPU" line, all conf S): 500 MB
     # of SRAM, 150 TB/s of SRAM bandwidth, 2.5 TB/s chip to chip. The TSP's organisation is kept;
@@ -345,6 +354,7 @@ PRESETS: dict[str, HardwareConfig] = {
         mxm_accumulator_vectors=320,
         mem_read_ports_per_slice=1,  # the clock above makes these 150 TB/s
         mem_write_ports_per_slice=1,
+        c2c_buffer_vectors=64,  # U, as groq-tsp-v1
     ),
     # A chip small enough that a whole decoder layer's schedule fits on a screen. Nothing here is a
     # measured figure: it keeps the TSP's shape (mirrored hemispheres, stream groups) at toy size.
@@ -374,6 +384,7 @@ PRESETS: dict[str, HardwareConfig] = {
         icu_queue_instructions=1024,  # a toy's queue bursts single vectors, one a cycle
         icu_instruction_bytes=4,  # 4 instructions per 16-byte word
         mxm_accumulator_vectors=16,
+        c2c_buffer_vectors=8,  # a few slots, so a listing shows them being reused
     ),
 }
 

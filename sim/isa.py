@@ -8,7 +8,8 @@ Grammar of one instruction (every field explicit):
 
 Each op runs on one kind of unit (OP_UNIT), so only on its queues: a MEM op on the queue of its
 slice, a VXM op on the VXM's, an SXM op on either SXM's, an MXM op on the queue of its `plane`
-(queue_mxm), SYNC and NOTIFY on any queue; `unit_problem` words any other placement.
+(queue_mxm), SEND and RECV on the chip's C2C queue (queue_c2c), SYNC and NOTIFY on any queue;
+`unit_problem` words any other placement.
 
 Instruction queues (the ICU; REFERENCE.md "ICU" row: NOP N, Repeat n,d, Sync/Notify). No
 instruction holds a cycle: each queue dispatches its instructions in order, and the cycle of each
@@ -66,11 +67,33 @@ position p of the queue's unit:
                                 values (bits unchanged), every other lane 0; the result is float32
                                 whatever the dtype field. Select registers sel[table + i] = the
                                 i-th lane number (i < k), readable from t + sxm latency
+    C2C SEND table addr       : takes the vector passing p on stream s0 at t (it must be in0 + j,
+                                unchecked if in0 < 0) and sends it, as vector vid + j, over link
+                                `table` from its chip to the link's other end (the chip must be
+                                an endpoint: link_problem). The link's channel in that direction
+                                is busy for link_cycles(width) = ceil(width * lanes /
+                                c2c_bytes_per_cycle) cycles from t: another SEND on the channel
+                                in them is a violation. The vector lands in the peer's receive
+                                slot addr + j*stride of that channel at t + c2c_latency_cycles +
+                                link_cycles(width); a slot outside 0..c2c_buffer_vectors-1, or
+                                one still holding a vector no RECV took when it lands, is a
+                                violation
+    C2C RECV table addr       : takes the vector in slot addr + j*stride of the channel of link
+                                `table` that arrives at its chip: it must have landed by t and be
+                                vector vid + j; it enters stream group sd at p at t + latency(RECV)
+                                and the slot is free again
     READ + FLAG_INDIRECT      : the unit-relative READ: address addr + j*stride + sel[row]*count,
       slice addr row count aux  where it expects vector vid + j + sel[row]*aux (`count`: words
                                 between consecutive units, e.g. experts; `aux`: vector ids between
                                 them); it enters sd as vector vid + j, so consumers check the same
                                 ids whichever unit was selected
+
+Chip-to-chip links (Program.links): link L joins chips links[L] = (a, b), a != b, with two
+channels: 2L carries a -> b, 2L + 1 carries b -> a, each with its own c2c_buffer_vectors receive
+slots at the receiving end. Chips run in lockstep (one cycle count for every chip). SEND and RECV
+run at hw.c2c_position on the stream row; `width` is the dtype's words. A vector no RECV takes is
+no violation: it stays in its slot (until another lands there). Every violation of a SEND or RECV whose link exists and
+ends at its chip begins with `link_name`, e.g. "link 3 (chip 0 -> chip 1): ...".
 
 TOPK orders values as jax.lax.top_k does: by IEEE 754 totalOrder (+NaN above +inf, -NaN below -inf,
 -0.0 below +0.0), ties to the lower lane. It needs an integer k with 1 <= k <= count <= lanes,
@@ -111,7 +134,9 @@ compiler meant (see sim/reference.py).
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -125,6 +150,7 @@ class Unit(IntEnum):
     SXM = 2
     MXM = 3
     ICU = 4  # SYNC/NOTIFY: any queue
+    C2C = 5  # SEND/RECV: chip-to-chip links
 
 
 class Op(IntEnum):
@@ -149,6 +175,8 @@ class Op(IntEnum):
     SYNC = 50
     NOTIFY = 51
     IFETCH = 52
+    SEND = 60
+    RECV = 61
 
 
 # Per-op behaviour as tables: adding an op is a row in each.
@@ -179,6 +207,8 @@ OP_UNIT = {
     Op.SYNC: Unit.ICU,
     Op.NOTIFY: Unit.ICU,
     Op.IFETCH: Unit.ICU,
+    Op.SEND: Unit.C2C,
+    Op.RECV: Unit.C2C,
 }
 
 # Stream operands each VXM op reads (s0, s1, s2); a binary op whose s1 is -1 uses `imm` instead.
@@ -250,6 +280,8 @@ def latency(hw: HardwareConfig, op: Op) -> int:
         return hw.sxm_latency_cycles
     if unit == Unit.ICU:
         return 0
+    if unit == Unit.C2C:  # RECV: slot to stream; a SEND's vector lands after link_cycles + latency
+        return 1
     if op == Op.INSTALL:
         return hw.mxm_install_latency_cycles
     return hw.mxm_latency_cycles
@@ -414,8 +446,12 @@ def queue_mxm(hw: HardwareConfig, plane: int) -> int:
     return hw.mem_slices + 3 + plane
 
 
-def n_queues(hw: HardwareConfig) -> int:
+def queue_c2c(hw: HardwareConfig) -> int:
     return hw.mem_slices + 3 + hw.mxm_planes
+
+
+def n_queues(hw: HardwareConfig) -> int:
+    return queue_c2c(hw) + 1
 
 
 def queue_unit(hw: HardwareConfig, q: int) -> tuple[Unit, int] | None:
@@ -426,8 +462,10 @@ def queue_unit(hw: HardwareConfig, q: int) -> tuple[Unit, int] | None:
         return Unit.VXM, 0
     if q in (queue_sxm(hw, 0), queue_sxm(hw, 1)):
         return Unit.SXM, q - queue_sxm(hw, 0)
-    if queue_mxm(hw, 0) <= q < n_queues(hw):
+    if queue_mxm(hw, 0) <= q < queue_c2c(hw):
         return Unit.MXM, q - queue_mxm(hw, 0)
+    if q == queue_c2c(hw):
+        return Unit.C2C, 0
     return None
 
 
@@ -460,6 +498,8 @@ def queue_name(hw: HardwareConfig, q: int) -> str:
         return "VXM"
     if q in (queue_sxm(hw, 0), queue_sxm(hw, 1)):
         return f"SXM{'WE'[q - queue_sxm(hw, 0)]}"
+    if q == queue_c2c(hw):
+        return "C2C"
     return f"MXM{q - queue_mxm(hw, 0)}"
 
 
@@ -470,7 +510,48 @@ def queue_position(hw: HardwareConfig, q: int) -> int:
         return hw.vxm_position
     if q in (queue_sxm(hw, 0), queue_sxm(hw, 1)):
         return hw.sxm_position(q - queue_sxm(hw, 0))
+    if q == queue_c2c(hw):
+        return hw.c2c_position
     return hw.mxm_position(q - queue_mxm(hw, 0))
+
+
+# --- chip-to-chip links ---------------------------------------------------------------------------
+
+
+def link_cycles(hw: HardwareConfig, width: int) -> int:
+    """Cycles a link's channel is busy sending one vector of `width` words (bytes per lane):
+    ceil(width * lanes / c2c_bytes_per_cycle), the rate taken at its decimal value as
+    sim.system.System.transfer_cycles takes it."""
+    return math.ceil(Fraction(width * hw.lanes) / Fraction(str(hw.c2c_bytes_per_cycle)))
+
+
+def link_problem(links: np.ndarray, ins) -> str | None:
+    """Why a SEND/RECV cannot use its link (`table`), or None: the link must exist and end at
+    the instruction's chip."""
+    link, chip, n = int(ins["table"]), int(ins["chip"]), len(links)
+    if not 0 <= link < n:
+        have = f"the program's links are 0..{n - 1}" if n else "the program has no links"
+        return f"link {link} does not exist ({have})"
+    a, b = int(links[link, 0]), int(links[link, 1])
+    if chip not in (a, b):
+        return f"link {link} joins chip {a} and chip {b}, not chip {chip}"
+    return None
+
+
+def link_channel(links: np.ndarray, ins) -> tuple[int, int, int]:
+    """(channel, sending chip, receiving chip) of a SEND or RECV whose link_problem is None: a
+    SEND sends from its chip, a RECV receives at its chip."""
+    link, chip = int(ins["table"]), int(ins["chip"])
+    a, b = int(links[link, 0]), int(links[link, 1])
+    other = b if chip == a else a
+    src, dst = (chip, other) if int(ins["op"]) == Op.SEND else (other, chip)
+    return 2 * link + (0 if src == a else 1), src, dst
+
+
+def link_name(links: np.ndarray, ins) -> str:
+    """`link L (chip a -> chip b)`: the channel a SEND or RECV uses, as violations name it."""
+    _, src, dst = link_channel(links, ins)
+    return f"link {int(ins['table'])} (chip {src} -> chip {dst})"
 
 
 def direction(src_position: int, dst_position: int) -> int:
@@ -504,7 +585,12 @@ def disassemble_one(hw: HardwareConfig, ins) -> str:
     if op == Op.IFETCH:
         return f"IFETCH {int(ins['count'])} from {queue_name(hw, int(ins['slice']))}[{int(ins['addr'])}]"
     vid = f"{int(ins['vid'])}"
-    if op == Op.READ and ins["flags"] & FLAG_INDIRECT:
+    slot = f"link{int(ins['table'])}[{int(ins['addr'])}]"
+    if op == Op.SEND:
+        body = f"{st('s0')} -> {slot}"
+    elif op == Op.RECV:
+        body = f"{slot} -> {st('sd')}"
+    elif op == Op.READ and ins["flags"] & FLAG_INDIRECT:
         sel = f"sel{int(ins['row'])}"
         where = f"{int(ins['addr'])} + {sel}*{int(ins['count'])}"
         body = f"{queue_name(hw, int(ins['slice']))}[{where}] -> {st('sd')}"

@@ -1,8 +1,9 @@
 """A Program: everything a chip needs to run, in one object that saves to and loads from one file.
 
     Program := hw, instructions (one structured array; a view per chip and queue),
-               permute tables, symbols (where each input/param/const/output vector lives),
-               constant values, source descriptions, predicted cycles, metadata
+               permute tables, symbols (where each input/param/const/output vector lives, on
+               which chip), constant values, source descriptions, predicted cycles, metadata,
+               links (the chip pairs SEND and RECV name: link L joins chips links[L])
 
 Tensor layout on chip (the machine's convention, shared by compiler and host): a tensor of shape
 (..., n) is rows = prod(...) rows of ceil(n / lanes) vectors, row-major; element (r, c) is lane
@@ -36,8 +37,9 @@ from sim.isa import (
 FORMAT_MAGIC = "lpusim-program"
 # 2: a MATMUL's `row` is its tile's extent, which the executors check (version 1 files have 0);
 # 3: the instruction field `period` (cycles between repetitions);
-# 4: no cycles: each queue's `delay` (NOP) fields, SYNC/NOTIFY, and the scheduler's predictions.
-FORMAT_VERSION = 4
+# 4: no cycles: each queue's `delay` (NOP) fields, SYNC/NOTIFY, and the scheduler's predictions;
+# 5: chip-to-chip links (the `links` array, SEND/RECV) and each symbol's chip.
+FORMAT_VERSION = 5
 
 
 # --- tensor layout --------------------------------------------------------------------------------
@@ -87,6 +89,7 @@ class Symbol:
     slices: np.ndarray  # (vectors,) int32: base slice of each vector's slice group
     addrs: np.ndarray  # (vectors,) int32: address in those slices
     vids: np.ndarray  # (vectors,) int64: the logical vector id the checker expects there
+    chip: int = 0  # the chip it is preloaded on (param, input, const) or read back from (output)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,34 @@ class Program:
     # The scheduler's cycle for each instruction, checked against the queues' (sim/icu.py); None:
     # nothing to check (a hand-written program).
     predicted: np.ndarray | None = None
+    # (links, 2) int32: the two chips each C2C link joins (sim/isa.py, "Chip-to-chip links").
+    links: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+
+    def __post_init__(self) -> None:
+        links = np.asarray(self.links)
+        if links.ndim != 2 or links.shape[1] != 2 or not np.issubdtype(links.dtype, np.integer):
+            raise ValueError(
+                f"links must be an integer (links, 2) array, not {links.dtype}{list(links.shape)}"
+            )
+        links = links.astype(np.int32)
+        bad = np.flatnonzero(
+            (links < 0).any(axis=1)
+            | (links >= self.chips).any(axis=1)
+            | (links[:, 0] == links[:, 1])
+        )
+        if len(bad):
+            a, b = (int(x) for x in links[bad[0]])
+            raise ValueError(
+                f"link {int(bad[0])} joins chip {a} and chip {b}: a link joins two different chips "
+                f"of the program's 0..{self.chips - 1}"
+            )
+        object.__setattr__(self, "links", links)
+        for sym in self.symbols:
+            if not 0 <= sym.chip < self.chips:
+                raise ValueError(
+                    f"symbol {sym.name!r} is on chip {sym.chip}; the program's chips are "
+                    f"0..{self.chips - 1}"
+                )
 
     def symbol(self, name: str) -> Symbol:
         for s in self.symbols:
@@ -156,7 +187,7 @@ class Program:
         for sym in self.symbols:
             w = DTYPE_WIDTHS[DTYPE_BY_NAME[sym.dtype]]
             n = len(sym.addrs)
-            parts.append((np.zeros(n, np.int64), sym.slices, sym.addrs, np.full(n, w)))
+            parts.append((np.full(n, sym.chip, np.int64), sym.slices, sym.addrs, np.full(n, w)))
         keys = []
         for chip, slices, addrs, width in parts:
             for m in range(int(width.max()) if len(width) else 0):
@@ -175,8 +206,11 @@ class Program:
         if self.predicted is not None:
             h.update(self.predicted.tobytes())
         h.update(self.tables.tobytes())
+        if len(self.links):  # a one-chip program hashes as before links existed
+            h.update(b"links" + self.links.tobytes())
         for s in self.symbols:
-            h.update(f"{s.name}{s.kind}{s.shape}{s.dtype}".encode())
+            on = f"@{s.chip}" if s.chip else ""
+            h.update(f"{s.name}{s.kind}{s.shape}{s.dtype}{on}".encode())
             h.update(s.slices.tobytes() + s.addrs.tobytes())
         return h.hexdigest()[:16]
 
@@ -196,8 +230,13 @@ class Program:
                 f"; block {b['name']}: cycles {b['first_cycle']}..{b['first_cycle'] + b['cycles']}"
                 f", {b['instructions']} instructions, addresses +{b['addr_shift_words']} words"
             )
+        for k, (a, b) in enumerate(self.links.tolist()):
+            lines.append(f"; link {k}: chip {a} <-> chip {b}")
         for s in self.symbols:
-            lines.append(f"; {s.kind:6s} {s.name} {s.dtype}{list(s.shape)} {len(s.addrs)} vectors")
+            on = f" on chip {s.chip}" if self.chips > 1 else ""
+            lines.append(
+                f"; {s.kind:6s} {s.name} {s.dtype}{list(s.shape)} {len(s.addrs)} vectors{on}"
+            )
         lines.append("; columns: dispatch cycle, +delay (cycles since the queue's previous one)")
         if self.predicted is not None:
             cycles = self.predicted
@@ -241,12 +280,18 @@ class Program:
             "chips": self.chips,
             "meta": self.meta,
             "symbols": [
-                {"name": s.name, "kind": s.kind, "shape": list(s.shape), "dtype": s.dtype}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "shape": list(s.shape),
+                    "dtype": s.dtype,
+                    "chip": s.chip,
+                }
                 for s in self.symbols
             ],
             "content_hash": self.content_hash,
         }
-        arrays = {"instrs": self.instrs, "tables": self.tables}
+        arrays = {"instrs": self.instrs, "tables": self.tables, "links": self.links}
         if self.predicted is not None:
             arrays["predicted"] = self.predicted
         for i, s in enumerate(self.symbols):
@@ -394,6 +439,7 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
     if instrs.dtype != INSTR_DTYPE or instrs.ndim != 1:
         raise ProgramFormatError("has instructions of an unknown layout")
     tables = array("tables", np.int32, 2)
+    links = array("links", np.int32, 2)
     predicted = array("predicted", np.int64, 1) if "predicted" in arrays else None
     if predicted is not None and len(predicted) != len(instrs):
         raise ProgramFormatError(
@@ -408,12 +454,16 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
             and isinstance(s.get("dtype"), str)
             and isinstance(s.get("shape"), list)
             and all(isinstance(d, int) and d >= 0 for d in s["shape"])
+            and isinstance(s.get("chip"), int)
+            and not isinstance(s["chip"], bool)
         ):
             raise ProgramFormatError(f"has a malformed symbol #{i}: {s!r:.80}")
         parts = [array(f"sym{i}_{suffix}", dtype, 1) for suffix, dtype in SYMBOL_ARRAYS]
         if len({len(a) for a in parts}) != 1:
             raise ProgramFormatError(f"has symbol {s['name']!r} with arrays of unequal lengths")
-        symbols.append(Symbol(s["name"], s["kind"], tuple(s["shape"]), s["dtype"], *parts))
+        symbols.append(
+            Symbol(s["name"], s["kind"], tuple(s["shape"]), s["dtype"], *parts, chip=s["chip"])
+        )
         if s["kind"] == "const":
             if f"const{i}" not in arrays:
                 raise ProgramFormatError(f"lacks the array 'const{i}' (constant {s['name']!r})")
@@ -430,4 +480,5 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
         chips=header["chips"],
         meta=header["meta"],
         predicted=predicted,
+        links=links,
     )

@@ -33,6 +33,14 @@ latency is at least one cycle (SYNC and NOTIFY do nothing at their event).
 - Resources. Per cycle: one read and one write per MEM slice, `vxm_alus` VXM ops,
   `sxm_units_per_hemisphere` SXM ops per hemisphere, `mxm_install_vectors_per_cycle` installs and
   one matmul per MXM plane.
+- Links. Per channel (a link's direction, sim/isa.py "Chip-to-chip links") the cycle it is busy
+  until, and per (channel, receive slot) the vector it holds. A SEND's vector is in flight until
+  it lands, t + c2c_latency + link_cycles(width) (like a WRITE's commit, arrivals land before the
+  events of their cycle, in arrival order, ties in issue order); landing in a slot that still
+  holds a vector no RECV took is a violation of the SEND. A RECV sees the vectors landed up to its
+  cycle and frees its slot. Every violation of a SEND or RECV on an existing link of its chip
+  begins with the link and both chips (`link_name`). Resident tensors are preloaded on, and
+  outputs read back from, their symbol's chip.
 - Select registers. A TOPK's register writes land `sxm_latency` cycles after issue, like a WRITE's
   commit; an indirect READ sees those landed up to its cycle. Which cycle first writes each
   register is known from the instructions alone, so a READ before it is caught in either mode.
@@ -43,6 +51,7 @@ latency is at least one cycle (SYNC and NOTIFY do nothing at their event).
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -68,6 +77,10 @@ from sim.isa import (
     diagonal,
     disassemble_one,
     latency,
+    link_channel,
+    link_cycles,
+    link_name,
+    link_problem,
     matmul_period,
     matmul_problem,
     periods,
@@ -95,9 +108,13 @@ class RawResult:
     instructions: int
     events: int
     trace: list[tuple[int, int, int]] = field(default_factory=list)  # (cycle, instr, rep)
+    # (links, 2) int64 bytes sent over each link's channels a -> b and b -> a
+    link_bytes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
 
-COUNT_KEYS = ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul", "stream_hops")
+COUNT_KEYS = (
+    "mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul", "stream_hops", "c2c_send",
+)  # fmt: skip
 
 
 def _vxm(op: Op, a, b, c):
@@ -184,7 +201,11 @@ def run_reference(
     raise_problem(program, problem)
     check_predicted(program, cycle)
 
+    links = program.links
+
     def violation(i: int, t: int, conflict: str) -> ScheduleViolation:
+        if int(ins[i]["op"]) in (Op.SEND, Op.RECV) and link_problem(links, ins[i]) is None:
+            conflict = f"{link_name(links, ins[i])}: {conflict}"
         return ScheduleViolation(
             chip=int(ins[i]["chip"]),
             unit=queue_name(hw, int(ins[i]["queue"])),
@@ -213,6 +234,11 @@ def run_reference(
             for reg in topk_registers(hw, ins[i]):
                 key = (int(ins[i]["chip"]), reg)
                 first_sel[key] = min(first_sel.get(key, ready), ready)
+    chan_busy: dict[int, int] = {}  # channel -> the cycle it is free again
+    slots: dict[tuple, tuple] = {}  # (channel, slot) -> (vid, values) landed and not yet received
+    # SENDs in flight, a heap of (arrival, issue order, channel, slot, vid, values, instr, cycle)
+    arrivals: list[tuple] = []
+    link_bytes = np.zeros((len(links), 2), np.int64)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     bytes_read = bytes_written = 0
     events_trace = []
@@ -224,9 +250,11 @@ def run_reference(
         for k in range(len(sym.addrs)):
             s, a = int(sym.slices[k]), int(sym.addrs[k])
             for m in range(width):
-                mem_vid[(0, s + m, a)] = int(sym.vids[k])
+                mem_vid[(sym.chip, s + m, a)] = int(sym.vids[k])
             if vecs is not None:
-                mem_val[(0, s, a)] = _round(vecs[k].astype(np.float64), DTYPE_BY_NAME[sym.dtype])
+                mem_val[(sym.chip, s, a)] = _round(
+                    vecs[k].astype(np.float64), DTYPE_BY_NAME[sym.dtype]
+                )
 
     def claim(i: int, t: int, resource: tuple, capacity: int, what: str) -> None:
         key = (*resource, t)
@@ -287,6 +315,17 @@ def run_reference(
         counts["stream_hops"] += abs(p - p0) * width
         return vid, values
 
+    def land(upto: float) -> None:
+        """The SENDs' vectors that arrive by cycle `upto` land in their slots."""
+        while arrivals and arrivals[0][0] <= upto:
+            at, _, ch, slot, vid, values, i, t_send = heapq.heappop(arrivals)
+            if (ch, slot) in slots:
+                raise violation(
+                    i, t_send, f"vector {vid} lands in slot {slot} at cycle {at} and overwrites "
+                    f"vector {slots[(ch, slot)][0]} not yet received",
+                )  # fmt: skip
+            slots[(ch, slot)] = (vid, values)
+
     # --- events --------------------------------------------------------------------------------
     reps, period = ins["repeat"].astype(np.int64), periods(ins)
     order = sorted(
@@ -305,6 +344,7 @@ def run_reference(
         while sel_pending and sel_pending[0][0] <= t:
             _, key, index = sel_pending.pop(0)
             sel[key] = index
+        land(t)
         if trace:
             events_trace.append((t, i, j))
         r = ins[i]
@@ -435,6 +475,46 @@ def run_reference(
             put(i, chip, int(r["sd"]), p, t + lat, vid, values, width)
             counts["sxm"] += 1
 
+        elif unit == Unit.C2C:
+            if (problem := link_problem(links, r)) is not None:
+                raise violation(i, t, problem)
+            ch, _, _ = link_channel(links, r)
+            slot = int(r["addr"]) + j * int(r["stride"])
+            if not 0 <= slot < hw.c2c_buffer_vectors:
+                raise violation(
+                    i, t, f"slot {slot} is outside 0..{hw.c2c_buffer_vectors - 1} "
+                    "(c2c_buffer_vectors)",
+                )  # fmt: skip
+            if op == Op.SEND:
+                busy_until = chan_busy.get(ch, t)
+                if busy_until > t:
+                    raise violation(i, t, f"the link is busy until cycle {busy_until} sending "
+                                    "an earlier vector")  # fmt: skip
+                cost = link_cycles(hw, width)
+                chan_busy[ch] = t + cost
+                _, values = take(i, chip, int(r["s0"]), p, t, expect[0])
+                at = t + hw.c2c_latency_cycles + cost
+                heapq.heappush(arrivals, (at, counts["c2c_send"], ch, slot, vid, values, i, t))
+                counts["c2c_send"] += 1
+                link_bytes[ch // 2, ch % 2] += width * lanes
+            else:
+                held = slots.get((ch, slot))
+                if held is None or held[0] != vid:
+                    coming = [x for x in arrivals if x[2] == ch and x[3] == slot]
+                    if held is not None:
+                        what = f"it holds vector {held[0]}"
+                    elif coming:
+                        first = min(coming, key=lambda x: x[:2])
+                        what = (
+                            f"nothing has landed there yet (vector {first[4]} lands at cycle "
+                            f"{first[0]})"
+                        )
+                    else:
+                        what = "it holds nothing and no SEND in flight fills it"
+                    raise violation(i, t, f"expects vector {vid} in slot {slot} but {what}")
+                put(i, chip, int(r["sd"]), p, t + lat, vid, held[1], width)
+                del slots[(ch, slot)]
+
         elif unit == Unit.ICU:  # SYNC/NOTIFY did their work in the queues' timing
             if op == Op.IFETCH:  # an instruction word through the slice's read port
                 s, a = int(r["slice"]), int(r["addr"])
@@ -560,6 +640,7 @@ def run_reference(
             mem_vid[(chip, s + m, a)] = vid
         if values is not None:
             mem_val[(chip, s, a)] = values
+    land(math.inf)  # vectors still in flight land (no RECV takes them)
 
     for (chip, plane), rows in sorted(accumulators.items()):
         for row, (vid, _) in sorted(rows.items()):
@@ -579,10 +660,10 @@ def run_reference(
         vecs = np.zeros((len(sym.addrs), lanes), np.float32)
         for k in range(len(sym.addrs)):
             s, a, want = int(sym.slices[k]), int(sym.addrs[k]), int(sym.vids[k])
-            held = mem_vid.get((0, s, a), -1)
+            held = mem_vid.get((sym.chip, s, a), -1)
             if held != want:
                 raise ScheduleViolation(
-                    chip=0,
+                    chip=sym.chip,
                     unit=queue_name(hw, s),
                     cycle=end,
                     index=-1,
@@ -591,7 +672,7 @@ def run_reference(
                     conflict=f"output vector {want} is not at [{a}] (it holds {held})",
                 )
             if functional:
-                vecs[k] = mem_val[(0, s, a)]
+                vecs[k] = mem_val[(sym.chip, s, a)]
         if functional:
             outputs[sym.name] = unpack_tensor(vecs, sym.shape, lanes)
     return RawResult(
@@ -603,4 +684,5 @@ def run_reference(
         instructions=len(ins),
         events=len(order),
         trace=events_trace,
+        link_bytes=link_bytes,
     )

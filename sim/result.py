@@ -9,7 +9,8 @@ import numpy as np
 from sim.hardware import HardwareConfig
 
 
-# Per-cycle capacity of each resource kind, to turn event counts into utilisation.
+# Per-cycle capacity of each resource kind, to turn event counts into utilisation (the links'
+# depends on the program's links: SimResult.link_utilisation).
 def capacities(hw: HardwareConfig) -> dict[str, float]:
     return {
         "mem_read": hw.mem_slices,
@@ -36,17 +37,32 @@ class SimResult:
     instructions: int
     vector_ops: int  # events: every repetition of every instruction
     trace: list = field(default_factory=list, repr=False)
+    # (links, 2) int64: bytes sent over each link a -> b and b -> a (Program.links)
+    link_bytes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     @property
     def seconds(self) -> float:
         return self.cycles / self.hw.clock_hz
 
     @property
+    def link_utilisation(self) -> np.ndarray:
+        """(links, 2): the fraction of the run's cycles each link direction was sending."""
+        if not self.cycles:
+            return np.zeros(self.link_bytes.shape)
+        return self.link_bytes / (self.hw.c2c_bytes_per_cycle * self.cycles)
+
+    @property
     def utilisation(self) -> dict[str, float]:
+        """Busy fraction per resource kind; "c2c_send": of every link direction together."""
         cap = capacities(self.hw)
-        return {
-            k: (v / (cap[k] * self.cycles) if self.cycles else 0.0) for k, v in self.busy.items()
-        }
+        out = {}
+        for k, v in self.busy.items():
+            if k == "c2c_send":
+                u = self.link_utilisation
+                out[k] = float(u.mean()) if u.size else 0.0
+            else:
+                out[k] = v / (cap[k] * self.cycles) if self.cycles else 0.0
+        return out
 
     def summary(self) -> dict:
         return {
@@ -60,4 +76,5 @@ class SimResult:
             "bytes_read": self.bytes_read,
             "bytes_written": self.bytes_written,
             "unit_utilisation": self.utilisation,
+            "link_bytes": self.link_bytes.tolist(),
         }

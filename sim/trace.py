@@ -56,6 +56,8 @@ FAMILY = {
     Op.SYNC: "ICU sync",
     Op.NOTIFY: "ICU sync",
     Op.IFETCH: "ICU fetch",
+    Op.SEND: "C2C send",
+    Op.RECV: "C2C recv",
 }
 # One fixed colour per family (tab10), so charts of different programs read the same.
 FAMILY_COLOR = {
@@ -70,6 +72,8 @@ FAMILY_COLOR = {
     "MXM matmul": "#d62728",
     "ICU sync": "#7f7f7f",
     "ICU fetch": "#bcbd22",
+    "C2C send": "#17becf",
+    "C2C recv": "#9edae5",
 }
 
 COLUMNS = ("chip", "unit", "kind", "op", "start", "end", "vid", "source", "queue", "instr", "rep")

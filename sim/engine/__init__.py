@@ -73,6 +73,7 @@ def run_engine(
         instructions=len(program.instrs),
         events=len(prep.ev_t),
         trace=events,
+        link_bytes=prep.link_bytes.copy(),
     )
 
 
@@ -99,6 +100,11 @@ def _run(program: Program, prep: Prepared, mem_vid, mem_val, functional: bool):
     # Select registers hold values, so only functional mode keeps them (timing mode reads 0s).
     sel = np.zeros(len(prep.sel_first) if functional else 0, np.int64)
     sel_pending = np.zeros((prep.sel_pending if functional else 0, c.N_SEL_PENDING), np.int64)
+    slots = 2 * len(prep.links) * hw.c2c_buffer_vectors  # receive slots of every channel
+    slot_vid = np.full(slots, c.EMPTY, np.int64)
+    slot_val = np.zeros((slots if functional else 0, lanes), np.float32)
+    arrivals = np.zeros((3 * prep.arrivals, c.N_ARRIVAL), np.int64)  # a FIFO per vector width
+    arrival_val = np.zeros((3 * prep.arrivals if functional else 0, lanes), np.float32)
     out = np.zeros(c.N_OUT, np.int64)
 
     kernel = make_kernel(bool(functional))
@@ -107,7 +113,8 @@ def _run(program: Program, prep: Prepared, mem_vid, mem_val, functional: bool):
             prep.ev_t, prep.ev_i, program.instrs, prep.dispatch, prep.g, prep.lat_lut, prep.pos_lut,
             prep.queue_lut, prep.hemi_map, prep.plane_map, prep.tables, prep.table_ok, mem_vid,
             mem_val, ring, ring_val, busy, planes, installed, weights, accum, accum_val, pending, pending_val,
-            prep.sel_first, sel, sel_pending, out,
+            prep.sel_first, sel, sel_pending, prep.links, slot_vid, slot_val, arrivals, arrival_val,
+            out,
         )  # fmt: skip
     return out, installed, accum
 
@@ -115,16 +122,16 @@ def _run(program: Program, prep: Prepared, mem_vid, mem_val, functional: bool):
 def _outputs(
     program: Program, prep: Prepared, mem_vid: np.ndarray, mem_val: np.ndarray, functional: bool
 ) -> dict[str, np.ndarray]:
-    """Check every output vector is where the symbol table says (chip 0) and read it back."""
+    """Check every output vector is where the symbol table says (on its chip); read it back."""
     outputs = {}
     for sym in program.symbols_of("output"):
-        cell = prep.cell(0, sym.slices.astype(np.int64), sym.addrs.astype(np.int64))
+        cell = prep.cell(sym.chip, sym.slices.astype(np.int64), sym.addrs.astype(np.int64))
         held = mem_vid[cell]
         wrong = np.nonzero(held != sym.vids)[0]
         if len(wrong):
             k = int(wrong[0])
             raise missing_output(
-                program, sym.name, k, int(sym.slices[k]), int(sym.addrs[k]), int(sym.vids[k]),
+                program, sym.chip, sym.name, k, int(sym.slices[k]), int(sym.addrs[k]), int(sym.vids[k]),
                 int(held[k]), prep.cycles,
             )  # fmt: skip
         if functional:

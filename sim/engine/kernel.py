@@ -18,6 +18,9 @@ builds the tables and the geometry `g`). State, all NumPy arrays (layouts in sch
 - sel[chip * SELECT_REGISTERS + r], sel_pending[k]: select registers and TOPK writes in flight
   (functional mode; timing mode reads every register as 0); sel_first[...]: when the first TOPK
   write of each register lands (schema.NEVER: none), for the too-early check of both modes
+- busy[G_BASE_LINK + channel]: the cycle each link channel is free again; slot_vid[channel *
+  slots + slot], slot_val[...]: the C2C receive slots; arrivals[...], arrival_val[...]: SENDs in
+  flight, a FIFO per vector width (each lands in order), merged by (arrival, issue order)
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ from sim.engine.flags import njit, njit_inline
 from sim.engine.prepare import ARITY_LUT, F32_WORDS, UNIT_LUT, WIDTH_LUT
 from sim.engine.rounding import round_vector
 from sim.engine.schema import (
+    A_AT,
+    A_EVENT,
+    A_SLOT,
+    A_VID,
     E_ACC_BUSY,
     E_ACC_HELD,
     E_ACC_ROW,
     E_ADDRESS,
     E_BUSY,
+    E_C2C_MISSING,
+    E_C2C_OVERWRITE,
+    E_C2C_SLOT,
     E_EXPECT,
     E_EXTENT,
     E_FETCH_SLICE,
@@ -42,6 +52,8 @@ from sim.engine.schema import (
     E_INDEX,
     E_INSTALL_ROW,
     E_INSTALL_TWICE,
+    E_LINK,
+    E_LINK_BUSY,
     E_NO_VECTOR,
     E_PUT_ALIGN,
     E_PUT_TAKEN,
@@ -59,11 +71,16 @@ from sim.engine.schema import (
     E_UNIT,
     E_WAYS,
     E_WRONG_VECTOR,
+    EMPTY,
     G_ACC_ROWS,
+    G_ARRIVAL_MASK,
     G_BASE_COMPUTE,
     G_BASE_INSTALL,
+    G_BASE_LINK,
     G_BASE_SXM,
     G_BASE_VXM,
+    G_C2C_LATENCY,
+    G_C2C_SLOTS,
     G_CELL_SLICES,
     G_CELL_WORDS,
     G_CHIP_LO,
@@ -76,6 +93,8 @@ from sim.engine.schema import (
     G_INSTALL_CAP,
     G_KEYS,
     G_LANES,
+    G_LINK_CYCLES,
+    G_LINKS,
     G_PENDING_MASK,
     G_PLANE_LO,
     G_PLANES,
@@ -138,7 +157,9 @@ ADD, SUB, MUL, MAX, MIN = int(Op.ADD), int(Op.SUB), int(Op.MUL), int(Op.MAX), in
 NEG, EXP, RSQRT, CONVERT = int(Op.NEG), int(Op.EXP), int(Op.RSQRT), int(Op.CONVERT)
 REDUCE_SUM, PERMUTE, TOPK = int(Op.REDUCE_SUM), int(Op.PERMUTE), int(Op.TOPK)
 MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
-ICU = int(Unit.ICU)
+ICU, C2C = int(Unit.ICU), int(Unit.C2C)
+SEND = int(Op.SEND)
+LAST = np.iinfo(np.int64).max  # lands every SEND still in flight
 IFETCH = int(Op.IFETCH)
 
 
@@ -296,6 +317,53 @@ def _put(ring, st, ci, geo, width, p0, t0, vid, src, out, e):
     return base
 
 
+@njit_inline
+def _earliest(arrivals, heads, tails, mask, cap, cell):
+    """Row of the SEND in flight that lands first (ties: the first issued), over all of them
+    (cell < 0) or those to one receive slot; -1 if none."""
+    best = -1
+    for f in range(3):
+        for n in range(heads[f], tails[f]):
+            k = f * cap + (n & mask)
+            if cell >= 0 and arrivals[k, A_SLOT] != cell:
+                continue
+            if (
+                best < 0
+                or arrivals[k, A_AT] < arrivals[best, A_AT]
+                or (
+                    arrivals[k, A_AT] == arrivals[best, A_AT]
+                    and arrivals[k, A_EVENT] < arrivals[best, A_EVENT]
+                )
+            ):
+                best = k
+            if cell < 0:
+                break  # each FIFO lands in order: its head is its earliest
+    return best
+
+
+@njit_inline
+def _land(arrivals, arrival_val, heads, tails, mask, cap, upto, slot_vid, slot_val, slots, ev_t,
+          functional, out):  # fmt: skip
+    """The SENDs in flight that land by cycle `upto`, in arrival order, into their receive slots;
+    True (with `out` filled, at the SEND) when one lands on a vector no RECV took."""
+    while True:
+        k = _earliest(arrivals, heads, tails, mask, cap, -1)
+        if k < 0 or arrivals[k, A_AT] > upto:
+            return False
+        heads[k // cap] += 1
+        cell = arrivals[k, A_SLOT]
+        if slot_vid[cell] != EMPTY:
+            e = arrivals[k, A_EVENT]
+            _fail(
+                out, E_C2C_OVERWRITE, e, ev_t[e], arrivals[k, A_VID], cell % slots, slot_vid[cell]
+            )
+            out[O_D] = arrivals[k, A_AT]
+            return True
+        slot_vid[cell] = arrivals[k, A_VID]
+        if functional:
+            slot_val[cell] = arrival_val[k]
+
+
 @njit
 def _vxm_values(op, vals, a, b, c, imm, res):
     """res[:] = op(a, b, c) per lane in float64, rounded to float32 (b < 0: the immediate)."""
@@ -392,7 +460,8 @@ def make_kernel(functional: bool):
         ev_t, ev_i, ins, dispatch, g, lat_lut, pos_lut, queue_lut, hemi_map, plane_map, tables, table_ok,
         mem_vid, mem_val, ring, ring_val, busy, planes, installed, weights, accum, accum_val,
         pending,
-        pending_val, sel_first, sel, sel_pending, out,
+        pending_val, sel_first, sel, sel_pending, links, slot_vid, slot_val, arrivals, arrival_val,
+        out,
     ):  # fmt: skip
         lanes = g[G_LANES]
         slices = g[G_SLICES]
@@ -411,6 +480,12 @@ def make_kernel(functional: bool):
         res = np.zeros(lanes, np.float32)  # the vector an event computes
         acc = np.zeros(lanes, np.float64)
         keys = np.zeros(lanes, np.int64)
+        c2c = g[G_LINKS] > 0
+        slots = g[G_C2C_SLOTS]
+        amask = g[G_ARRIVAL_MASK]
+        acap = amask + 1
+        a_head = np.zeros(3, np.int64)  # the arrivals FIFOs, one per vector width (1, 2, 4 words)
+        a_tail = np.zeros(3, np.int64)
         for e in range(ev_t.size):
             t = ev_t[e]
             i = ev_i[e]
@@ -424,6 +499,11 @@ def make_kernel(functional: bool):
                     k = sel_head & smask
                     sel[sel_pending[k, SQ_REGISTER]] = sel_pending[k, SQ_INDEX]
                     sel_head += 1
+            if c2c and _land(
+                arrivals, arrival_val, a_head, a_tail, amask, acap, t, slot_vid, slot_val, slots,
+                ev_t, functional, out,
+            ):  # fmt: skip
+                return
 
             r = ins[i]
             j = (t - dispatch[i]) // max(np.int64(r["period"]), 1)
@@ -463,6 +543,60 @@ def make_kernel(functional: bool):
             vid = r["vid"] + j
             code = np.int64(r["dtype"])
             width = WIDTH_LUT[code]
+
+            if unit == C2C:
+                link = np.int64(r["table"])
+                chip = np.int64(r["chip"])
+                if (
+                    link < 0
+                    or link >= g[G_LINKS]
+                    or (chip != links[link, 0] and chip != links[link, 1])
+                ):
+                    _fail(out, E_LINK, e, t, 0, 0, 0)
+                    return
+                sender = chip if op == SEND else links[link, 0] + links[link, 1] - chip
+                channel = 2 * link + (0 if sender == links[link, 0] else 1)
+                slot = np.int64(r["addr"]) + j * np.int64(r["stride"])
+                if slot < 0 or slot >= slots:
+                    _fail(out, E_C2C_SLOT, e, t, slot, 0, 0)
+                    return
+                cell = channel * slots + slot
+                if op == SEND:
+                    cost = g[G_LINK_CYCLES + width]
+                    free = g[G_BASE_LINK] + channel
+                    if _occupy(busy, free, t, cost):
+                        _fail(out, E_LINK_BUSY, e, t, busy[free, 0], 0, 0)
+                        return
+                    a = _take(
+                        ring, np.int64(r["s0"]), ci, geo, 0, p, t, _expect(r["in0"], j), out, e
+                    )
+                    if a < 0:
+                        return
+                    f = width >> 1  # the FIFO of this width: its arrivals come in issue order
+                    k = f * acap + (a_tail[f] & amask)
+                    arrivals[k, A_AT] = t + g[G_C2C_LATENCY] + cost
+                    arrivals[k, A_EVENT] = e
+                    arrivals[k, A_SLOT] = cell
+                    arrivals[k, A_VID] = vid
+                    if functional:
+                        arrival_val[k] = ring_val[a]
+                    a_tail[f] += 1
+                else:
+                    if slot_vid[cell] != vid:
+                        k = _earliest(arrivals, a_head, a_tail, amask, acap, cell)
+                        _fail(out, E_C2C_MISSING, e, t, slot, slot_vid[cell], 0)
+                        out[O_D] = EMPTY
+                        if k >= 0:
+                            out[O_C] = arrivals[k, A_VID]
+                            out[O_D] = arrivals[k, A_AT]
+                        return
+                    slot_put = _put(ring, np.int64(r["sd"]), ci, geo, width, p, t0, vid, i, out, e)
+                    if slot_put < 0:
+                        return
+                    if functional:
+                        ring_val[slot_put] = slot_val[cell]
+                    slot_vid[cell] = EMPTY
+                continue
 
             if unit == MEM:
                 s = np.int64(r["slice"])
@@ -713,6 +847,11 @@ def make_kernel(functional: bool):
             if functional:
                 mem_val[pending[head & qmask, Q_CELL]] = pending_val[head & qmask]
             head += 1
+        if c2c and _land(
+            arrivals, arrival_val, a_head, a_tail, amask, acap, LAST, slot_vid, slot_val, slots,
+            ev_t, functional, out,
+        ):  # fmt: skip
+            return
         out[O_CODE] = OK
 
     return run

@@ -32,6 +32,7 @@ from sim.isa import (
     Op,
     Unit,
     latency,
+    link_cycles,
     periods,
     queue_position,
     queue_sxm,
@@ -43,7 +44,9 @@ from sim.program import Program, pack_tensor
 
 READ, WRITE, INSTALL, MATMUL = int(Op.READ), int(Op.WRITE), int(Op.INSTALL), int(Op.MATMUL)
 TOPK, IFETCH = int(Op.TOPK), int(Op.IFETCH)
+SEND, RECV = int(Op.SEND), int(Op.RECV)
 MEM, VXM, SXM, MXM = int(Unit.MEM), int(Unit.VXM), int(Unit.SXM), int(Unit.MXM)
+C2C = int(Unit.C2C)
 F32_WORDS = DTYPE_BYTES[DType.FLOAT32]  # a MATMUL result is float32 whatever its dtype field
 
 
@@ -127,10 +130,10 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
         arity = ARITY_LUT[op]
         s1 = np.int64(r["s1"])
         for st, used in (
-            (np.int64(r["s0"]), unit != MEM or op == WRITE),
+            (np.int64(r["s0"]), (unit != MEM and op != RECV) or op == WRITE),
             (s1, unit == VXM and arity >= 2 and s1 >= 0),
             (np.int64(r["s2"]), unit == VXM and arity == 3),
-            (np.int64(r["sd"]), op in (READ, MATMUL) or unit in (VXM, SXM)),
+            (np.int64(r["sd"]), op in (READ, MATMUL, RECV) or unit in (VXM, SXM)),
         ):
             if used:
                 stats[c.S_STREAM_LO] = min(stats[c.S_STREAM_LO], st)
@@ -165,6 +168,8 @@ def _scan(ins, lat_lut, first_sxm_queue, stats, cycles):
             stats[c.S_INSTALL if op == INSTALL else c.S_MATMUL] += reps
         elif op == IFETCH:  # a word of instructions, through a read port
             stats[c.S_MEM_READ] += reps
+        elif op == SEND:
+            stats[c.S_C2C_SEND] += reps
 
 
 @njit
@@ -228,6 +233,9 @@ class Prepared:
     sel_pending: int  # capacity of the pending select-register FIFO
     cycles: int  # when the last event's result lands (the reference's `end`)
     counts: dict  # events per resource kind, except stream hops (counted by the kernel)
+    links: np.ndarray  # (links, 2) int64 the chips each link joins
+    arrivals: int  # capacity of each arrivals FIFO (SENDs in flight)
+    link_bytes: np.ndarray  # (links, 2) int64 bytes each channel carries (if the run completes)
 
     def cell(self, chip: int, slice_: np.ndarray, addr: np.ndarray) -> np.ndarray:
         """Flat memory index of (chip, slice, address)."""
@@ -324,6 +332,7 @@ def prepare_program(program: Program) -> Prepared:
     g[c.G_BASE_SXM] = g[c.G_BASE_VXM] + chips
     g[c.G_BASE_INSTALL] = g[c.G_BASE_SXM] + n_hemi
     g[c.G_BASE_COMPUTE] = g[c.G_BASE_INSTALL] + n_planes
+    g[c.G_BASE_LINK] = g[c.G_BASE_COMPUTE] + n_planes
     g[c.G_VXM_CAP], g[c.G_SXM_CAP] = hw.vxm_alus, hw.sxm_units_per_hemisphere
     g[c.G_INSTALL_CAP] = hw.mxm_install_vectors_per_cycle
     g[c.G_READ_PORTS] = hw.mem_read_ports_per_slice
@@ -341,6 +350,18 @@ def prepare_program(program: Program) -> Prepared:
     )
     g[c.G_SEL_PENDING_MASK] = sel_pending - 1
     g[c.G_KEYS] = chips * dirs * (S + c.KEY_PAD)
+    links = program.links.astype(np.int64)
+    channels = 2 * len(links)
+    for w in (1, 2, 4):
+        g[c.G_LINK_CYCLES + w] = link_cycles(hw, w)
+    g[c.G_LINKS], g[c.G_C2C_SLOTS] = len(links), hw.c2c_buffer_vectors
+    g[c.G_C2C_LATENCY] = hw.c2c_latency_cycles
+    # A FIFO holds the SENDs issued in the last latency + link cycles (those landing later), and a
+    # channel sends at most one vector per link_cycles(1): so few per channel, and never more
+    # than the program has.
+    in_flight = (hw.c2c_latency_cycles + link_cycles(hw, 4)) // link_cycles(hw, 1) + 1
+    arrivals = _pow2_at_least(min(channels * in_flight, int(stats[c.S_C2C_SEND])) + 1)
+    g[c.G_ARRIVAL_MASK] = arrivals - 1
 
     ev_t, ev_i = _events(ins, cycles, bool(stats[c.S_IN_ORDER]))
     sel_first = np.full(chips * SELECT_REGISTERS, c.NEVER, np.int64)
@@ -351,7 +372,8 @@ def prepare_program(program: Program) -> Prepared:
             ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul"),
             (int(x) for x in stats[c.S_MEM_READ : c.S_MATMUL + 1]),
             strict=True,
-        )
+        ),
+        c2c_send=int(stats[c.S_C2C_SEND]),
     )
     return Prepared(
         ev_t=ev_t,
@@ -367,14 +389,29 @@ def prepare_program(program: Program) -> Prepared:
         table_ok=(tables < lanes).all(axis=1),  # a larger entry: IndexError in the reference
         cells=chips * cell_slices * cell_words,
         ring_rows=int(g[c.G_KEYS]) * ring,
-        resources=int(g[c.G_BASE_COMPUTE]) + n_planes,
+        resources=int(g[c.G_BASE_LINK]) + channels,
         planes=n_planes,
         pending=pending,
         sel_first=sel_first,
         sel_pending=sel_pending,
         cycles=max(0, int(stats[c.S_END])),
         counts=counts,
+        links=links,
+        arrivals=arrivals,
+        link_bytes=_link_bytes(hw, ins, links) if stats[c.S_C2C_SEND] else np.zeros_like(links),
     )
+
+
+def _link_bytes(hw: HardwareConfig, ins: np.ndarray, links: np.ndarray) -> np.ndarray:
+    """Bytes the SENDs put on each (link, direction), counted from the instructions alone (a
+    run that completes runs every SEND, each on a link that exists and ends at its chip)."""
+    out = np.zeros_like(links)
+    r = ins[(ins["op"] == SEND) & (ins["table"] >= 0) & (ins["table"] < len(links))]
+    link = r["table"].astype(np.int64)
+    backward = (r["chip"] != links[link, 0]).astype(np.int64)  # sent from the link's chip b
+    nbytes = np.maximum(r["repeat"].astype(np.int64), 0) * WIDTH_LUT[r["dtype"]] * hw.lanes
+    np.add.at(out, (link, backward), nbytes)
+    return out
 
 
 def _first_select_writes(hw: HardwareConfig, ins, cycles, chip_lo: int, first: np.ndarray):
@@ -393,7 +430,7 @@ def _first_select_writes(hw: HardwareConfig, ins, cycles, chip_lo: int, first: n
 def preload(
     program: Program, prep: Prepared, inputs: dict, functional: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Memory before cycle 0: parameters, inputs and constants on chip 0, as the reference.
+    """Memory before cycle 0: parameters, inputs and constants on their symbols' chips.
 
     Returns (vector id per cell, values per cell: (cells, lanes) float32, empty unless functional).
     """
@@ -404,7 +441,7 @@ def preload(
         code = DTYPE_BY_NAME[sym.dtype]
         if not len(sym.addrs):
             continue
-        cell = prep.cell(0, sym.slices, sym.addrs)
+        cell = prep.cell(sym.chip, sym.slices, sym.addrs)
         for m in range(DTYPE_BYTES[code]):
             mem_vid[cell + m] = sym.vids
         if functional:

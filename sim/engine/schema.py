@@ -11,7 +11,14 @@ Plain module-level ints, so Numba folds them into the kernels as constants. Gram
     queue_lut (queues, 2)          (unit, index) of each queue from G_QUEUE_LO; unit -1: none
     pending (capacity, Q_*)        WRITE commits in flight, a FIFO (commit order = issue order)
     sel_pending (capacity, SQ_*)   TOPK select-register writes in flight, a FIFO (same order)
-    busy    (resources, 2)         (last cycle claimed, claims in that cycle) per resource
+    busy    (resources, 2)         (last cycle claimed, claims in that cycle) per resource; for
+                                   the MXM compute ports and the links' channels (the cycle it is
+                                   next free, unused)
+    links   (links, 2)             the chips each link joins (Program.links)
+    slot_vid (channels * slots,)   vector each C2C receive slot holds (EMPTY: none); channel 2L is
+                                   link L's a -> b, 2L + 1 its b -> a
+    arrivals (3 * capacity, A_*)   SENDs in flight: a FIFO per vector width (1, 2, 4 words), each
+                                   in arrival order (arrival = issue + a constant per width)
     out     (O_*,)                 status, where the kernel stopped and why, stream hop count
 """
 
@@ -50,7 +57,13 @@ G_ACC_ROWS = 29  # accumulator rows per MXM plane (accum: (planes * rows,) parti
 G_READ_PORTS = 30  # reads a MEM slice serves per cycle
 G_WRITE_PORTS = 31
 G_WAYS = 32  # vectors each (stream key, diagonal) keeps, put at different positions
-N_GEOMETRY = 33
+G_LINK_CYCLES = 33  # g[G_LINK_CYCLES + w]: cycles a channel sends a w-word vector (w = 1, 2, 4)
+G_LINKS = 38
+G_C2C_SLOTS = 39  # receive slots per channel (hw.c2c_buffer_vectors)
+G_C2C_LATENCY = 40
+G_ARRIVAL_MASK = 41  # entries per arrivals FIFO, minus one (a power of two)
+G_BASE_LINK = 42  # resource index of channel 0 in busy
+N_GEOMETRY = 43
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.
@@ -80,7 +93,8 @@ S_INSTALL = 19
 S_MATMUL = 20
 S_QUEUE_LO = 21
 S_TOPK = 22  # TOPK instructions (their register writes are numbered up front)
-N_STATS = 23
+S_C2C_SEND = 23  # SEND repetitions
+N_STATS = 24
 
 # --- ring: G_WAYS slots per (diagonal mod RING, stream key) ----------------------------------------
 # A diagonal may carry several vectors, put at different positions (each replaces the one from
@@ -117,6 +131,13 @@ N_SEL_PENDING = 3
 # sel_first[chip index * SELECT_REGISTERS + register]: the cycle the first TOPK write of a register
 # lands, or NEVER when no TOPK writes it.
 NEVER = -(2**63)
+
+# --- arrivals: SENDs in flight ---------------------------------------------------------------------
+A_AT = 0  # the cycle the vector lands
+A_EVENT = 1  # the SEND's event (its issue order)
+A_SLOT = 2  # channel * slots + slot
+A_VID = 3
+N_ARRIVAL = 4
 
 # --- out ------------------------------------------------------------------------------------------
 O_CODE = 0
@@ -160,3 +181,9 @@ E_ACC_ROW = 26  # a: accumulator row outside the plane's
 E_ACC_HELD = 27  # a: row, b: partial sum it holds (-1: none), c: the one expected
 E_ACC_BUSY = 28  # a: row, b: the partial sum it still holds
 E_WAYS = 29  # a diagonal holds more vectors than G_WAYS: not a violation; run again with more
+E_LINK = 30  # a SEND/RECV names no link, or one that does not end at its chip (link_problem)
+E_C2C_SLOT = 31  # a: receive slot outside the channel's
+E_LINK_BUSY = 32  # a: the cycle the channel is free again
+E_C2C_OVERWRITE = 33  # (event: the SEND) a: vid landing, b: slot, c: vid it holds, d: arrival
+E_C2C_MISSING = 34  # a: slot, b: vid it holds (EMPTY: none), c: vid in flight to it, d: when it
+# lands (EMPTY: none in flight)

@@ -17,6 +17,8 @@ from sim.isa import (
     Op,
     Unit,
     disassemble_one,
+    link_name,
+    link_problem,
     matmul_problem,
     periods,
     queue_mxm,
@@ -141,6 +143,26 @@ def _conflict(program: Program, out: np.ndarray, installed: np.ndarray, i: int, 
         return f"select register {a} is outside 0..{SELECT_REGISTERS - 1}"
     if code == c.E_SEL_EARLY:
         return f"reads select register {a} before TOPK writes it at cycle {b}"
+    if code == c.E_LINK:
+        return link_problem(program.links, r)
+    if code == c.E_C2C_SLOT:
+        return f"slot {a} is outside 0..{hw.c2c_buffer_vectors - 1} (c2c_buffer_vectors)"
+    if code == c.E_LINK_BUSY:
+        return f"the link is busy until cycle {a} sending an earlier vector"
+    if code == c.E_C2C_OVERWRITE:
+        return (
+            f"vector {a} lands in slot {b} at cycle {int(out[c.O_D])} and overwrites vector {x} "
+            "not yet received"
+        )
+    if code == c.E_C2C_MISSING:
+        coming = int(out[c.O_D])
+        if b != c.EMPTY:
+            what = f"it holds vector {b}"
+        elif coming != c.EMPTY:
+            what = f"nothing has landed there yet (vector {x} lands at cycle {coming})"
+        else:
+            what = "it holds nothing and no SEND in flight fills it"
+        return f"expects vector {vid} in slot {a} but {what}"
     raise AssertionError(f"unknown engine error code {code}")
 
 
@@ -170,6 +192,9 @@ def raise_failure(program: Program, prep: Prepared, out: np.ndarray, installed: 
     if out[c.O_CODE] == c.E_INDEX:
         raise _index_error(program, i, int(out[c.O_A]))
     r = program.instrs[i]
+    conflict = _conflict(program, out, installed, i, j)
+    if int(r["op"]) in (Op.SEND, Op.RECV) and link_problem(program.links, r) is None:
+        conflict = f"{link_name(program.links, r)}: {conflict}"  # as the reference names links
     raise ScheduleViolation(
         chip=int(r["chip"]),
         unit=queue_name(program.hw, int(r["queue"])),
@@ -177,14 +202,14 @@ def raise_failure(program: Program, prep: Prepared, out: np.ndarray, installed: 
         index=i,
         instr=disassemble_one(program.hw, r),
         source=program.source(int(r["src"])),
-        conflict=_conflict(program, out, installed, i, j),
+        conflict=conflict,
     )
 
 
-def missing_output(program: Program, name: str, k: int, slice_: int, addr: int, want: int,
-                   held: int, end: int) -> ScheduleViolation:  # fmt: skip
+def missing_output(program: Program, chip: int, name: str, k: int, slice_: int, addr: int,
+                   want: int, held: int, end: int) -> ScheduleViolation:  # fmt: skip
     return ScheduleViolation(
-        chip=0,
+        chip=chip,
         unit=queue_name(program.hw, slice_),
         cycle=end,
         index=-1,

@@ -68,6 +68,7 @@ def assert_same(ref: RawResult, eng: RawResult, nan_payloads: bool = True) -> No
     assert (eng.bytes_read, eng.bytes_written) == (ref.bytes_read, ref.bytes_written)
     assert (eng.instructions, eng.events) == (ref.instructions, ref.events)
     assert eng.trace == ref.trace
+    np.testing.assert_array_equal(eng.link_bytes, ref.link_bytes)
     assert eng.outputs.keys() == ref.outputs.keys()
     for name, want in ref.outputs.items():
         got = eng.outputs[name]

@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # before pyplot: no display on CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from compiler import compile  # noqa: E402
-from sim.isa import OP_UNIT, Op, Unit, latency, queue_name  # noqa: E402
+from sim.isa import OP_UNIT, Op, Unit, latency, n_queues, queue_name  # noqa: E402
 from sim.trace import (  # noqa: E402
     COLUMNS,
     gantt,
@@ -177,7 +177,7 @@ def test_perfetto_times_are_microseconds_at_the_clock(program):
     complete = [e for e in perfetto_trace(program)["traceEvents"] if e["ph"] == "X"]
     for e, r in zip(complete, table.itertuples(), strict=True):
         assert e["pid"] == r.chip and e["name"] == r.op and e["args"]["cycle"] == r.start
-        assert e["tid"] % (hw.mem_slices + 3 + hw.mxm_planes) == r.queue
+        assert e["tid"] % n_queues(hw) == r.queue
         assert e["ts"] == pytest.approx(r.start / hw.clock_hz * 1e6, abs=1e-3)
         assert e["dur"] == pytest.approx((r.end - r.start) / hw.clock_hz * 1e6, abs=1e-3)
 
