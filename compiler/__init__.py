@@ -61,6 +61,7 @@ def check_model_fits(
     weights="native",
     layers=None,
     chips: int = 1,
+    head: bool | None = None,
 ) -> tuple[int, int, int]:
     """The range and fit checks of a model's decode step, from shapes alone (no tracing, no
     weights): (pos, context, layers) with defaults filled in, or an error naming what is out of
@@ -68,7 +69,7 @@ def check_model_fits(
     from compiler.frontend import model as fm
 
     fm.check_weights(weights)
-    with_head = layers is None
+    with_head = layers is None if head is None else head
     pos, context, layers = fm.resolve_step(cfg, pos=pos, context=context, layers=layers)
     specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers, head=with_head)
     _check_args_fit(specs, frozenset({"params"}), hw, chips)
@@ -108,6 +109,8 @@ def compile(
     args: dict | None = None,
     params: tuple[str, ...] = ("params",),
     chips: int = 1,
+    mapping=None,
+    system=None,
     phase: str = "decode",
     pos: int | None = None,
     context: int | None = None,
@@ -129,15 +132,20 @@ def compile(
     Program, slower). `chaining=False` sends every result through SRAM (no unit takes another's
     result straight from its stream); `accumulate=False` adds partial sums over K tiles on the VXM
     instead of in the MXM plane's accumulator. `progress(stage, fraction)` hears how far along it is.
+
+    Several chips (a model only): `mapping` (a Mapping or "pp=4"; default pp=chips) says how its
+    layers are split, `system` (a sim.system.System; default: `default_system`) how the chips
+    are linked. Pipeline parallelism compiles today (compiler/codegen/pipeline.py); tensor and
+    expert parallelism are refused.
     """
     hw = load_hardware(hw)
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
         raise LpuError(f"chips={chips!r} must be a whole number of chips, 1 or more")
-    if chips != 1:
-        raise LpuError(f"chips={chips}: multi-chip compilation is not implemented yet; use chips=1")
     if phase not in ("decode", "prefill"):
         raise LpuError(f"phase={phase!r}; valid phases: 'decode', 'prefill'")
     if callable(target) and not isinstance(target, str):
+        if chips != 1 or mapping is not None:
+            raise LpuError(f"chips={chips}: a function compiles for one chip; map a model instead")
         if args is None:
             raise LpuError("compiling a function needs args=: argument name -> example pytree")
         _check_args_fit(args, frozenset(params), hw, chips)  # before spending time on tracing
@@ -150,6 +158,12 @@ def compile(
         raise LpuError("phase='prefill' is not implemented yet for models; use phase='decode'")
     from compiler.frontend.model import resolve_model
 
+    if chips != 1 or mapping is not None:
+        return compile_mapped(
+            resolve_model(target), hw, chips=chips, mapping=mapping, system=system, pos=pos,
+            context=context, weights=weights, layers=layers, chaining=chaining,
+            accumulate=accumulate, progress=progress,
+        )  # fmt: skip
     return compile_model(
         resolve_model(target), hw, pos=pos, context=context, weights=weights, layers=layers,
         replay=replay, chaining=chaining, accumulate=accumulate, progress=progress,
@@ -164,18 +178,20 @@ def compile_model(
     context: int | None,
     weights: str = "native",
     layers: int | None = None,
+    head: bool | None = None,
     replay: bool = True,
     chaining: bool = True,
     accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
 ) -> Program:
-    """One decode step of a model: a layer block scheduled once and replayed, then the head."""
+    """One decode step of a model: a layer block scheduled once and replayed, then the head
+    (`head`: by default with every layer, without it given `layers`)."""
     from compiler.frontend import model as fm
 
     report = progress or (lambda stage, fraction: None)
-    with_head = layers is None
+    with_head = layers is None if head is None else head
     pos, context, layers = check_model_fits(  # fit first: before any tracing
-        cfg, hw, pos=pos, context=context, weights=weights, layers=layers
+        cfg, hw, pos=pos, context=context, weights=weights, layers=layers, head=with_head
     )
     report("trace", 0.0)
     fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights)
@@ -212,6 +228,46 @@ def compile_model(
     program = link(hw, model_instances(lay, layer_blocks, head_block, replay), meta, words)
     report("link", 1.0)
     return program
+
+
+def compile_mapped(
+    cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
+) -> Program:
+    """One decode step on several chips: the layers in pipeline stages, one a chip, each stage
+    compiled once per shape (stages of the same number of layers share their Program)."""
+    from compiler.codegen.pipeline import pipeline
+    from compiler.passes.partition import Mapping, check, stage_blocks
+    from sim.system import default_system
+
+    mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
+    mapping = mapping or Mapping(pp=chips)
+    if mapping.chips != chips:
+        raise LpuError(f"mapping {mapping} uses {mapping.chips} chips; chips={chips}")
+    check(mapping, cfg, chips)
+    if mapping.tp > 1 or mapping.ep > 1:
+        raise LpuError(
+            f"mapping {mapping}: tensor and expert parallelism do not compile yet; use pp={chips}"
+        )
+    if layers is not None:
+        raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
+    system = default_system(chips, hw) if system is None else system
+    if system.chips < chips:
+        raise LpuError(f"the system has {system.chips} chips; mapping {mapping} needs {chips}")
+    if chips > cfg.n_layers:
+        raise LpuError(f"pp={chips} exceeds the {cfg.n_layers} layers of {cfg.name!r}")
+    runs = stage_blocks([1] * cfg.n_layers, chips)
+    shapes: dict[tuple[int, bool], Program] = {}
+    stages = []
+    for s, run in enumerate(runs):
+        key = (len(run), s == len(runs) - 1)
+        if key not in shapes:
+            shapes[key] = compile_model(
+                cfg, hw, layers=len(run), head=key[1], progress=progress, **kw
+            )
+        stages.append(shapes[key])
+    meta = {**stages[-1].meta, "layers": cfg.n_layers, "mapping": str(mapping),
+            "stage_layers": [len(r) for r in runs], "shared_programs": len(shapes)}  # fmt: skip
+    return pipeline(system, stages, [r.start for r in runs], meta)
 
 
 def _accumulators(hw: HardwareConfig, accumulate: bool) -> Accumulators | None:

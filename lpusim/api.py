@@ -59,6 +59,8 @@ class Estimate:
     chips: int
     weights: str
     layers: str  # "all (with head)" or "first N of M (no head)"
+    mapping: str  # how the model is split over the chips ("tp=1": one chip)
+    topology: str  # how the chips are linked
     context: int
     cycles_per_token: int
     predicted_cycles: int
@@ -87,6 +89,8 @@ class Estimate:
             [
                 ("model", self.model),
                 ("hardware", f"{self.hw} x {self.chips} chip(s)"),
+                ("mapping", self.mapping),
+                ("topology", self.topology),
                 ("weights", self.weights),
                 ("layers", self.layers),
                 ("context", self.context),
@@ -129,6 +133,8 @@ def estimate(
     hw="teaching",
     *,
     chips: int = 1,
+    mapping=None,
+    topology=None,
     context: int | None = None,
     engine: str = "numba",
     weights: str = "native",
@@ -144,15 +150,22 @@ def estimate(
     cfg = checks.model(model)
     hw = load_hardware(hw)
     chips = checks.chips(chips)
+    mapping, system = checks.mapping(mapping, chips), checks.topology(topology, hw)
     context = checks.context(cfg, context)
     layers = checks.optional_count("layers", layers, 1, cfg.n_layers)
     engine, weights = checks.engine(engine), checks.weights(weights)
     _check_fits_or_map(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
     t0 = time.perf_counter()
-    source = programs.program if programs is not None else compile_program
-    program = source(
-        cfg, hw, chips=chips, context=context, weights=weights, layers=layers, progress=progress
-    )
+    if programs is not None:
+        program = programs.program(
+            cfg, hw, chips=chips, context=context, weights=weights, layers=layers,
+            progress=progress,
+        )  # fmt: skip
+    else:
+        program = compile_program(
+            cfg, hw, chips=chips, mapping=mapping, system=system, context=context,
+            weights=weights, layers=layers, progress=progress,
+        )  # fmt: skip
     t1 = time.perf_counter()
     result = simulate(program, mode="timing", engine=engine)
     t2 = time.perf_counter()
@@ -164,6 +177,8 @@ def estimate(
         chips=chips,
         weights=weights,
         layers="all (with head)" if layers is None else f"first {n} of {cfg.n_layers} (no head)",
+        mapping=program.meta.get("mapping", "tp=1"),
+        topology=program.meta.get("topology", "one chip"),
         context=program.meta["context"],
         cycles_per_token=result.cycles,
         predicted_cycles=result.predicted_cycles,
@@ -283,6 +298,8 @@ def validate(
     tokens: int = 16,
     prompt: tuple[int, ...] = (1,),
     chips: int = 1,
+    mapping=None,
+    topology=None,
     seed: int = 0,
     engine: str = "numba",
     tolerance: float | None = None,
@@ -298,6 +315,7 @@ def validate(
     tokens = checks.count("tokens", tokens)
     prompt = checks.prompt_ids(cfg, prompt)
     chips, seed = checks.chips(chips), checks.seed(seed)
+    mapping, system = checks.mapping(mapping, chips), checks.topology(topology, hw)
     engine, weights = checks.engine(engine), checks.weights(weights)
     if tolerance is not None and (
         isinstance(tolerance, bool)
@@ -333,7 +351,10 @@ def validate(
     steps = []
     for pos in range(context):
         report("validate", pos / context)
-        program = compile_program(cfg, hw, chips=chips, pos=pos, context=context, weights=weights)
+        program = compile_program(
+            cfg, hw, chips=chips, mapping=mapping, system=system, pos=pos, context=context,
+            weights=weights,
+        )  # fmt: skip
         lpu_logits, lpu.cache, result = run_decode_step(
             program, params, lpu.x(pos), lpu.cache, engine=engine
         )

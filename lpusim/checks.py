@@ -45,12 +45,32 @@ def optional_count(name: str, value, lo: int = 1, hi: int | None = None) -> int 
 
 
 def chips(value) -> int:
-    n = count("chips", value)
-    if n != 1:
+    return count("chips", value)
+
+
+def mapping(value, n_chips: int):
+    """None (one chip, or pp across `n_chips`) or a compiler.passes.partition.Mapping parsed from
+    "tp=2,pp=4" (or given as one) that uses exactly `n_chips`."""
+    from compiler.passes.partition import Mapping
+
+    if value is None:
+        return None
+    m = value if isinstance(value, Mapping) else Mapping.parse(value)
+    if m.chips != n_chips:
         raise ArgumentError(
-            "chips", n, "is not supported yet: multi-chip compilation is not implemented; use 1"
+            "mapping", str(m), f"uses {m.chips} chips but chips={n_chips}; give matching --chips"
         )
-    return n
+    return m
+
+
+def topology(value, hw):
+    """None (the default system of the chips), a sim.system.System, or one read from a TOML
+    edge list (sim.system.System.from_toml)."""
+    from sim.system import System
+
+    if value is None or isinstance(value, System):
+        return value
+    return System.from_toml(path("topology", value), hw)
 
 
 def seed(value) -> int:

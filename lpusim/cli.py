@@ -33,6 +33,18 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny-llama", help="a name from `lpusim models`")
     _hw_arg(p)
     p.add_argument("--chips", type=int, default=1, help="chips to map the model onto")
+    p.add_argument(
+        "--mapping",
+        default=None,
+        help='how the model splits over the chips, e.g. "pp=4" (default: pp=--chips); tensor and '
+        "expert parallelism (tp, ep) are parsed and checked but do not compile yet",
+    )
+    p.add_argument(
+        "--topology",
+        default=None,
+        help="a TOML edge list of the chips' links (chips = N, [[link]] a, b, links); default: "
+        "Groq's nodes and racks where the chip has the links, else fully connected or a ring",
+    )
 
 
 def _weights_arg(p: argparse.ArgumentParser) -> None:
@@ -250,6 +262,8 @@ def _cmd_validate(args) -> int:
             tokens=args.tokens,
             prompt=prompt,
             chips=args.chips,
+            mapping=args.mapping,
+            topology=args.topology,
             seed=args.seed,
             engine=args.engine,
             weights=args.weights,
@@ -268,8 +282,9 @@ def _cmd_estimate(args) -> int:
 
     with StageProgress() as progress:
         e = estimate(
-            args.model, args.hw, chips=args.chips, context=args.context, engine=args.engine,
-            weights=args.weights, layers=args.layers, progress=progress,
+            args.model, args.hw, chips=args.chips, mapping=args.mapping, topology=args.topology,
+            context=args.context, engine=args.engine, weights=args.weights, layers=args.layers,
+            progress=progress,
         )  # fmt: skip
     _emit(args, e.to_dict(), str(e))
     return 0
@@ -284,13 +299,16 @@ def _cmd_compile(args) -> int:
     listing = checks.path("listing", args.listing) if args.listing is not None else None
     cfg, hw = checks.model(args.model), load_hardware(args.hw)
     chips, context = checks.chips(args.chips), checks.context(cfg, args.context)
+    mapping, system = checks.mapping(args.mapping, chips), checks.topology(args.topology, hw)
     layers = checks.optional_count("layers", args.layers, 1, cfg.n_layers)
     weights = checks.weights(args.weights)
-    check_model_fits(cfg, hw, pos=args.pos, context=context, weights=weights, layers=layers)
+    check_model_fits(
+        cfg, hw, pos=args.pos, context=context, weights=weights, layers=layers, chips=chips
+    )
     with StageProgress() as progress:
         prog = compile_program(
-            cfg, hw, chips=chips, context=context, pos=args.pos, weights=weights, layers=layers,
-            progress=progress,
+            cfg, hw, chips=chips, mapping=mapping, system=system, context=context, pos=args.pos,
+            weights=weights, layers=layers, progress=progress,
         )  # fmt: skip
     _write("output", out, prog.save)
     listing = listing or out.with_name(out.name + ".txt")

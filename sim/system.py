@@ -396,3 +396,15 @@ def _connect_groups(graph: nx.Graph, groups: list[list[int]], ports_per_chip: in
                     groups[g][((d - 1) * k + t) % size],
                     groups[h][((back - 1) * k + t) % size],
                 )
+
+
+def default_system(chips: int, hw: HardwareConfig) -> System:
+    """The system a mapping onto `chips` chips gets unless one is given: Groq's wiring where the
+    chip has its links (NODE_CHIPS - 1 + RACK_LINKS_PER_CHIP + DRAGONFLY_LINKS_PER_CHIP), else
+    every chip linked to every other where the links allow, else a ring."""
+    chips = _count("chips", chips)
+    if hw.c2c_links >= NODE_CHIPS - 1 + RACK_LINKS_PER_CHIP + DRAGONFLY_LINKS_PER_CHIP:
+        return groq_system(chips, hw)
+    if chips - 1 <= hw.c2c_links:
+        return fully_connected(chips, hw)
+    return ring(chips, hw)

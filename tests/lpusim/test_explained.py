@@ -18,7 +18,7 @@ def test_estimate_and_compare_share_one_default_context():
     df = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"])
     assert df.attrs["context"] == checks.DEFAULT_CONTEXT
     chips = int(df[df["kind"] == "lpu"]["devices"].iloc[0])
-    with pytest.raises(ModelTooLarge, match=f"needs at least {chips} chips"):
+    with pytest.raises(ModelTooLarge, match=f"on {chips} chips of groq-tsp-v1"):
         lpusim.estimate("llama2-70b", "groq-tsp-v1")  # no context: the same default
 
 

@@ -1,0 +1,237 @@
+"""Pipeline parallelism: a decode step's layers in stages on consecutive chips.
+
+Stage s runs on chip s: its layers (and, on the last, the head) as one single-chip Program,
+compiled once for every stage of the same shape. Its output x goes to the next stage over the
+system's C2C links as scheduled transfers:
+
+    chip s      READ x[k] -> stream, SEND on a link to the next chip on the path   (after its step)
+    relay chip  RECV -> stream -> SEND on the next link, one cycle later
+    chip s + 1  RECV -> stream -> WRITE into its x[k]                    (before its step starts)
+
+Vector k goes on link k mod (links between the two chips) of each hop, on a stream of its own
+per link, one SEND a cycle per chip and a link's vectors `c2c` cycles apart (sim/isa.py SEND).
+A chip is idle while it forwards or receives (the step is one token: stage s + 1 waits for stage
+s), so only the transfers themselves can meet, and they are placed around each other here. Stage
+s + 1 starts when its last x vector has landed; the chips run in lockstep from cycle 0, and the
+simulator checks every transfer (link occupancy, arrival before RECV, receive slots) as it does
+every other resource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+
+from compiler.codegen.fetch import plan_fetches
+from sim.hardware import HardwareConfig
+from sim.icu import encode
+from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
+from sim.program import Program, Symbol
+from sim.system import System
+
+LAYER_NAME = re.compile(r"^(params/layers/|cache/[kv]/)(\d+)(.*)$")
+
+
+def pipeline(system: System, stages: list[Program], first_layers: list[int], meta: dict):
+    """One Program for stage s's Program on chip s (its layers numbered from first_layers[s])."""
+    hw = system.hw
+    paths = [system.path(s, s + 1) for s in range(len(stages) - 1)]
+    chips = max([len(stages), *(max(p) + 1 for p in paths)])  # the stages' and the relays'
+    links = _links(system, chips)
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for i, (a, b) in enumerate(links.tolist()):
+        by_pair.setdefault((min(a, b), max(a, b)), []).append(i)
+    book = _Book(hw)
+    parts, cycles, syms, consts, tables, sources = [], [], [], {}, [], []
+    table_base = src_base = 0
+    start = 0
+    stage_meta = []
+    for s, prog in enumerate(stages):
+        keep = prog.instrs["op"] != int(Op.IFETCH)  # planned again over the whole chip's queues
+        ins = prog.instrs[keep].copy()
+        ins["chip"] = s
+        permute = ins["op"] == int(Op.PERMUTE)
+        ins["table"][permute] += table_base
+        ins["src"][ins["src"] >= 0] += src_base
+        parts.append(ins)
+        cycles.append(prog.predicted[keep] + start)
+        tables.append(prog.tables)
+        sources += prog.sources
+        table_base, src_base = table_base + len(prog.tables), src_base + len(prog.sources)
+        for sym in prog.symbols:
+            named = _global_symbol(sym, s, first_layers[s], last=s == len(stages) - 1)
+            if named is None:
+                continue
+            syms.append(named)
+            if sym.kind == "const":
+                consts[named.name] = prog.consts[sym.name]
+        end = start + prog.predicted_cycles
+        stage_meta.append({"chip": s, "first_cycle": start, "cycles": prog.predicted_cycles})
+        if s + 1 < len(stages):
+            path = paths[s]
+            hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
+            src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
+            recs, landed = book.transfer(path, hops, links, src, dst, end)
+            parts.append(make_instrs(recs))
+            cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+            start = landed
+        meta_end = end
+    ins, cyc = np.concatenate(parts), np.concatenate(cycles)
+    data_words = max(_data_words(p) for p in stages)
+    ins, cyc, words = plan_fetches(hw, ins, cyc, data_words, _fetch_source(stages[0]))
+    ins, cyc = encode(ins, cyc)
+    return Program(
+        hw=hw,
+        instrs=ins,
+        predicted=cyc,
+        tables=np.concatenate(tables) if tables else np.zeros((0, hw.lanes), np.int32),
+        symbols=tuple(syms),
+        consts=consts,
+        sources=tuple(sources),
+        predicted_cycles=int(meta_end),
+        words_used=words,
+        chips=chips,
+        links=links,
+        meta={**meta, "stages": stage_meta, "topology": system.describe()},
+    )
+
+
+def _x(prog: Program, kind: str) -> Symbol:
+    return next(s for s in prog.symbols if s.name == "x" and s.kind == kind)
+
+
+def _links(system: System, chips: int) -> np.ndarray:
+    """(links, 2): every physical link among chips 0..chips-1 as (chip a, chip b), a < b, parallel
+    links one row each."""
+    rows = []
+    for a, b, data in sorted(system.graph.edges(data=True)):
+        if max(a, b) < chips:
+            rows += [(min(a, b), max(a, b))] * int(data.get("links", 1))
+    return np.array(rows, np.int32).reshape(-1, 2)
+
+
+def _global_symbol(sym: Symbol, chip: int, first_layer: int, last: bool) -> Symbol | None:
+    """A stage's symbol on its chip, its layers numbered from `first_layer`; None for what only
+    the chip itself handles: an x that a transfer brings in or takes out between stages."""
+    if sym.name == "x" and (sym.kind == "input" and chip > 0 or sym.kind == "output" and not last):
+        return None
+    name = sym.name
+    m = LAYER_NAME.match(name)
+    if m is not None:
+        name = f"{m.group(1)}{int(m.group(2)) + first_layer}{m.group(3)}"
+    if sym.kind == "const":
+        name = f"chip{chip}/{name}"
+    return replace(sym, name=name, chip=chip)
+
+
+def _data_words(prog: Program) -> int:
+    """Words below a stage's instruction image (where its IFETCHes read), or all it uses."""
+    fetch = prog.instrs["op"] == int(Op.IFETCH)
+    return int(prog.instrs["addr"][fetch].min()) if fetch.any() else prog.words_used
+
+
+def _fetch_source(prog: Program) -> int:
+    """The source index the compiler gives instruction fetches (the last of a stage's)."""
+    return len(prog.sources) - 1
+
+
+class _Book:
+    """What the transfers hold, by absolute cycle: dispatch slots of each (chip, queue), SRAM
+    ports of each (chip, slice, kind), each link direction's next free cycle, receive slots."""
+
+    def __init__(self, hw: HardwareConfig) -> None:
+        self.hw = hw
+        self.used: Counter = Counter()
+        self.free: dict[tuple[int, int], int] = {}  # (link, from chip) -> next free cycle
+        self.slot: Counter = Counter()  # (link, to chip) -> vectors sent so far
+
+    def ok(self, key: tuple, t: int, cap: int = 1) -> bool:
+        return self.used[(*key, t)] < cap
+
+    def take(self, key: tuple, t: int) -> None:
+        self.used[(*key, t)] += 1
+
+    def transfer(self, path, hops, links, src: Symbol, dst: Symbol, t0: int):
+        """Records moving src's vectors (on chip path[0]) into dst's (on path[-1]) from t0, and
+        the cycle the last has landed."""
+        hw = self.hw
+        c2c, q = hw.c2c_position, queue_c2c(hw)
+        rl, wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
+        width = DTYPE_BYTES[DTYPE_BY_NAME[src.dtype]]
+        dtype = int(DTYPE_BY_NAME[src.dtype])
+        c = link_cycles(hw, width)  # cycles a vector holds a link direction
+        recs, landed = [], t0
+        for k in range(len(src.vids)):
+            lanes = [hop[k % len(hop)] for hop in hops]
+            stream_in = (k % len(hops[0])) * width % hw.streams_per_direction
+            # chip path[0]: READ, then SEND when the vector passes the C2C unit
+            g, a = int(src.slices[k]), int(src.addrs[k])
+            dist = abs(hw.slice_position(g) - c2c)
+            sd = (0 if c2c >= hw.slice_position(g) else 1) * hw.streams_per_direction + stream_in
+            e = max(t0 + rl + dist, self.free.get((lanes[0], path[0]), 0))
+            while not (
+                self.ok((path[0], q), e)
+                and self.ok((path[0], g), e - rl - dist)
+                and all(
+                    self.ok((path[0], "rd", g + m), e - rl - dist, hw.mem_read_ports_per_slice)
+                    for m in range(width)
+                )
+            ):
+                e += 1
+            r = e - rl - dist
+            self.take((path[0], g), r)
+            for m in range(width):
+                self.take((path[0], "rd", g + m), r)
+            self.take((path[0], q), e)
+            recs.append(dict(op=Op.READ, chip=path[0], queue=g, slice=g, addr=a, sd=sd,
+                             vid=int(src.vids[k]), dtype=dtype, cycle=r))  # fmt: skip
+            vid, got = int(dst.vids[k]), int(src.vids[k])
+            t, on = e, sd
+            for h, (u, v) in enumerate(zip(path, path[1:], strict=False)):
+                link = lanes[h]
+                slot = self.slot[(link, v)] % hw.c2c_buffer_vectors
+                self.slot[(link, v)] += 1
+                recs.append(dict(op=Op.SEND, chip=u, queue=q, table=link, s0=on, in0=got,
+                                 vid=vid, addr=slot, dtype=dtype, cycle=t))  # fmt: skip
+                self.free[(link, u)] = t + c
+                arrive = t + hw.c2c_latency_cycles + c
+                last = v == path[-1]
+                on = (k % len(hops[h])) * width % hw.streams_per_direction
+                if last:
+                    gd, ad = int(dst.slices[k]), int(dst.addrs[k])
+                    p = hw.slice_position(gd)
+                    on += (0 if p >= c2c else 1) * hw.streams_per_direction
+                    back = 1 + abs(p - c2c)  # RECV to the WRITE where the vector passes
+                    tr = arrive
+                    while not (
+                        self.ok((v, q), tr)
+                        and self.ok((v, gd), tr + back)
+                        and all(
+                            self.ok((v, "wr", gd + m), tr + back, hw.mem_write_ports_per_slice)
+                            for m in range(width)
+                        )
+                    ):
+                        tr += 1
+                    self.take((v, q), tr)
+                    self.take((v, gd), tr + back)
+                    for m in range(width):
+                        self.take((v, "wr", gd + m), tr + back)
+                    recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
+                                     vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
+                    recs.append(dict(op=Op.WRITE, chip=v, queue=gd, slice=gd, addr=ad, s0=on,
+                                     vid=vid, dtype=dtype, cycle=tr + back))  # fmt: skip
+                    landed = max(landed, tr + back + wl)
+                else:  # a relay: RECV, and SEND on the next link where the vector passes
+                    nxt = lanes[h + 1]
+                    tr = max(arrive, self.free.get((nxt, v), 0) - 1)
+                    while not (self.ok((v, q), tr) and self.ok((v, q), tr + 1)):
+                        tr += 1
+                    self.take((v, q), tr)
+                    self.take((v, q), tr + 1)
+                    recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
+                                     vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
+                    t, got = tr + 1, vid
+        return recs, landed
