@@ -70,7 +70,11 @@ def check_model_fits(
 
     fm.check_weights(weights)
     with_head = layers is None if head is None else head
-    pos, context, layers = fm.resolve_step(cfg, pos=pos, context=context, layers=layers)
+    head_only = layers == 0 and with_head  # a pipeline's last stage may hold the head alone
+    pos, context, layers = fm.resolve_step(
+        cfg, pos=pos, context=context, layers=None if head_only else layers
+    )
+    layers = 0 if head_only else layers
     specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers, head=with_head)
     _check_args_fit(specs, frozenset({"params"}), hw, chips)
     return pos, context, layers
@@ -211,7 +215,7 @@ def compile_model(
     layer_blocks = [
         scheduled("layer", vp_layer, lay.layer_placement(shift), lay.layer_pins(shift), stage)
         for shift, stage in (
-            [(0, "schedule layer")]
+            [(0, "schedule layer")] * min(layers, 1)
             if replay
             else [(l * lay.band_words, f"schedule layer {l}") for l in range(layers)]
         )
@@ -233,41 +237,43 @@ def compile_model(
 def compile_mapped(
     cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
 ) -> Program:
-    """One decode step on several chips: the layers in pipeline stages, one a chip, each stage
-    compiled once per shape (stages of the same number of layers share their Program)."""
+    """One decode step on several chips: pipeline stages, one a chip, as partition.fit splits
+    the layers and the head by their bytes; stages of one shape (layers, head) share one
+    compiled Program."""
     from compiler.codegen.pipeline import pipeline
-    from compiler.passes.partition import Mapping, check, stage_blocks
+    from compiler.frontend import model as fm
+    from compiler.passes.partition import Mapping, fit
     from sim.system import default_system
 
     mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
     mapping = mapping or Mapping(pp=chips)
     if mapping.chips != chips:
         raise LpuError(f"mapping {mapping} uses {mapping.chips} chips; chips={chips}")
-    check(mapping, cfg, chips)
+    if layers is not None:
+        raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
+    _, context, _ = fm.resolve_step(cfg, pos=kw.get("pos"), context=kw.get("context"), layers=None)
+    plan = fit(mapping, cfg, hw, context, kw.get("weights", "native"))  # checks it against cfg
     if mapping.tp > 1 or mapping.ep > 1:
         raise LpuError(
             f"mapping {mapping}: tensor and expert parallelism do not compile yet; use pp={chips}"
         )
-    if layers is not None:
-        raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
+    plan.check()  # every stage's chip holds its share
     system = default_system(chips, hw) if system is None else system
     if system.chips < chips:
         raise LpuError(f"the system has {system.chips} chips; mapping {mapping} needs {chips}")
-    if chips > cfg.n_layers:
-        raise LpuError(f"pp={chips} exceeds the {cfg.n_layers} layers of {cfg.name!r}")
-    runs = stage_blocks([1] * cfg.n_layers, chips)
     shapes: dict[tuple[int, bool], Program] = {}
     stages = []
-    for s, run in enumerate(runs):
-        key = (len(run), s == len(runs) - 1)
+    for st in plan.stages:
+        key = (len(st.layers), st.head)
         if key not in shapes:
             shapes[key] = compile_model(
-                cfg, hw, layers=len(run), head=key[1], progress=progress, **kw
+                cfg, hw, layers=key[0], head=key[1], progress=progress, **kw
             )
         stages.append(shapes[key])
     meta = {**stages[-1].meta, "layers": cfg.n_layers, "mapping": str(mapping),
-            "stage_layers": [len(r) for r in runs], "shared_programs": len(shapes)}  # fmt: skip
-    return pipeline(system, stages, [r.start for r in runs], meta)
+            "stage_layers": [len(st.layers) for st in plan.stages],
+            "shared_programs": len(shapes)}  # fmt: skip
+    return pipeline(system, stages, [st.layers.start for st in plan.stages], meta)
 
 
 def _accumulators(hw: HardwareConfig, accumulate: bool) -> Accumulators | None:

@@ -39,9 +39,11 @@ from sim.isa import (
 
 
 def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: int):
-    """(slices, cycles) int: the read ports the chip's READs hold, each repetition."""
-    end = int(cycles.max()) + 2 if len(cycles) else 2
-    sel = (ins["op"] == int(Op.READ)) & (ins["chip"] == chip)
+    """(slices, cycles) int: the read ports the chip's READs hold, each repetition, from cycle
+    0 to the chip's last instruction (beyond it every port is idle)."""
+    mine = ins["chip"] == chip
+    end = int(cycles[mine].max()) + 2 if mine.any() else 2
+    sel = (ins["op"] == int(Op.READ)) & mine
     r, t0 = ins[sel], cycles[sel]
     i, j = repetitions(r)
     t = t0[i] + j * periods(r)[i]
@@ -67,15 +69,17 @@ def plan_fetches(
     order = np.lexsort((np.arange(len(ins)), cycles, key))
     starts = np.searchsorted(key[order], qkeys)
     ports: dict[int, np.ndarray] = {}
-    image = np.full(hw.mem_slices, words, np.int64)  # next free word per slice
+    images: dict[int, np.ndarray] = {}  # per chip: the next free word of each slice
     records = []
     for qk, lo, n in zip(qkeys.tolist(), starts.tolist(), sizes.tolist(), strict=True):
         if n <= cap:
             continue
         chip, q = qk >> 20, qk - (qk >> 20 << 20)
         if chip not in ports:
+            ports.clear()  # queues come chip by chip: one chip's ports at a time
             ports[chip] = _read_ports(hw, ins, cycles, chip)
-        busy = ports[chip]
+            images[chip] = np.full(hw.mem_slices, words, np.int64)
+        busy, image = ports[chip], images[chip]
         c = cycles[order[lo : lo + n]]
         width = issue_width(hw, q)
         used = Counter(c.tolist())
@@ -115,9 +119,10 @@ def plan_fetches(
                     f"({hw.icu_instruction_bytes})"
                 )
             pos, prev = pos + 1, d
-    if int(image.max()) > hw.words_per_slice:
+    top = max((int(image.max()) for image in images.values()), default=words)
+    if top > hw.words_per_slice:
         raise ModelTooLarge(
-            f"the instruction image needs {int(image.max()) - words} more words per slice above "
+            f"the instruction image needs {top - words} more words per slice above "
             f"the {words} in use; a slice of {hw.name} has {hw.words_per_slice}"
         )
     if not records:
@@ -127,7 +132,7 @@ def plan_fetches(
     return (
         np.concatenate([ins, extra]),
         np.concatenate([cycles, extra_cycles]),
-        max(words, int(image.max())),
+        max(words, top),
     )
 
 

@@ -191,12 +191,15 @@ def model_instances(
 ) -> list[Instance]:
     """Layer 0..L-1 (block 0 replayed, or each layer's own block) then the head (if any; else the
     last layer's x is the output), with the lookup tables that chain x from block to block."""
-    vp = layer_blocks[0].vp
-    V = len(vp.dtypes)
-    x_in, x_out = vp.symbol("x", "input").vids, vp.symbol("x", "output").vids
-    consts = np.concatenate([s.vids for s in vp.symbols if s.kind == "const"] + [np.zeros(0, int)])
-    band = (lay.band_lo, lay.band_lo + lay.band_words)
-    instances, lut = [], None
+    instances, lut, V, tile_span = [], None, 0, 0
+    if layer_blocks:
+        vp = layer_blocks[0].vp
+        V, tile_span = len(vp.dtypes), vp.tile_span()
+        x_in, x_out = vp.symbol("x", "input").vids, vp.symbol("x", "output").vids
+        consts = np.concatenate(
+            [s.vids for s in vp.symbols if s.kind == "const"] + [np.zeros(0, int)]
+        )
+        band = (lay.band_lo, lay.band_lo + lay.band_words)
     for l in range(lay.layers):
         block = layer_blocks[0] if replay else layer_blocks[l]
         new = np.arange(V, dtype=np.int64) + l * V
@@ -218,21 +221,20 @@ def model_instances(
                 rename[key] = "x"  # the program's input x, and its output when there is no head
         shift = l * lay.band_words if replay else 0
         label = f"layer {l}" + (" (replay of layer 0)" if replay and l else "")
-        instances.append(
-            Instance(block, lut, shift, band, label, rename, aux_base=l * vp.tile_span())
-        )
+        instances.append(Instance(block, lut, shift, band, label, rename, aux_base=l * tile_span))
     if head is None:
         return instances
     hvp = head.vp
     hlut = np.arange(len(hvp.dtypes), dtype=np.int64) + lay.layers * V
-    hlut[hvp.symbol("x", "input").vids] = lut[x_out]
+    if lut is not None:  # the last layer's x; with no layer, the program's own input x
+        hlut[hvp.symbol("x", "input").vids] = lut[x_out]
     rename = {}
     for s in hvp.symbols:
         if s.kind == "const":
             rename[(s.name, s.kind)] = f"head/{s.name}"
-        elif s.name != "x":
+        elif s.name != "x" or (lut is None and s.kind == "input"):
             rename[(s.name, s.kind)] = s.name
     instances.append(
-        Instance(head, hlut, 0, (0, 0), "head", rename, aux_base=lay.layers * vp.tile_span())
+        Instance(head, hlut, 0, (0, 0), "head", rename, aux_base=lay.layers * tile_span)
     )
     return instances

@@ -114,7 +114,9 @@ def layout_blocks(
     band_names = {
         s.name for s in vp_layer.symbols if s.kind in ("param", "input") and s.name != "x"
     }
-    band = place_static(vp_layer, hw, band_names, next_addr, cursor).segments
+    band = []  # no layer (a pipeline stage of the head alone): no band
+    if layers:
+        band = place_static(vp_layer, hw, band_names, next_addr, cursor).segments
     band_words = int(next_addr.max()) - band_lo
     top = band_lo + layers * band_words
     if top > hw.words_per_slice:
