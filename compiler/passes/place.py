@@ -5,7 +5,8 @@ Vectors go in segments round-robin over the slice groups of their width, so the 
 sit in different slices and can be read in the same cycle. The rows one MXM vop installs (a tile,
 or a chain of K tiles accumulating in one plane) go whole to one hemisphere, the next vop's to the
 other, so that they reach an MXM plane on their own side without crossing the chip (the scheduler
-installs them on their side's planes where it can), from the slices next to the MXM inwards;
+installs them on their side's planes where it can), from the slices next to the MXM inwards
+(the first tile of an install-bound vop on each track from the nearest, both read ports of each);
 anything else alternates hemispheres segment by segment, from the VXM outwards, so that both
 stream directions into the VXM carry it.
 """
@@ -21,7 +22,7 @@ from compiler.ir.graph import Graph, Kind
 from compiler.ir.vector import VProgram
 from sim.errors import LpuError
 from sim.hardware import HardwareConfig
-from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES
+from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, matmul_period
 from sim.program import tensor_layout
 
 
@@ -165,7 +166,12 @@ def place_static(
                         cursor[(width, "vop")] = vop
                         cursor[(width, "track")] = _track(groups, tracks, width, next_addr, cursor)
                     own = _track_groups(groups, tracks, *cursor[(width, "track")])
-                    g = own[int(np.argmin(_fill(next_addr, own, width)))]
+                    fill = _fill(next_addr, own, width)
+                    if r0 % hw.lanes == 0:  # a tile's first segment
+                        nearest = not fill.any() and installs_bind(vp.ops[vop], vp, hw)
+                        cursor[(width, "first")] = _first_tile_groups(own, hw) if nearest else []
+                    first = cursor[(width, "first")]
+                    g = first.pop(0) if first else own[int(np.argmin(fill))]
                 a = int(next_addr[g : g + width].max())
                 _check_room(a + n, g, hw)
                 next_addr[g : g + width] = a + n
@@ -198,6 +204,23 @@ def _chunks(rows: int, hw: HardwareConfig) -> list[tuple[int, int]]:
         c = -(-n // hw.mxm_install_vectors_per_cycle)
         out += [(r0, min(c, t0 + n - r0)) for r0 in range(t0, t0 + n, c)]
     return out
+
+
+def installs_bind(op, vp: VProgram, hw: HardwareConfig) -> bool:
+    """Whether an MXM vop's MATMULs take less time than a tile's install: then installs set
+    its pace (the scheduler places such MATMULs after the installs around them)."""
+    return op.n * matmul_period(hw, DTYPE_BYTES[vp.dtypes[op.ins[0]]]) < chunk_vectors(hw)
+
+
+def _first_tile_groups(own: list[int], hw: HardwareConfig) -> list[int]:
+    """Groups of the segments of the first tile on an empty track: the nearest the MXM, each
+    as many times as a slice has read ports. A plane's install ports start when their first
+    segments arrive, and that spread of start times lasts to its last tile, so the first tile
+    comes from as near as the read ports allow (on groq-tsp-v1 the 8 segments from 4 groups,
+    12 positions apart at most instead of 28)."""
+    reads = hw.mem_read_ports_per_slice
+    segments = hw.mxm_install_vectors_per_cycle  # a whole tile's (`_chunks`)
+    return [g for g in own[: -(-segments // reads)] for _ in range(reads)]
 
 
 def _track_groups(groups, tracks: int, side: int, track: int) -> list[int]:

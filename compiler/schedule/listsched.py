@@ -12,7 +12,8 @@ instructions that repeat n times, one vector per cycle, as the TSP's Repeat does
   (or the slice group an output is pinned to).
 
 An MXM vop installs its weight tile as parallel INSTALL pieces (one per stored segment of rows, up
-to the plane's install width at once) and then streams its inputs through it.
+to the plane's install width at once) and then streams its inputs through it; where installs bind,
+its MATMULs are placed later, when the tile's buffer is wanted again (`_Scheduler.place_mxm`).
 
 Every resource is a capacity-one timeline of busy intervals (`Busy`): a port or unit by cycle, a
 queue's dispatch slots by cycle (an instruction holds one for the cycle it dispatches: the ICU
@@ -47,7 +48,7 @@ from itertools import chain
 import numpy as np
 
 from compiler.ir.vector import Selection, VOp, VProgram
-from compiler.passes.place import Placement, chunk_vectors, slice_groups
+from compiler.passes.place import Placement, chunk_vectors, installs_bind, slice_groups
 from sim.errors import ScheduleError
 from sim.hardware import HardwareConfig
 from sim.isa import (
@@ -184,6 +185,18 @@ class Flow:
     reach: int
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """An installed tile whose MATMULs are still to be placed (`place_mxm`)."""
+
+    op: VOp
+    plane: int
+    buffer: int
+    x: np.ndarray  # the input vids streamed through it
+    tile: tuple  # (extent, count, tile id, accumulator flags, K tile index): matmuls' `tile`
+    ready: int  # the cycle the tile is installed
+
+
 @dataclass
 class Schedule:
     records: list[dict]  # instruction records; READ/WRITE carry `_copy` and `_off` until placed
@@ -252,6 +265,7 @@ class _Scheduler:
             (p, b): 0 for p in range(hw.mxm_planes) for b in range(hw.mxm_weight_buffers)
         }
         self.acc_free = [0] * hw.mxm_planes  # the cycle after a plane's last accumulating MATMUL
+        self.pending: list[_Pending] = []  # installed tiles' MATMULs not yet placed (place_mxm)
         self.groups = {w: slice_groups(hw, w) for w in (1, 2, 4)}
         self.rl, self.wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
         self.S = hw.streams_per_direction
@@ -792,10 +806,12 @@ class _Scheduler:
             out += [(j0 + a, x0 + a, b - a) for a, b in zip(cuts, cuts[1:], strict=False)]
         return out
 
-    def place_mxm(self, op: VOp) -> None:
+    def place_mxm(self, op: VOp) -> list[VOp]:
         """An MXM vop: per K tile (one, or a chain accumulating in the plane), its rows
         installed into the next weight buffer, then the inputs streamed through; a chain's tiles
-        keep their partial sums in the plane's accumulator, and only the last puts results out."""
+        keep their partial sums in the plane's accumulator, and only the last puts results out.
+        Where installs bind (`installs_bind`), the last tile's MATMULs wait (`pending`) until
+        its buffer is wanted again or nothing else is ready. Returns the vops now finished."""
         hw = self.hw
         _, sel = self.real(int(op.rows[0]))  # a tile's rows are one column of one choice, or none
         rows = op.rows + (sel.offset if sel is not None else 0)
@@ -810,10 +826,11 @@ class _Scheduler:
             return (self.plane_free[pb] + (far if side != home else 0), pb[1], pb[0])
 
         plane, buffer = min(self.plane_free, key=cost)
+        tiles = op.chain or ((len(op.rows), op.count),)
+        # A chain's first MATMULs use the accumulator: every MATMUL before them goes first.
+        done = self.flush(plane, buffer if len(tiles) == 1 else None)
         ins = np.asarray(op.ins, np.int64)
         assert self.real(int(ins[0]))[1] is None, "a chosen unit streamed through the MXM"
-        tiles = op.chain or ((len(op.rows), op.count),)
-        after = self.acc_free[plane]  # the plane's accumulator is free from here
         r0 = 0
         for k, (extent, count) in enumerate(tiles):
             b = (buffer + k) % hw.mxm_weight_buffers
@@ -821,10 +838,47 @@ class _Scheduler:
             ready = self.install(op, plane, b, rows[r0 : r0 + extent], aux, sel)
             acc = (FLAG_ACC_IN if k else 0) | (FLAG_ACC_OUT if k < len(tiles) - 1 else 0)
             x = ins[k * op.n : (k + 1) * op.n]
-            after = self.matmuls(op, plane, b, x, (extent, count, aux, acc, k), max(ready, after))
-            self.plane_free[(plane, b)] = after
+            job = _Pending(op, plane, b, x, (extent, count, aux, acc, k), ready)
+            if k == len(tiles) - 1 and installs_bind(op, self.vp, hw):
+                # Its few inputs take single diagonals of the streams that installs fill
+                # end to end: placed after the installs around them, they take a diagonal where
+                # one install ends instead of cutting into the runs of those not yet placed
+                # (measured on groq-tsp-v1: a 2560 x 2560 FP16 matrix-vector product's planes
+                # finish installing at 677 and 681 instead of 687 and 705).
+                self.pending.append(job)
+                span = op.n * matmul_period(hw, self.width(int(x[0])))
+                start = max(ready, self.acc_free[plane])
+                self.plane_free[(plane, b)] = start + span  # a guess, until they are placed
+                return done
+            self.run_matmuls(job)
             r0 += extent
-        self.acc_free[plane] = after
+        return done + [op]
+
+    def run_matmuls(self, job: _Pending) -> None:
+        op, plane, b = job.op, job.plane, job.buffer
+        after = self.matmuls(op, plane, b, job.x, job.tile, max(job.ready, self.acc_free[plane]))
+        self.plane_free[(plane, b)] = self.acc_free[plane] = after
+
+    def flush(self, plane: int | None = None, buffer: int | None = None) -> list[VOp]:
+        """Place pending MATMULs, each plane's in order: `plane`'s up to the one on `buffer`
+        (none, if no pending one is on it) or all of them (`buffer` None); or every plane's
+        (`plane` None), the soonest ready first. The vops they finish."""
+        if buffer is not None and all(j.buffer != buffer for j in self.pending if j.plane == plane):
+            return []
+        done = []
+        while True:
+            heads: dict[int, _Pending] = {}
+            for j in self.pending:
+                if plane is None or j.plane == plane:
+                    heads.setdefault(j.plane, j)
+            if not heads:
+                return done
+            job = min(heads.values(), key=lambda j: (j.ready, j.plane))
+            self.pending.remove(job)
+            self.run_matmuls(job)
+            done.append(job.op)
+            if buffer is not None and job.buffer == buffer:
+                return done
 
     def install(self, op: VOp, plane: int, buffer: int, rows, aux: int, sel) -> int:
         """INSTALL a tile's rows into (plane, buffer); the cycle it is ready."""
@@ -1001,20 +1055,25 @@ def schedule(
     heapq.heapify(heap)
     done = 0
     every = max(1, len(vp.ops) // 50)
-    while heap:
-        _, i = heapq.heappop(heap)
-        op = vp.ops[i]
-        if op.unit == Unit.MXM:
-            s.place_mxm(op)
+    while heap or s.pending:
+        if not heap:
+            finished = s.flush()
         else:
-            s.place_simple(op)
-        done += 1
-        if progress is not None and done % every == 0:
-            progress(done / len(vp.ops))
-        for u in users[i]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(heap, (-prio[u], u))
+            _, i = heapq.heappop(heap)
+            op = vp.ops[i]
+            if op.unit == Unit.MXM:
+                finished = s.place_mxm(op)
+            else:
+                s.place_simple(op)
+                finished = [op]
+        for op in finished:
+            done += 1
+            if progress is not None and done % every == 0:
+                progress(done / len(vp.ops))
+            for u in users[op.id]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    heapq.heappush(heap, (-prio[u], u))
     assert done == len(vp.ops), "the vector program has a cycle"
     _drop_unread_writes(vp, s)
     lat = {op: latency(hw, op) for op in Op}
