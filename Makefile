@@ -35,6 +35,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/compile_speed.py --small
 	$(BIN)/python benchmarks/roofline.py --small
 	$(BIN)/python benchmarks/sram_bandwidth.py --small
+	$(BIN)/python benchmarks/scale.py --small
 	$(BIN)/python benchmarks/sweep_speed.py --small
 
 lint: $(VENV)/.installed-dev
@@ -45,6 +46,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/compile_speed.py
 	$(BIN)/python benchmarks/roofline.py
 	$(BIN)/python benchmarks/sram_bandwidth.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/sweep_speed.py
 
 # Opens the teaching and research notebooks in JupyterLab (installs the `notebooks` extra once).

@@ -80,6 +80,10 @@ class Estimate:
     bound_by: str  # what sets it: mxm_install, sram_read, streams, dependency, ...
     bound_fraction: float  # bound / simulated cycles: how close the schedule comes
     bounds: dict[str, int] = field(default_factory=dict)  # every lower bound, cycles
+    # Along the token's critical path, cycles: on chip (the stages in turn) and between chips
+    # (a stage's x crossing the links to the next); one chip: all on chip.
+    time_breakdown: dict[str, int] = field(default_factory=dict)
+    link_bytes: int = 0  # bytes sent over every chip-to-chip link
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +101,10 @@ class Estimate:
                 ("cycles per token", self.cycles_per_token),
                 ("seconds per token", self.seconds_per_token),
                 ("tokens/s (one user)", self.tokens_per_s),
+                (
+                    "time along the critical path",
+                    ", ".join(f"{k} {v:,} cycles" for k, v in self.time_breakdown.items()),
+                ),
                 ("bytes read per token", self.bytes_read),
                 ("SRAM in use (bytes)", self.sram_bytes_used),
                 ("SRAM high-water (bytes)", self.sram_high_water_bytes),
@@ -122,9 +130,14 @@ def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
             plan = auto_mapping(cfg, hw, context, weights)
         except LpuError:  # no mapping holds it: the plain error says how much it needs
             raise e from None
+        m = plan.mapping
+        how = (
+            f"compile it with chips={m.chips} (--chips {m.chips})"
+            if m.tp == 1 and m.ep == 1
+            else "tensor and expert parallelism do not compile yet"
+        )
         raise ModelTooLarge(
-            f"{e}. Mapped onto the fewest chips that hold it: {plan}. Simulating several chips "
-            "is not implemented yet"
+            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {how}"
         ) from None
 
 
@@ -198,7 +211,19 @@ def estimate(
         bound_by=b.binding,
         bound_fraction=b.fraction(result.cycles),
         bounds=b.terms,
+        time_breakdown=time_breakdown(program, result.cycles),
+        link_bytes=int(result.link_bytes.sum()),
     )
+
+
+def time_breakdown(program: Program, cycles: int) -> dict[str, int]:
+    """Cycles of one token on chip and between chips: a pipeline's stages run in turn, each
+    starting once the previous stage's x has crossed the links (Program.meta["stages"])."""
+    stages = program.meta.get("stages")
+    if not stages:
+        return {"on chip": cycles, "chip to chip": 0}
+    on_chip = sum(s["cycles"] for s in stages)
+    return {"on chip": on_chip, "chip to chip": cycles - on_chip}
 
 
 # --- validate -------------------------------------------------------------------------------------

@@ -290,10 +290,11 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
         why.append(f"needs {chips} chips; {devices} hold too little SRAM")
     elif devices is not None and devices > 1:
         why.append(
-            f"{devices} chips asked (needs {chips}); multi-chip simulation not implemented yet"
+            f"{devices} chips asked (needs {chips}); compare simulates one chip (estimate "
+            "--chips compiles pipeline stages)"
         )
     elif chips > 1:
-        why.append(f"needs {chips} chips{mapped}; multi-chip simulation not implemented yet")
+        why.append(f"needs {chips} chips{mapped}; tensor and expert parallelism do not compile yet")
     if batch != 1:
         why.append(f"batch {batch}: only batch-1 decode programs compile yet")
     if why:

@@ -18,7 +18,8 @@ Both the stream cuts and the dependency chain match each taken vector to the put
 the simulator does (the nearest put upstream on its diagonal), from each instruction's first
 repetition: the compiler streams a run from one run.
 
-The largest is the step's bound; `bound / simulated cycles` says how close the schedule comes.
+Each resource term is the busiest chip's (every chip has its own units, ports and streams); the
+dependency chain runs across chips, through their transfers. The largest is the step's bound; `bound / simulated cycles` says how close the schedule comes.
 """
 
 from __future__ import annotations
@@ -77,16 +78,21 @@ def put_words(ins: np.ndarray) -> np.ndarray:
     return np.where(ins["op"] == int(Op.MATMUL), F32, w)
 
 
-def matmul_cycles(program: Program) -> int:
+def matmul_cycles(ins: np.ndarray) -> int:
     """Compute-pipeline cycles of every MATMUL repetition: one per INT8 input, more per wider
     (its period, as the compiler streams them; at least the machine's rate)."""
-    ins = program.instrs
     mm = ins[ins["op"] == int(Op.MATMUL)]
     return int((mm["repeat"].astype(np.int64) * periods(mm)).sum())
 
 
 def resource_bounds(program: Program) -> dict[str, int]:
-    hw, ins = program.hw, program.instrs
+    """Each unit kind's work over its units, on the busiest chip (every chip has its own)."""
+    chips = program.instrs["chip"]
+    per_chip = [_chip_bounds(program.hw, program.instrs[chips == c]) for c in np.unique(chips)]
+    return {k: max(b[k] for b in per_chip) for k in per_chip[0]} if per_chip else {}
+
+
+def _chip_bounds(hw, ins: np.ndarray) -> dict[str, int]:
     op = ins["op"].astype(np.int64)
     reps = ins["repeat"].astype(np.int64)
     width = put_words(ins)
@@ -97,22 +103,17 @@ def resource_bounds(program: Program) -> dict[str, int]:
     per_unit = UNIT_LUT[op]
     reads = int((reps * width)[op == int(Op.READ)].sum())
     writes = int((reps * width)[op == int(Op.WRITE)].sum())
-    chips = max(program.chips, 1)
 
     def ceil(a: int, b: int) -> int:
         return -(-a // b)
 
     return {
-        "mxm_install": ceil(
-            events(Op.INSTALL), chips * hw.mxm_planes * hw.mxm_install_vectors_per_cycle
-        ),
-        "mxm_compute": ceil(matmul_cycles(program), chips * hw.mxm_planes),
-        "sram_read": ceil(reads, chips * hw.mem_slices * hw.mem_read_ports_per_slice),
-        "sram_write": ceil(writes, chips * hw.mem_slices * hw.mem_write_ports_per_slice),
-        "vxm": ceil(int(reps[per_unit == int(Unit.VXM)].sum()), chips * hw.vxm_alus),
-        "sxm": ceil(
-            int(reps[per_unit == int(Unit.SXM)].sum()), chips * 2 * hw.sxm_units_per_hemisphere
-        ),
+        "mxm_install": ceil(events(Op.INSTALL), hw.mxm_planes * hw.mxm_install_vectors_per_cycle),
+        "mxm_compute": ceil(matmul_cycles(ins), hw.mxm_planes),
+        "sram_read": ceil(reads, hw.mem_slices * hw.mem_read_ports_per_slice),
+        "sram_write": ceil(writes, hw.mem_slices * hw.mem_write_ports_per_slice),
+        "vxm": ceil(int(reps[per_unit == int(Unit.VXM)].sum()), hw.vxm_alus),
+        "sxm": ceil(int(reps[per_unit == int(Unit.SXM)].sum()), 2 * hw.sxm_units_per_hemisphere),
     }
 
 

@@ -195,7 +195,7 @@ CLI = [
     ),
     ("estimate layers 0", ["estimate", "--layers", "0"], "--layers: layers=0"),
     ("estimate layers 3", ["estimate", "--layers", "3"], "layers=3"),
-    ("estimate chips past layers", ["estimate", "--chips", "3"], "pp=3 exceeds the 2 layers"),
+    ("estimate chips past blocks", ["estimate", "--chips", "4"], "more than the 3 blocks"),
     (
         "estimate mapping tp",
         ["estimate", "--chips", "2", "--mapping", "tp=2"],
@@ -354,7 +354,7 @@ API = [
     ("estimate context float", lambda d: lpusim.estimate(context=2.5), "context=2.5"),
     ("estimate context bool", lambda d: lpusim.estimate(context=True), "not a bool"),
     ("estimate chips bool", lambda d: lpusim.estimate(chips=True), "chips=True"),
-    ("estimate chips past layers", lambda d: lpusim.estimate(chips=3), "pp=3 exceeds"),
+    ("estimate chips past blocks", lambda d: lpusim.estimate(chips=4), "pp=4"),
     ("estimate mapping int", lambda d: lpusim.estimate(chips=2, mapping=2), "mapping"),
     ("estimate layers float", lambda d: lpusim.estimate(layers=1.0), "layers=1.0"),
     ("estimate model int", lambda d: lpusim.estimate(model=3), "model=3"),
