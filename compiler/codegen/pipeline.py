@@ -46,10 +46,15 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         by_pair.setdefault((min(a, b), max(a, b)), []).append(i)
     book = _Book(hw)
     parts, cycles, syms, consts, tables, sources = [], [], [], {}, [], []
-    table_base = src_base = 0
-    start = 0
+    seen: dict[int, tuple[int, int]] = {}  # a shared stage Program's tables and sources, once
+    start = end = 0
     stage_meta = []
     for s, prog in enumerate(stages):
+        if id(prog) not in seen:
+            seen[id(prog)] = (sum(len(t) for t in tables), len(sources))
+            tables.append(prog.tables)
+            sources += prog.sources
+        table_base, src_base = seen[id(prog)]
         keep = prog.instrs["op"] != int(Op.IFETCH)  # planned again over the whole chip's queues
         ins = prog.instrs[keep].copy()
         ins["chip"] = s
@@ -58,9 +63,6 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         ins["src"][ins["src"] >= 0] += src_base
         parts.append(ins)
         cycles.append(prog.predicted[keep] + start)
-        tables.append(prog.tables)
-        sources += prog.sources
-        table_base, src_base = table_base + len(prog.tables), src_base + len(prog.sources)
         for sym in prog.symbols:
             named = _global_symbol(sym, s, first_layers[s], last=s == len(stages) - 1)
             if named is None:
@@ -74,11 +76,10 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
             path = paths[s]
             hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
             src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
-            recs, landed = book.transfer(path, hops, links, src, dst, end)
+            recs, landed = book.transfer(path, hops, src, dst, end)
             parts.append(make_instrs(recs))
             cycles.append(np.array([r["cycle"] for r in recs], np.int64))
             start = landed
-        meta_end = end
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
     data_words = max(_data_words(p) for p in stages)
     ins, cyc, words = plan_fetches(hw, ins, cyc, data_words, _fetch_source(stages[0]))
@@ -91,7 +92,7 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         symbols=tuple(syms),
         consts=consts,
         sources=tuple(sources),
-        predicted_cycles=int(meta_end),
+        predicted_cycles=int(end),
         words_used=words,
         chips=chips,
         links=links,
@@ -154,7 +155,7 @@ class _Book:
     def take(self, key: tuple, t: int) -> None:
         self.used[(*key, t)] += 1
 
-    def transfer(self, path, hops, links, src: Symbol, dst: Symbol, t0: int):
+    def transfer(self, path, hops, src: Symbol, dst: Symbol, t0: int):
         """Records moving src's vectors (on chip path[0]) into dst's (on path[-1]) from t0, and
         the cycle the last has landed."""
         hw = self.hw
