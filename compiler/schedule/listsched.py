@@ -130,6 +130,13 @@ class Busy:
     def add_union(self, t: int, n: int) -> None:
         """Make [t, t + n) busy, merging with whatever it overlaps or touches."""
         lo, hi = self.lo, self.hi
+        if not lo or t > hi[-1]:  # past everything (the common case at the frontier)
+            lo.append(t)
+            hi.append(t + n)
+            return
+        if t >= lo[-1]:  # overlaps or extends the last interval alone
+            hi[-1] = max(hi[-1], t + n)
+            return
         i = bisect_right(hi, t - 1)  # the first interval ending at or after t
         if i == len(lo) or lo[i] > t + n:  # overlaps and touches nothing: a plain insert
             self.add(t, n)
