@@ -130,15 +130,16 @@ def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
             plan = auto_mapping(cfg, hw, context, weights)
         except LpuError:  # no mapping holds it: the plain error says how much it needs
             raise e from None
-        m = plan.mapping
-        how = (
-            f"compile it with chips={m.chips} (--chips {m.chips})"
-            if m.tp == 1 and m.ep == 1
-            else "tensor and expert parallelism do not compile yet"
-        )
         raise ModelTooLarge(
-            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {how}"
+            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping)}"
         ) from None
+
+
+def mapping_advice(mapping) -> str:
+    """What to do with a mapping: compile it (pipeline stages alone) or wait (it splits layers)."""
+    if mapping.tp == 1 and mapping.ep == 1:
+        return f"compile it with chips={mapping.chips} (--chips {mapping.chips})"
+    return "tensor and expert parallelism do not compile yet"
 
 
 def estimate(

@@ -29,7 +29,7 @@ from compiler.frontend.model import decode_specs, resolve_model
 from compiler.passes.partition import auto_mapping
 from compiler.passes.place import stored_bytes
 from lpusim import checks
-from lpusim.api import _table, estimate
+from lpusim.api import _table, estimate, mapping_advice
 from models import ModelConfig, decode_step, embed, init_cache, init_params, param_count
 from sim.baselines import (
     FITTED,
@@ -282,8 +282,9 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
         try:
             plan = auto_mapping(cfg, hw, context, fmt)
             chips, mapped = plan.mapping.chips, f" ({plan.mapping}, fullest chip {plan.fullest})"
+            advice = mapping_advice(plan.mapping)
         except LpuError:
-            mapped = ""
+            mapped, advice = "", "no mapping holds it"
     row["devices"] = chips if devices is None else devices
     why = []
     if devices is not None and devices < chips:
@@ -294,7 +295,7 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
             "--chips compiles pipeline stages)"
         )
     elif chips > 1:
-        why.append(f"needs {chips} chips{mapped}; tensor and expert parallelism do not compile yet")
+        why.append(f"needs {chips} chips{mapped}; {advice}")
     if batch != 1:
         why.append(f"batch {batch}: only batch-1 decode programs compile yet")
     if why:
