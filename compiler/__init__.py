@@ -242,7 +242,7 @@ def compile_mapped(
     compiled Program."""
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
-    from compiler.passes.partition import Mapping, fit
+    from compiler.passes.partition import Mapping, check, fit
     from sim.system import default_system
 
     mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
@@ -259,8 +259,7 @@ def compile_mapped(
         )
     plan.check()  # every stage's chip holds its share
     system = default_system(chips, hw) if system is None else system
-    if system.chips < chips:
-        raise LpuError(f"the system has {system.chips} chips; mapping {mapping} needs {chips}")
+    check(mapping, cfg, system)  # the system has the chips
     shapes: dict[tuple[int, bool], Program] = {}
     stages = []
     for st in plan.stages:

@@ -134,6 +134,9 @@ class _Puts:
         if not at:
             return None
         east = st // self.S == 0
+        if len(at) == 1:  # the common case: one vector on the diagonal
+            ((p0, value),) = at.items()
+            return (value, p0) if (p0 <= p if east else p0 >= p) else None
         up = [p0 for p0 in at if (p0 <= p if east else p0 >= p)]
         if not up:
             return None

@@ -149,17 +149,27 @@ class _Book:
         self.free: dict[tuple[int, int], int] = {}  # (link, from chip) -> next free cycle
         self.slot: Counter = Counter()  # (link, to chip) -> vectors sent so far
 
-    def ok(self, key: tuple, t: int, cap: int = 1) -> bool:
-        return self.used[(*key, t)] < cap
+    def claim(self, t: int, needs: list[tuple[tuple, int, int]]) -> int:
+        """The first t' >= t at which every (resource, offset, capacity) of `needs` has room at
+        t' + offset; they are taken there."""
+        while any(self.used[(*key, t + off)] >= cap for key, off, cap in needs):
+            t += 1
+        for key, off, _ in needs:
+            self.used[(*key, t + off)] += 1
+        return t
 
-    def take(self, key: tuple, t: int) -> None:
-        self.used[(*key, t)] += 1
+    def mem(self, chip: int, g: int, kind: str, width: int, off: int) -> list:
+        """A READ's or WRITE's needs on slice group g at `off`: its queue's slot, its ports."""
+        ports = (
+            self.hw.mem_read_ports_per_slice if kind == "rd" else self.hw.mem_write_ports_per_slice
+        )
+        return [((chip, g), off, 1)] + [((chip, kind, g + m), off, ports) for m in range(width)]
 
     def transfer(self, path, hops, src: Symbol, dst: Symbol, t0: int):
         """Records moving src's vectors (on chip path[0]) into dst's (on path[-1]) from t0, and
         the cycle the last has landed."""
         hw = self.hw
-        c2c, q = hw.c2c_position, queue_c2c(hw)
+        c2c, q, S = hw.c2c_position, queue_c2c(hw), hw.streams_per_direction
         rl, wl = hw.mem_read_latency_cycles, hw.mem_write_latency_cycles
         width = DTYPE_BYTES[DTYPE_BY_NAME[src.dtype]]
         dtype = int(DTYPE_BY_NAME[src.dtype])
@@ -167,30 +177,18 @@ class _Book:
         recs, landed = [], t0
         for k in range(len(src.vids)):
             lanes = [hop[k % len(hop)] for hop in hops]
-            stream_in = (k % len(hops[0])) * width % hw.streams_per_direction
             # chip path[0]: READ, then SEND when the vector passes the C2C unit
             g, a = int(src.slices[k]), int(src.addrs[k])
-            dist = abs(hw.slice_position(g) - c2c)
-            sd = (0 if c2c >= hw.slice_position(g) else 1) * hw.streams_per_direction + stream_in
-            e = max(t0 + rl + dist, self.free.get((lanes[0], path[0]), 0))
-            while not (
-                self.ok((path[0], q), e)
-                and self.ok((path[0], g), e - rl - dist)
-                and all(
-                    self.ok((path[0], "rd", g + m), e - rl - dist, hw.mem_read_ports_per_slice)
-                    for m in range(width)
-                )
-            ):
-                e += 1
-            r = e - rl - dist
-            self.take((path[0], g), r)
-            for m in range(width):
-                self.take((path[0], "rd", g + m), r)
-            self.take((path[0], q), e)
-            recs.append(dict(op=Op.READ, chip=path[0], queue=g, slice=g, addr=a, sd=sd,
-                             vid=int(src.vids[k]), dtype=dtype, cycle=r))  # fmt: skip
+            p = hw.slice_position(g)
+            on = (0 if c2c >= p else 1) * S + (k % len(hops[0])) * width % S
+            lead = -rl - abs(p - c2c)  # the READ, relative to the SEND
+            earliest = max(t0 - lead, self.free.get((lanes[0], path[0]), 0))
+            t = self.claim(
+                earliest, [((path[0], q), 0, 1), *self.mem(path[0], g, "rd", width, lead)]
+            )
+            recs.append(dict(op=Op.READ, chip=path[0], queue=g, slice=g, addr=a, sd=on,
+                             vid=int(src.vids[k]), dtype=dtype, cycle=t + lead))  # fmt: skip
             vid, got = int(dst.vids[k]), int(src.vids[k])
-            t, on = e, sd
             for h, (u, v) in enumerate(zip(path, path[1:], strict=False)):
                 link = lanes[h]
                 slot = self.slot[(link, v)] % hw.c2c_buffer_vectors
@@ -199,40 +197,22 @@ class _Book:
                                  vid=vid, addr=slot, dtype=dtype, cycle=t))  # fmt: skip
                 self.free[(link, u)] = t + c
                 arrive = t + hw.c2c_latency_cycles + c
-                last = v == path[-1]
-                on = (k % len(hops[h])) * width % hw.streams_per_direction
-                if last:
-                    gd, ad = int(dst.slices[k]), int(dst.addrs[k])
-                    p = hw.slice_position(gd)
-                    on += (0 if p >= c2c else 1) * hw.streams_per_direction
-                    back = 1 + abs(p - c2c)  # RECV to the WRITE where the vector passes
-                    tr = arrive
-                    while not (
-                        self.ok((v, q), tr)
-                        and self.ok((v, gd), tr + back)
-                        and all(
-                            self.ok((v, "wr", gd + m), tr + back, hw.mem_write_ports_per_slice)
-                            for m in range(width)
-                        )
-                    ):
-                        tr += 1
-                    self.take((v, q), tr)
-                    self.take((v, gd), tr + back)
-                    for m in range(width):
-                        self.take((v, "wr", gd + m), tr + back)
-                    recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
-                                     vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
-                    recs.append(dict(op=Op.WRITE, chip=v, queue=gd, slice=gd, addr=ad, s0=on,
-                                     vid=vid, dtype=dtype, cycle=tr + back))  # fmt: skip
-                    landed = max(landed, tr + back + wl)
-                else:  # a relay: RECV, and SEND on the next link where the vector passes
-                    nxt = lanes[h + 1]
-                    tr = max(arrive, self.free.get((nxt, v), 0) - 1)
-                    while not (self.ok((v, q), tr) and self.ok((v, q), tr + 1)):
-                        tr += 1
-                    self.take((v, q), tr)
-                    self.take((v, q), tr + 1)
+                on = (k % len(hops[h])) * width % S
+                if v != path[-1]:  # a relay: RECV, and SEND on the next link where it passes
+                    tr = max(arrive, self.free.get((lanes[h + 1], v), 0) - 1)
+                    tr = self.claim(tr, [((v, q), 0, 1), ((v, q), 1, 1)])
                     recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
                                      vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
                     t, got = tr + 1, vid
+                    continue
+                gd, ad = int(dst.slices[k]), int(dst.addrs[k])
+                pd = hw.slice_position(gd)
+                on += (0 if pd >= c2c else 1) * S
+                back = 1 + abs(pd - c2c)  # from the RECV to the WRITE where the vector passes
+                tr = self.claim(arrive, [((v, q), 0, 1), *self.mem(v, gd, "wr", width, back)])
+                recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
+                                 vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
+                recs.append(dict(op=Op.WRITE, chip=v, queue=gd, slice=gd, addr=ad, s0=on,
+                                 vid=vid, dtype=dtype, cycle=tr + back))  # fmt: skip
+                landed = max(landed, tr + back + wl)
         return recs, landed

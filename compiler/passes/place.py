@@ -142,9 +142,8 @@ def place_static(
         cols = sym.vids.reshape(rows, tiles).T  # (tiles, rows): each column is one run
         # Every tensor in short segments spread round-robin: weights stream out of several slices
         # at once at the MXM's install rate, and anything else in short independent pieces that
-        # pack between other work. Measured on groq-tsp-v1 against 256-vector runs for
-        # non-weights: the 16 MB streaming copy takes 2,402 cycles against 2,858, 64 x 1024 x 640
-        # in FP16 738 against 951, tiny-llama 2,957 against 2,934.
+        # pack between other work (on groq-tsp-v1 the streaming copy and FP16 matmuls ran
+        # faster so than with 256-vector runs when this was chosen, an earlier scheduler).
         units = vp.units.get(sym.name, 1)
         per_unit = rows // units
         if units > 1:  # every unit at the same slices, `stride` words above the one before

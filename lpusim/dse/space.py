@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.passes.partition import KEYS as MAPPING_KEYS
+from compiler.passes.partition import Mapping
 from lpusim import checks
 from models.quantize import FORMATS as WEIGHT_FORMATS
 from sim.errors import ConfigError, LpuError, read_toml
@@ -49,8 +51,6 @@ from sim.hardware import FIELD_RANGES, HardwareConfig, preset
 KEYS = ("models", "weights", "context", "layers", "batch", "chips", "gpus", "engine", "sample")
 TABLES = ("hw", "cost")
 COST_KEYS = ("base_mm2", "sram_mm2_per_mib", "mxm_mm2_per_mac")
-# Dimensions a chip mapping may name: tensor-, pipeline- and expert-parallel degrees.
-MAPPING_KEYS = ("tp", "pp", "ep")
 HW_FIELDS = tuple(f.name for f in fields(HardwareConfig) if f.name != "name")
 DEFAULT_BASE = "groq-tsp-v1"
 
@@ -253,23 +253,19 @@ def _gpu_name(v) -> str:
 
 
 def _chips(v) -> str:
-    """'auto', a count ('8'), or a mapping 'tp=8,pp=9' in a fixed order of MAPPING_KEYS."""
+    """'auto', a count ('8'), or a mapping 'tp=8,pp=9' (compiler.passes.partition.Mapping), the
+    degrees it names in the order of MAPPING_KEYS."""
     if v == "auto":
         return v
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return str(_positive_int(v))
     valid = f'"auto", a chip count, or a mapping such as "tp=8,pp=9" of {", ".join(MAPPING_KEYS)}'
-    if not isinstance(v, str) or not v.strip():
-        raise ValueError(f"{v!r} must be {valid}")
-    degrees = {}
-    for part in v.split(","):
-        k, eq, n = part.strip().partition("=")
-        if not eq or k not in MAPPING_KEYS or k in degrees or not n.strip().isdigit():
-            raise ValueError(f"{v!r} must be {valid}")
-        degrees[k] = int(n)
-        if degrees[k] < 1:
-            raise ValueError(f"{v!r}: {k}={degrees[k]} must be a positive integer")
-    return ",".join(f"{k}={degrees[k]}" for k in MAPPING_KEYS if k in degrees)
+    try:
+        mapping = Mapping.parse(v)  # the compiler's reading of a mapping
+    except LpuError:
+        raise ValueError(f"{v!r} must be {valid}") from None
+    named = {part.partition("=")[0].strip() for part in v.split(",")}
+    return ",".join(f"{k}={getattr(mapping, k)}" for k in MAPPING_KEYS if k in named)
 
 
 def chip_count(spec: str) -> int | None:
@@ -278,7 +274,7 @@ def chip_count(spec: str) -> int | None:
         return None
     if spec.isdigit():
         return int(spec)
-    return math.prod(int(p.split("=")[1]) for p in spec.split(","))
+    return Mapping.parse(spec).chips
 
 
 # --- hardware -------------------------------------------------------------------------------------
