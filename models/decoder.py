@@ -32,6 +32,7 @@ LM head: the host embeds token t as column t of lm_head plus row pos of wpe. Wit
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -385,13 +386,31 @@ def _layer_step(layer_params, x, k_cache, v_cache, cfg: ModelConfig, pos: int, r
 
 
 # --- the KV cache with heads packed side by side --------------------------------------------------
-# A chip's vector holds `lanes` elements; a head of head_dim hd < lanes/2 alone in one would leave
-# most of it empty. The compiler therefore stores P heads of the cache side by side in one row:
-# (KV, S, hd) -> (ceil(KV/P), S, P*hd), head h in row h // P at elements (h % P)*hd .. + hd, the
-# heads past KV zero (sim.program.pack_heads is the host's side of this). layer_step_packed is
-# layer_step over that layout: each query head meets its packed K rows with zeros in the other
-# heads' places, so the scores and the attention output are the same sums (the other heads add
-# exact zeros), and a K/V row is installed once for P heads (tests/models/test_packed_heads.py).
+# A chip's vector holds `lanes` elements; a head of head_dim hd < lanes alone in one would leave the
+# rest empty. The compiler therefore stores a position's heads one after another in rows of W
+# elements: (KV, S, hd) -> (ceil(KV*hd/W), S, W), element e of head h at flat index h*hd + e, that
+# is row (h*hd + e) // W, element (h*hd + e) % W; the tail of the last row is zero
+# (sim.program.pack_heads is the host's side of this). W = P*hd keeps P whole heads a row; W = the
+# lanes packs densely, a head may then straddle two rows. layer_step_packed is layer_step over that
+# layout: each query head meets the rows its head lies in, with zeros in the other heads' places,
+# so its score is the same products summed (in two parts where it straddles), and a K/V row is
+# installed once for all the heads it holds (tests/models/test_packed_heads.py).
+
+
+def _pieces(kv: int, hd: int, width: int) -> list[list[tuple[int, int, int, int]]]:
+    """Per row: (head, first, end, at) for each head with elements [first, end) in the row, from
+    element `at` of it."""
+    rows = -(-kv * hd // width)
+    out: list[list[tuple[int, int, int, int]]] = [[] for _ in range(rows)]
+    for h in range(kv):
+        e = 0
+        while e < hd:
+            flat = h * hd + e
+            r, at = divmod(flat, width)
+            end = min(hd, e + width - at)
+            out[r].append((h, e, end, at))
+            e = end
+    return out
 
 
 def layer_step_packed(
@@ -402,42 +421,51 @@ def layer_step_packed(
     *,
     cfg: ModelConfig,
     pos: int,
-    heads_per_row: int,
+    row_width: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """layer_step with k_packed, v_packed (ceil(KV/P), S, P*hd), P = heads_per_row."""
-    kv, hd, p = cfg.n_kv_heads, cfg.head_dim, heads_per_row
-    rows = -(-kv // p)
-    if k_packed.shape[0] != rows or k_packed.shape[2] != p * hd:
+    """layer_step with k_packed, v_packed (ceil(KV*hd/W), S, W), W = row_width."""
+    kv, hd, width = cfg.n_kv_heads, cfg.head_dim, row_width
+    rows = -(-kv * hd // width)
+    if k_packed.shape[0] != rows or k_packed.shape[2] != width:
         raise ValueError(
-            f"packed cache {tuple(k_packed.shape)}: {kv} heads of {hd}, {p} to a row, need "
-            f"({rows}, S, {p * hd})"
+            f"packed cache {tuple(k_packed.shape)}: {kv} heads of {hd} in rows of {width} need "
+            f"({rows}, S, {width})"
         )
     _check_pos(pos, k_packed.shape[1])
-    group, width = cfg.n_heads // kv, p * hd
+    group = cfg.n_heads // kv
     q, k, v = _qkv(x, layer_params, cfg, _rope(cfg, pos))  # (1, H, hd), (1, KV, hd), (1, KV, hd)
 
-    def packed_row(t: jax.Array) -> jax.Array:  # (1, KV, hd) -> (rows, 1, P*hd)
-        t = jnp.pad(t[0], ((0, rows * p - kv), (0, 0)))
+    def packed_row(t: jax.Array) -> jax.Array:  # (1, KV, hd) -> (rows, 1, W)
+        t = jnp.pad(t.reshape(kv * hd), (0, rows * width - kv * hd))
         return t.reshape(rows, 1, width).astype(k_packed.dtype)
 
     k_packed = jax.lax.dynamic_update_slice(k_packed, packed_row(k), (0, pos, 0))
     v_packed = jax.lax.dynamic_update_slice(v_packed, packed_row(v), (0, pos, 0))
-    kk, vv = k_packed[:, : pos + 1, :], v_packed[:, : pos + 1, :]  # (rows, pos+1, P*hd)
-    # (Placed first, converted after: one lane permutation from q's layout to qm's.)
-    qg = jnp.pad(q.reshape(kv, group, hd), ((0, rows * p - kv), (0, 0), (0, 0)))
-    qg = qg.reshape(rows, p, group, hd)
-    # Query head (row r, slot j, g) at elements j*hd .. of a row of P*hd, zeros elsewhere.
-    qm = jnp.concatenate(
-        [jnp.pad(qg[:, j], ((0, 0), (0, 0), (j * hd, width - (j + 1) * hd))) for j in range(p)],
-        axis=1,
-    ).astype(kk.dtype)  # (rows, P*G, P*hd)
-    scores = jnp.einsum("rmw,rtw->rmt", qm, kk, preferred_element_type=F32) * (1.0 / math.sqrt(hd))
-    probs = softmax(scores)  # (rows, P*G, pos+1)
-    o = jnp.einsum("rmt,rtw->rmw", probs.astype(vv.dtype), vv, preferred_element_type=F32)
-    # Each query head's own elements of its row's output.
-    o = o.reshape(rows, p, group, width)
-    o = jnp.concatenate([o[:, j, None, :, j * hd : (j + 1) * hd] for j in range(p)], axis=1)
-    o = o.reshape(rows * p, group, hd)[:kv]
+    kk, vv = k_packed[:, : pos + 1, :], v_packed[:, : pos + 1, :]  # (rows, pos+1, W)
+    qg = q.reshape(kv, group, hd)
+    pieces = _pieces(kv, hd, width)
+    # Per row: each of its heads' query rows, that head's elements in place, zeros elsewhere
+    # (placed first, converted after: one lane permutation from q's layout).
+    partial: dict[int, list[jax.Array]] = {h: [] for h in range(kv)}
+    for r, row in enumerate(pieces):
+        qm = jnp.concatenate(
+            [jnp.pad(qg[h, :, a:b], ((0, 0), (at, width - at - (b - a)))) for h, a, b, at in row]
+        ).astype(kk.dtype)  # (heads in the row * G, W)
+        s = jnp.einsum("mw,tw->mt", qm, kk[r], preferred_element_type=F32)
+        for i, (h, _, _, _) in enumerate(row):
+            partial[h].append(s[i * group : (i + 1) * group])
+    scores = jnp.concatenate([functools.reduce(jnp.add, partial[h])[None] for h in range(kv)]) * (
+        1.0 / math.sqrt(hd)
+    )  # (KV, G, pos+1)
+    probs = softmax(scores).astype(vv.dtype)
+    # Per row: its heads' probabilities against the row's V; each head keeps its own elements.
+    parts: dict[int, list[jax.Array]] = {h: [] for h in range(kv)}
+    for r, row in enumerate(pieces):
+        pm = jnp.concatenate([probs[h] for h, _, _, _ in row])  # (heads in the row * G, pos+1)
+        o = jnp.einsum("mt,tw->mw", pm, vv[r], preferred_element_type=F32)
+        for i, (h, a, b, at) in enumerate(row):
+            parts[h].append(o[i * group : (i + 1) * group, at : at + b - a])
+    o = jnp.concatenate([jnp.concatenate(parts[h], axis=1)[None] for h in range(kv)])
     x = _finish_layer(x, o.reshape(1, cfg.n_heads * hd), layer_params, cfg)
     return x, k_packed, v_packed
 

@@ -77,24 +77,23 @@ def unpack_tensor(vectors: np.ndarray, shape: tuple[int, ...], lanes: int) -> np
 
 
 def pack_heads(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Host -> chip for a tensor stored with heads side by side: (A, *mid, B) -> `shape` =
-    (ceil(A/P), *mid, P*B), element (a, ..., b) at (a // P, ..., (a % P)*B + b), the rest 0."""
+    """Host -> chip for a tensor stored with heads one after another: (A, *mid, B) -> `shape` =
+    (ceil(A*B/W), *mid, W), element (a, ..., b) at row (a*B + b) // W, element (a*B + b) % W;
+    the rest 0."""
     values = np.asarray(values)
-    a, b, p = values.shape[0], values.shape[-1], shape[-1] // values.shape[-1]
-    padded = np.zeros((shape[0] * p, *values.shape[1:]), values.dtype)
-    padded[:a] = values
-    mid = values.shape[1:-1]
-    grouped = padded.reshape(shape[0], p, *mid, b)  # (rows, P, *mid, B)
-    return np.moveaxis(grouped, 1, -2).reshape(shape)
+    a, b, width = values.shape[0], values.shape[-1], shape[-1]
+    flat = np.moveaxis(values, 0, -2).reshape(*values.shape[1:-1], a * b)  # (*mid, A*B)
+    padded = np.zeros((*flat.shape[:-1], shape[0] * width), values.dtype)
+    padded[..., : a * b] = flat
+    return np.moveaxis(padded.reshape(*flat.shape[:-1], shape[0], width), -2, 0)
 
 
 def unpack_heads(values: np.ndarray, host_shape: tuple[int, ...]) -> np.ndarray:
     """Chip -> host: the inverse of `pack_heads`."""
     values = np.asarray(values)
     a, b = host_shape[0], host_shape[-1]
-    p = values.shape[-1] // b
-    split = values.reshape(*values.shape[:-1], p, b)  # (rows, *mid, P, B)
-    return np.moveaxis(split, -2, 1).reshape(values.shape[0] * p, *host_shape[1:])[:a]
+    flat = np.moveaxis(values, 0, -2).reshape(*values.shape[1:-1], -1)[..., : a * b]
+    return np.moveaxis(flat.reshape(*flat.shape[:-1], a, b), -2, 0)
 
 
 # --- the program --------------------------------------------------------------------------------

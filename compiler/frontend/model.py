@@ -29,19 +29,25 @@ def check_weights(weights: str) -> None:
         raise LpuError(f"weights={weights!r}; valid weight formats: {', '.join(FORMATS)}")
 
 
-def heads_per_row(cfg: ModelConfig, lanes: int | None) -> int:
-    """KV-cache heads the chip stores side by side in one row of `lanes` elements
-    (models.decoder.layer_step_packed): as many as fit, 1 (the model's own layout) where two do
-    not, or where `lanes` is None (the model's layout, for the host)."""
-    if lanes is None:
-        return 1
-    return max(1, min(cfg.n_kv_heads, lanes // cfg.head_dim))
+def cache_row_width(cfg: ModelConfig, lanes: int | None) -> int:
+    """Elements of a row of the KV cache on a chip of `lanes` lanes: the heads of a position one
+    after another in rows of this width (models.decoder.layer_step_packed), the fewest rows a
+    position takes: whole heads, as many as fit a vector, or else the vector's lanes, with heads
+    straddling rows (a head of 128 in 320 lanes: 13 rows for 32 heads, not 16). head_dim itself
+    (the model's own layout) where a head fills a vector, or where `lanes` is None (the host)."""
+    hd, kv = cfg.head_dim, cfg.n_kv_heads
+    if lanes is None or hd >= lanes:
+        return hd
+    whole = min(kv, lanes // hd)  # heads a row holds whole
+    if -(-kv * hd // lanes) < -(-kv // whole):
+        return lanes
+    return whole * hd
 
 
 def cache_shape(cfg: ModelConfig, context: int, lanes: int | None) -> tuple[int, int, int]:
     """The shape a layer's K (or V) cache has on a chip of `lanes` lanes."""
-    p = heads_per_row(cfg, lanes)
-    return (-(-cfg.n_kv_heads // p), context, p * cfg.head_dim)
+    width = cache_row_width(cfg, lanes)
+    return (-(-cfg.n_kv_heads * cfg.head_dim // width), context, width)
 
 
 def decode_specs(
@@ -87,19 +93,19 @@ def resolve_step(cfg: ModelConfig, *, pos, context, layers) -> tuple[int, int, i
 
 def layer_target(cfg: ModelConfig, *, pos: int, context: int, weights: str, lanes=None):
     """(fn, args) of one decoder layer: params/layers/0/*, x, cache/{k,v}/0 -> x, cache; the
-    cache with heads_per_row(cfg, lanes) heads to a row."""
+    cache in rows of cache_row_width(cfg, lanes)."""
     specs = decode_specs(cfg, context=context, weights=weights, layers=1, lanes=lanes)
     args = {
         "params": {"layers": specs["params"]["layers"]},
         "x": specs["x"],
         "cache": specs["cache"],
     }
-    p = heads_per_row(cfg, lanes)
+    width = cache_row_width(cfg, lanes)
 
     def layer(params, x, cache):
         layer_params, k, v = params["layers"][0], cache["k"][0], cache["v"][0]
-        if p > 1:
-            x, k, v = layer_step_packed(layer_params, x, k, v, cfg=cfg, pos=pos, heads_per_row=p)
+        if width != cfg.head_dim:
+            x, k, v = layer_step_packed(layer_params, x, k, v, cfg=cfg, pos=pos, row_width=width)
         else:
             x, k, v = layer_step(layer_params, x, k, v, cfg=cfg, pos=pos)
         return {"x": x, "cache": {"k": [k], "v": [v]}}
