@@ -234,6 +234,68 @@ def compile_model(
     return program
 
 
+def compile_tensor_stage(
+    cfg,
+    hw: HardwareConfig,
+    tp: int,
+    *,
+    pos: int | None,
+    context: int | None,
+    weights: str = "native",
+    layers: int,
+    head: bool,
+    replay: bool = True,
+    chaining: bool = True,
+    accumulate: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+) -> Program:
+    """One decode step's `layers` layers (and the head) on a tensor-parallel group of tp chips:
+    rank 0's attention, MLP, reduce and head blocks scheduled once, linked per layer with the
+    all-reduces between them, run by every rank (compiler/codegen/tensor.py)."""
+    from compiler.codegen.tensor import allreduce_block, replicate, tensor_instances
+    from compiler.frontend import model as fm
+    from compiler.frontend import shard
+    from compiler.passes.layout import layout_tensor
+
+    report = progress or (lambda stage, fraction: None)
+    shard.check_tp(cfg, tp)
+    pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
+    report("trace", 0.0)
+    targets = {
+        "attention": shard.attention_target(cfg, tp, pos=pos, context=context, weights=weights),
+        "mlp": shard.mlp_target(cfg, tp, weights=weights),
+        "reduce": shard.reduce_target(cfg, tp),
+    }
+    if head:
+        targets["head"] = shard.head_target(cfg, tp, weights=weights)
+    acc = _accumulators(hw, accumulate)
+    vps = {b: tile(lower(fn, args, frozenset({"params"})), hw.lanes, acc)
+           for b, (fn, args) in targets.items()}  # fmt: skip
+    report("trace", 1.0)
+    lay = layout_tensor(vps, hw, layers)  # SRAM: shared (x, the partials' slots), bands, dynamic
+    blocks = {}
+    for b, vp in vps.items():
+        sched = list_schedule(
+            vp,
+            hw,
+            lay.placement(b),
+            lay.pins(b),
+            lambda f, b=b: report(f"schedule {b}", f),
+            chaining,
+        )
+        blocks[b] = make_block(b, vp, sched, hw, lay.floor)
+    blocks["all-reduce"] = allreduce_block(hw, tp, lay)  # rank 0's transfers, for every rank
+    report("link", 0.0)
+    meta = {
+        "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
+        "weights": weights, "layers": layers, "head": head, "replay": replay,
+    }  # fmt: skip
+    words = max([lay.words()] + [b.words for b in blocks.values()])
+    local = link(hw, tensor_instances(lay, blocks, head), meta, words)
+    report("link", 1.0)
+    return replicate(local, tp, {"vocab": cfg.vocab_size})
+
+
 def compile_mapped(
     cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
 ) -> Program:
