@@ -139,8 +139,9 @@ def compile(
 
     Several chips (a model only): `mapping` (a Mapping or "pp=4"; default pp=chips) says how its
     layers are split, `system` (a sim.system.System; default: `default_system`) how the chips
-    are linked. Pipeline parallelism compiles today (compiler/codegen/pipeline.py); tensor and
-    expert parallelism are refused.
+    are linked. Pipeline parallelism (compiler/codegen/pipeline.py) and tensor parallelism
+    (compiler/codegen/tensor.py; llama-family models, tp a power of two whose chips are linked
+    pairwise) compile; expert parallelism is refused.
     """
     hw = load_hardware(hw)
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
@@ -299,12 +300,12 @@ def compile_tensor_stage(
 def compile_mapped(
     cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
 ) -> Program:
-    """One decode step on several chips: pipeline stages, one a chip, as partition.fit splits
-    the layers and the head by their bytes; stages of one shape (layers, head) share one
-    compiled Program."""
+    """One decode step on several chips: pipeline stages, each a chip or a tensor-parallel group
+    of tp chips, as partition.fit splits the layers and the head by their bytes; stages of one
+    shape (layers, head) share one compiled Program."""
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
-    from compiler.passes.partition import Mapping, check, fit
+    from compiler.passes.partition import Mapping, check, check_groups, fit
     from sim.system import default_system
 
     mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
@@ -315,18 +316,25 @@ def compile_mapped(
         raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
     _, context, _ = fm.resolve_step(cfg, pos=kw.get("pos"), context=kw.get("context"), layers=None)
     plan = fit(mapping, cfg, hw, context, kw.get("weights", "native"))  # checks it against cfg
-    if mapping.tp > 1 or mapping.ep > 1:
-        raise LpuError(
-            f"mapping {mapping}: tensor and expert parallelism do not compile yet; use pp={chips}"
-        )
+    if mapping.ep > 1:
+        raise LpuError(f"mapping {mapping}: expert parallelism does not compile yet; use tp and pp")
+    if mapping.tp > 1:
+        from compiler.frontend.shard import check_tp
+
+        check_tp(cfg, mapping.tp)  # before the fit: the family and tp a power of two
     plan.check()  # every stage's chip holds its share
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
+    check_groups(mapping, system)  # a tp group's chips are linked pairwise
     shapes: dict[tuple[int, bool], Program] = {}
     stages = []
     for st in plan.stages:
         key = (len(st.layers), st.head)
-        if key not in shapes:
+        if key not in shapes and mapping.tp > 1:
+            shapes[key] = compile_tensor_stage(
+                cfg, hw, mapping.tp, layers=key[0], head=key[1], progress=progress, **kw
+            )
+        elif key not in shapes:
             shapes[key] = compile_model(
                 cfg, hw, layers=key[0], head=key[1], progress=progress, **kw
             )

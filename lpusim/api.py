@@ -17,6 +17,7 @@ import numpy as np
 from compiler import ModelTooLarge, check_model_fits
 from compiler import compile as compile_program
 from compiler.frontend.jaxpr import flatten_named
+from compiler.frontend.shard import gather_outputs, shard_inputs
 from compiler.passes.partition import auto_mapping
 from lpusim import checks
 from models import decode_step, embed, init_cache, init_params
@@ -219,12 +220,18 @@ def estimate(
 
 def time_breakdown(program: Program, cycles: int) -> dict[str, int]:
     """Cycles of one token on chip and between chips: a pipeline's stages run in turn, each
-    starting once the previous stage's x has crossed the links (Program.meta["stages"])."""
+    starting once the previous stage's x has crossed the links (Program.meta["stages"]); inside
+    a tensor-parallel stage, its all-reduces (from the end of a block to the start of the reduce
+    that sums its partials) are chip to chip too, and "all-reduce" says how much of it they are."""
     stages = program.meta.get("stages")
     if not stages:
         return {"on chip": cycles, "chip to chip": 0}
-    on_chip = sum(s["cycles"] for s in stages)
-    return {"on chip": on_chip, "chip to chip": cycles - on_chip}
+    allreduce = sum(s.get("allreduce_cycles", 0) for s in stages)
+    on_chip = sum(s["cycles"] for s in stages) - allreduce
+    out = {"on chip": on_chip, "chip to chip": cycles - on_chip}
+    if program.meta.get("tp", 1) > 1:
+        out["all-reduce"] = allreduce  # part of "chip to chip"
+    return out
 
 
 # --- validate -------------------------------------------------------------------------------------
@@ -237,9 +244,17 @@ def decode_inputs(params: dict, x: np.ndarray, cache: dict) -> dict[str, np.ndar
 
 
 def run_decode_step(program: Program, params, x, cache, *, engine="numba"):
-    """Functional simulation of one decode step: (logits, new cache, SimResult)."""
-    result = simulate(program, decode_inputs(params, x, cache), engine=engine)
+    """Functional simulation of one decode step: (logits, new cache, SimResult). A
+    tensor-parallel program's ranks get their slices of the weights and cache, and the logits
+    and cache come back whole."""
+    inputs = decode_inputs(params, x, cache)
+    tp = program.meta.get("tp", 1)
+    if tp > 1:
+        inputs = shard_inputs(program.symbols, inputs)
+    result = simulate(program, inputs, engine=engine)
     out = result.outputs
+    if tp > 1:
+        out = gather_outputs(out, tp, {"logits": (1, program.meta["vocab"])})
     dtype = cache["k"][0].dtype  # outputs come back as float32; the cache is stored in `dtype`
     new_cache = {
         kv: [out[f"cache/{kv}/{i}"].astype(dtype) for i in range(len(cache[kv]))]

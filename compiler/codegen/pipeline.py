@@ -36,10 +36,16 @@ LAYER_NAME = re.compile(r"^(params/layers/|cache/[kv]/)(\d+)(.*)$")
 
 
 def pipeline(system: System, stages: list[Program], first_layers: list[int], meta: dict):
-    """One Program for stage s's Program on chip s (its layers numbered from first_layers[s])."""
+    """One Program for stage s's Program on chips s*T..s*T+T-1 (its layers numbered from
+    first_layers[s]), T its chips: 1, or a tensor-parallel group's (whose links among its chips
+    become the system's links between the same ranks of the stage's chips)."""
     hw = system.hw
-    paths = [system.path(s, s + 1) for s in range(len(stages) - 1)]
-    chips = max([len(stages), *(max(p) + 1 for p in paths)])  # the stages' and the relays'
+    tp = stages[0].chips
+    paths = [
+        [system.path(s * tp + r, (s + 1) * tp + r) for r in range(tp)]
+        for s in range(len(stages) - 1)
+    ]
+    chips = max([len(stages) * tp, *(max(p) + 1 for ps in paths for p in ps)])  # and relays
     links = _links(system, chips)
     by_pair: dict[tuple[int, int], list[int]] = {}
     for i, (a, b) in enumerate(links.tolist()):
@@ -57,28 +63,39 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         table_base, src_base = seen[id(prog)]
         keep = prog.instrs["op"] != int(Op.IFETCH)  # planned again over the whole chip's queues
         ins = prog.instrs[keep].copy()
-        ins["chip"] = s
+        ins["chip"] += s * tp
+        if tp > 1:
+            _relink(ins, prog.links, s * tp, by_pair)
         permute = ins["op"] == int(Op.PERMUTE)
         ins["table"][permute] += table_base
         ins["src"][ins["src"] >= 0] += src_base
         parts.append(ins)
         cycles.append(prog.predicted[keep] + start)
         for sym in prog.symbols:
-            named = _global_symbol(sym, s, first_layers[s], last=s == len(stages) - 1)
+            named = _global_symbol(
+                sym, s * tp + sym.chip, first_layers[s], first=s == 0, last=s == len(stages) - 1
+            )
             if named is None:
                 continue
             syms.append(named)
             if sym.kind == "const":
                 consts[named.name] = prog.consts[sym.name]
         end = start + prog.predicted_cycles
-        stage_meta.append({"chip": s, "first_cycle": start, "cycles": prog.predicted_cycles})
+        stage_meta.append(
+            {"chip": s * tp, "chips": tp, "first_cycle": start, "cycles": prog.predicted_cycles,
+             "allreduce_cycles": prog.meta.get("allreduce_cycles", 0)}
+        )  # fmt: skip
         if s + 1 < len(stages):
-            path = paths[s]
-            hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
             src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
-            recs, landed = book.transfer(path, hops, src, dst, end)
-            parts.append(make_instrs(recs))
-            cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+            landed = end
+            for path in paths[s]:  # every rank's x to the same rank of the next stage
+                hops = [
+                    by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)
+                ]
+                recs, at = book.transfer(path, hops, src, dst, end)
+                parts.append(make_instrs(recs))
+                cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+                landed = max(landed, at)
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
     data_words = max(_data_words(p) for p in stages)
@@ -101,7 +118,16 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
 
 
 def _x(prog: Program, kind: str) -> Symbol:
-    return next(s for s in prog.symbols if s.name == "x" and s.kind == kind)
+    """x on the stage's first chip (a tensor-parallel group's ranks hold it at the same place)."""
+    return next(s for s in prog.symbols if s.name == "x" and s.kind == kind and s.chip == 0)
+
+
+def _relink(ins: np.ndarray, local: np.ndarray, base: int, by_pair: dict) -> None:
+    """A group Program's SENDs and RECVs on the system's links: its link (a, b) becomes the
+    first of the system's between chips base + a and base + b."""
+    c2c = np.isin(ins["op"], (int(Op.SEND), int(Op.RECV)))
+    glob = np.array([by_pair[(base + int(a), base + int(b))][0] for a, b in local.tolist()])
+    ins["table"][c2c] = glob[ins["table"][c2c].astype(np.int64)]
 
 
 def _links(system: System, chips: int) -> np.ndarray:
@@ -114,10 +140,12 @@ def _links(system: System, chips: int) -> np.ndarray:
     return np.array(rows, np.int32).reshape(-1, 2)
 
 
-def _global_symbol(sym: Symbol, chip: int, first_layer: int, last: bool) -> Symbol | None:
+def _global_symbol(
+    sym: Symbol, chip: int, first_layer: int, first: bool, last: bool
+) -> Symbol | None:
     """A stage's symbol on its chip, its layers numbered from `first_layer`; None for what only
     the chip itself handles: an x that a transfer brings in or takes out between stages."""
-    if sym.name == "x" and (sym.kind == "input" and chip > 0 or sym.kind == "output" and not last):
+    if sym.name == "x" and (sym.kind == "input" and not first or sym.kind == "output" and not last):
         return None
     name = sym.name
     m = LAYER_NAME.match(name)
