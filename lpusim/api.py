@@ -132,15 +132,23 @@ def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
         except LpuError:  # no mapping holds it: the plain error says how much it needs
             raise e from None
         raise ModelTooLarge(
-            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping)}"
+            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping, cfg)}"
         ) from None
 
 
-def mapping_advice(mapping) -> str:
-    """What to do with a mapping: compile it (pipeline stages alone) or wait (it splits layers)."""
-    if mapping.tp == 1 and mapping.ep == 1:
-        return f"compile it with chips={mapping.chips} (--chips {mapping.chips})"
-    return "tensor and expert parallelism do not compile yet"
+def mapping_advice(mapping, cfg=None) -> str:
+    """What to do with a mapping: compile it (pipeline stages, tensor-parallel groups of a
+    family that compiles them) or wait (experts split over chips)."""
+    from compiler.frontend.shard import TP_FAMILIES
+
+    n = mapping.chips
+    if mapping.ep > 1:
+        return "expert parallelism does not compile yet"
+    if mapping.tp == 1:
+        return f"compile it with chips={n} (--chips {n})"
+    if cfg is not None and cfg.family not in TP_FAMILIES:
+        return f"tensor parallelism compiles the {', '.join(TP_FAMILIES)} family only"
+    return f"compile it with chips={n}, mapping={str(mapping)!r} (--chips {n} --mapping {mapping})"
 
 
 def estimate(
