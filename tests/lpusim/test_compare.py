@@ -31,7 +31,7 @@ REQUIRED = (
 # The LPU row of a model that needs several chips: the mapping that holds it, and why not yet.
 NOTE = (
     r"needs \d+ chips \(tp=\d+[^;]*, fullest chip stage .*\); "
-    r"compile it with chips=\d+, mapping='tp=\d+[^']*'"
+    r"compile it with chips=\d+, mapping='tp=\d+,pp=\d+' \(--chips \d+ --mapping tp=\d+,pp=\d+\)"
 )
 
 
