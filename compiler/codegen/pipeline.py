@@ -19,6 +19,7 @@ every other resource.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import replace
@@ -99,7 +100,7 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
     data_words = max(_data_words(p) for p in stages)
-    ins, cyc, words = plan_fetches(hw, ins, cyc, data_words, _fetch_source(stages[0]))
+    ins, cyc, words = _plan_fetches_once(hw, ins, cyc, data_words, _fetch_source(stages[0]))
     ins, cyc = encode(ins, cyc)
     return Program(
         hw=hw,
@@ -115,6 +116,36 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         links=links,
         meta={**meta, "stages": stage_meta, "topology": system.describe()},
     )
+
+
+def _plan_fetches_once(hw: HardwareConfig, ins: np.ndarray, cyc: np.ndarray, words: int, src):
+    """plan_fetches, once for each set of chips whose instructions are alike but for their chip
+    and links (a tensor-parallel group's ranks), its IFETCHes copied to the others: fetches are
+    planned chip by chip, from a chip's own queues and read ports."""
+    chips = ins["chip"]
+    groups: dict[bytes, list[int]] = {}
+    for c in np.unique(chips).tolist():
+        mine = ins[chips == c].copy()
+        mine["chip"] = 0
+        mine["table"][np.isin(mine["op"], (int(Op.SEND), int(Op.RECV)))] = 0
+        key = hashlib.sha256(mine.tobytes() + cyc[chips == c].tobytes()).digest()
+        groups.setdefault(key, []).append(c)
+    if len(groups) == len(np.unique(chips)):  # no two alike: every chip on its own
+        return plan_fetches(hw, ins, cyc, words, src)
+    parts, cycles, top = [], [], words
+    for members in groups.values():
+        rep = chips == members[0]
+        planned, at, w = plan_fetches(hw, ins[rep], cyc[rep], words, src)
+        top = max(top, w)
+        parts.append(planned)
+        cycles.append(at)
+        fetch = planned["op"] == int(Op.IFETCH)
+        for c in members[1:]:
+            copy = planned[fetch].copy()
+            copy["chip"] = c
+            parts += [ins[chips == c], copy]
+            cycles += [cyc[chips == c], at[fetch]]
+    return np.concatenate(parts), np.concatenate(cycles), top
 
 
 def _x(prog: Program, kind: str) -> Symbol:
