@@ -89,14 +89,24 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         if s + 1 < len(stages):
             src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
             landed = end
-            for path in paths[s]:  # every rank's x to the same rank of the next stage
-                hops = [
-                    by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)
-                ]
-                recs, at = book.transfer(path, hops, src, dst, end)
-                parts.append(make_instrs(recs))
-                cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+            # Rank r's share of x (vectors k = r mod tp; all of it for tp = 1) to rank r of the
+            # next stage, then, there, each share to every other rank: x crosses between the
+            # stages once, not once a rank, over the few links between two groups.
+            mine = [np.arange(r, len(src.vids), tp) for r in range(tp)]
+            arrived = []
+            for r, path in enumerate(paths[s]):
+                at = _send(book, path, by_pair, _part(src, mine[r]), _part(dst, mine[r]),
+                                   end, parts, cycles)  # fmt: skip
+                arrived.append(at)
                 landed = max(landed, at)
+            base = (s + 1) * tp
+            for r in range(tp if tp > 1 else 0):
+                for q in range(tp):
+                    if q != r:
+                        at = _send(book, [base + r, base + q], by_pair,
+                                           _part(dst, mine[r]), _part(dst, mine[r]), arrived[r],
+                                           parts, cycles)  # fmt: skip
+                        landed = max(landed, at)
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
     data_words = max(_data_words(p) for p in stages)
@@ -115,6 +125,22 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         chips=chips,
         links=links,
         meta={**meta, "stages": stage_meta, "topology": system.describe()},
+    )
+
+
+def _send(book, path, by_pair, src: Symbol, dst: Symbol, t0: int, parts, cycles) -> int:
+    """src's vectors on path[0] into dst's on path[-1] from t0 (the book places them), their
+    instructions and cycles appended to parts and cycles; the cycle the last has landed."""
+    hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
+    recs, landed = book.transfer(path, hops, src, dst, t0)
+    parts.append(make_instrs(recs))
+    cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+    return landed
+
+
+def _part(sym: Symbol, vectors: np.ndarray) -> Symbol:
+    return replace(
+        sym, slices=sym.slices[vectors], addrs=sym.addrs[vectors], vids=sym.vids[vectors]
     )
 
 

@@ -27,7 +27,10 @@ group a vector crosses one hop, so an all-reduce of n vectors takes about
 
 (groq-tsp-v1, llama2-70b: n = 26 float32 vectors, link_cycles 90, latency 216, T = 8: direct
 about 26 * 90 + 216 = 2,556 cycles, the ring about 14 * (4 * 90 + 216) = 8,064): a decode step's
-x is small, so the hop latency, paid once here and 2 (T - 1) times on a ring, decides.
+x is small, so the hop latency, paid once here and 2 (T - 1) times on a ring, decides. Faster
+still, not built: a direct reduce-scatter then all-gather (each rank sums the n / T vectors it
+owns from every other, then sends its sums to all), 2 * (n / T * link_cycles + latency) plus a
+reduce, about 1,152 + adds there; its ranks own different vectors, so their programs differ.
 """
 
 from __future__ import annotations
