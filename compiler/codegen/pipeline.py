@@ -226,7 +226,10 @@ def _fetch_source(prog: Program) -> int:
 
 class _Book:
     """What the transfers hold, by absolute cycle: dispatch slots of each (chip, queue), SRAM
-    ports of each (chip, slice, kind), each link direction's next free cycle, receive slots."""
+    ports of each (chip, slice, kind), the stream diagonals through each chip's C2C unit (chip,
+    "diag", stream: a vector passing there that cycle, going out to a SEND or in from a RECV;
+    a relay's RECV and SEND pass one vector), each link direction's next free cycle, receive
+    slots."""
 
     def __init__(self, hw: HardwareConfig) -> None:
         self.hw = hw
@@ -269,8 +272,10 @@ class _Book:
             lead = -rl - abs(p - c2c)  # the READ, relative to the SEND
             earliest = max(t0 - lead, self.free.get((lanes[0], path[0]), 0))
             t = self.claim(
-                earliest, [((path[0], q), 0, 1), *self.mem(path[0], g, "rd", width, lead)]
-            )
+                earliest,
+                [((path[0], q), 0, 1), ((path[0], "diag", on), 0, 1),
+                 *self.mem(path[0], g, "rd", width, lead)],
+            )  # fmt: skip
             recs.append(dict(op=Op.READ, chip=path[0], queue=g, slice=g, addr=a, sd=on,
                              vid=int(src.vids[k]), dtype=dtype, cycle=t + lead))  # fmt: skip
             vid, got = int(dst.vids[k]), int(src.vids[k])
@@ -285,7 +290,7 @@ class _Book:
                 on = (k % len(hops[h])) * width % S
                 if v != path[-1]:  # a relay: RECV, and SEND on the next link where it passes
                     tr = max(arrive, self.free.get((lanes[h + 1], v), 0) - 1)
-                    tr = self.claim(tr, [((v, q), 0, 1), ((v, q), 1, 1)])
+                    tr = self.claim(tr, [((v, q), 0, 1), ((v, q), 1, 1), ((v, "diag", on), 1, 1)])
                     recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
                                      vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
                     t, got = tr + 1, vid
@@ -294,7 +299,10 @@ class _Book:
                 pd = hw.slice_position(gd)
                 on += (0 if pd >= c2c else 1) * S
                 back = 1 + abs(pd - c2c)  # from the RECV to the WRITE where the vector passes
-                tr = self.claim(arrive, [((v, q), 0, 1), *self.mem(v, gd, "wr", width, back)])
+                tr = self.claim(
+                    arrive,
+                    [((v, q), 0, 1), ((v, "diag", on), 1, 1), *self.mem(v, gd, "wr", width, back)],
+                )
                 recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
                                  vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
                 recs.append(dict(op=Op.WRITE, chip=v, queue=gd, slice=gd, addr=ad, s0=on,

@@ -41,7 +41,7 @@ from dataclasses import replace
 import numpy as np
 
 from compiler.codegen.link import Block, Instance, stream_extent
-from compiler.frontend.shard import SUFFIX, _axis, shard_name
+from compiler.frontend.shard import shard_axis, shard_name
 from compiler.passes.layout import TensorLayout
 from sim.hardware import HardwareConfig
 from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
@@ -143,8 +143,8 @@ def tensor_instances(lay: TensorLayout, blocks: dict[str, Block], head: bool) ->
             first_lut.setdefault(name, lut)
         for vids, values in links:
             lut[vids] = values
-        inst = Instance(b, lut, shift, band if shift or name in ("attention", "mlp") else (0, 0),
-                        label, rename or {}, aux_base=aux)  # fmt: skip
+        in_band = band if name in ("attention", "mlp") else (0, 0)  # weights and KV cache
+        inst = Instance(b, lut, shift, in_band, label, rename or {}, aux_base=aux)
         aux += vps[name].tile_span() if name in vps else 0
         instances.append(inst)
         return lut
@@ -215,7 +215,7 @@ def replicate(local: Program, tp: int, meta: dict) -> Program:
         ins["table"][c2c] = [index[(min(r, o), max(r, o))] for o in partner.tolist()]
         parts.append(ins)
         for s in local.symbols:
-            if _axis(s.name) is not None and s.kind != "const":
+            if shard_axis(s.name) is not None and s.kind != "const":
                 syms.append(replace(s, name=shard_name(s.name, r), chip=r))
             elif r == 0 or s.kind != "output":
                 syms.append(replace(s, chip=r))
@@ -236,7 +236,3 @@ def replicate(local: Program, tp: int, meta: dict) -> Program:
         links=np.array(pairs, np.int32).reshape(-1, 2),
         meta={**local.meta, **meta, "tp": tp, "allreduce_cycles": sum(waits)},  # fmt: skip
     )
-
-
-def is_shard(name: str) -> bool:
-    return SUFFIX in name

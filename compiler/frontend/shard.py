@@ -162,7 +162,7 @@ def shard_name(name: str, rank: int) -> str:
     return f"{name}{SUFFIX}{rank}"
 
 
-def _axis(name: str) -> int | None:
+def shard_axis(name: str) -> int | None:
     """The axis a rank's slice of the named tensor is cut along (None: every rank holds it)."""
     parts = name.split("/")
     if name == "logits":
@@ -184,7 +184,7 @@ def shard_inputs(symbols, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
         base, sep, rank = sym.name.rpartition(SUFFIX)
         if not sep or sym.kind not in ("param", "input") or base not in inputs:
             continue
-        axis = _axis(base)
+        axis = shard_axis(base)
         full = np.asarray(inputs[base])
         w = sym.shape[axis]
         lo = int(rank) * w
@@ -210,7 +210,7 @@ def gather_outputs(outputs: dict[str, np.ndarray], tp: int, full_shapes: dict) -
     for base, by_rank in parts.items():
         if sorted(by_rank) != list(range(tp)):
             raise LpuError(f"output {base!r}: ranks {sorted(by_rank)} of tp={tp} came back")
-        axis = _axis(base)
+        axis = shard_axis(base)
         full = np.concatenate([by_rank[r] for r in range(tp)], axis=axis)
         if base in full_shapes:
             full = full[tuple(slice(0, n) for n in full_shapes[base])]
