@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 import jax
 import numpy as np
@@ -75,7 +76,9 @@ def check_model_fits(
         cfg, pos=pos, context=context, layers=None if head_only else layers
     )
     layers = 0 if head_only else layers
-    specs = fm.decode_specs(cfg, context=context, weights=weights, layers=layers, head=with_head)
+    specs = fm.decode_specs(
+        cfg, context=context, weights=weights, layers=layers, head=with_head, lanes=hw.lanes
+    )
     _check_args_fit(specs, frozenset({"params"}), hw, chips)
     return pos, context, layers
 
@@ -199,7 +202,7 @@ def compile_model(
         cfg, hw, pos=pos, context=context, weights=weights, layers=layers, head=with_head
     )
     report("trace", 0.0)
-    fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights)
+    fn, args = fm.layer_target(cfg, pos=pos, context=context, weights=weights, lanes=hw.lanes)
     acc = _accumulators(hw, accumulate)
     vp_layer = tile(lower(fn, args, frozenset({"params"})), hw.lanes, acc)
     vp_head = None
@@ -232,7 +235,18 @@ def compile_model(
     words = max([lay.words()] + [b.words for b in (*layer_blocks, head_block) if b is not None])
     program = link(hw, model_instances(lay, layer_blocks, head_block, replay), meta, words)
     report("link", 1.0)
-    return program
+    return _host_caches(program, cfg, context)
+
+
+def _host_caches(program: Program, cfg, context: int) -> Program:
+    """The host gives and gets each KV cache in the model's layout (KV, context, head_dim); where
+    the chip packs heads side by side, its symbols say so (Symbol.host_shape)."""
+    host = (cfg.n_kv_heads, context, cfg.head_dim)
+    symbols = tuple(
+        replace(s, host_shape=host) if s.name.startswith("cache/") and tuple(s.shape) != host else s
+        for s in program.symbols
+    )
+    return replace(program, symbols=symbols)
 
 
 def compile_tensor_stage(

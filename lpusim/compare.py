@@ -234,7 +234,9 @@ def lpu_chips_needed(
     """Chips whose SRAM holds the weights and KV cache (of the first `layers` layers and no
     head, if given), by the compiler's own fit arithmetic."""
     n = cfg.n_layers if layers is None else layers
-    args = decode_specs(cfg, context=context, weights=weights, layers=n, head=layers is None)
+    args = decode_specs(
+        cfg, context=context, weights=weights, layers=n, head=layers is None, lanes=hw.lanes
+    )
     total = sum(
         stored_bytes(np.shape(leaf), np.dtype(leaf.dtype).name, hw)
         for leaf in jax.tree_util.tree_leaves(args)

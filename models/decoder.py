@@ -394,6 +394,64 @@ def attend(layer_params, x, k_cache, v_cache, cfg: ModelConfig, pos: int, rope):
     return o.reshape(1, kv * group * hd), k_cache, v_cache
 
 
+# --- the KV cache with heads packed side by side --------------------------------------------------
+# A chip's vector holds `lanes` elements; a head of head_dim hd < lanes/2 alone in one would leave
+# most of it empty. The compiler therefore stores P heads of the cache side by side in one row:
+# (KV, S, hd) -> (ceil(KV/P), S, P*hd), head h in row h // P at elements (h % P)*hd .. + hd, the
+# heads past KV zero (sim.program.pack_heads is the host's side of this). layer_step_packed is
+# layer_step over that layout: each query head meets its packed K rows with zeros in the other
+# heads' places, so the scores and the attention output are the same sums (the other heads add
+# exact zeros), and a K/V row is installed once for P heads (tests/models/test_packed_heads.py).
+
+
+def layer_step_packed(
+    layer_params: dict,
+    x: jax.Array,
+    k_packed: jax.Array,
+    v_packed: jax.Array,
+    *,
+    cfg: ModelConfig,
+    pos: int,
+    heads_per_row: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """layer_step with k_packed, v_packed (ceil(KV/P), S, P*hd), P = heads_per_row."""
+    kv, hd, p = cfg.n_kv_heads, cfg.head_dim, heads_per_row
+    rows = -(-kv // p)
+    if k_packed.shape[0] != rows or k_packed.shape[2] != p * hd:
+        raise ValueError(
+            f"packed cache {tuple(k_packed.shape)}: {kv} heads of {hd}, {p} to a row, need "
+            f"({rows}, S, {p * hd})"
+        )
+    _check_pos(pos, k_packed.shape[1])
+    group, width = cfg.n_heads // kv, p * hd
+    q, k, v = _qkv(x, layer_params, cfg, _rope(cfg, pos))  # (1, H, hd), (1, KV, hd), (1, KV, hd)
+
+    def packed_row(t: jax.Array) -> jax.Array:  # (1, KV, hd) -> (rows, 1, P*hd)
+        t = jnp.pad(t[0], ((0, rows * p - kv), (0, 0)))
+        return t.reshape(rows, 1, width).astype(k_packed.dtype)
+
+    k_packed = jax.lax.dynamic_update_slice(k_packed, packed_row(k), (0, pos, 0))
+    v_packed = jax.lax.dynamic_update_slice(v_packed, packed_row(v), (0, pos, 0))
+    kk, vv = k_packed[:, : pos + 1, :], v_packed[:, : pos + 1, :]  # (rows, pos+1, P*hd)
+    # (Placed first, converted after: one lane permutation from q's layout to qm's.)
+    qg = jnp.pad(q.reshape(kv, group, hd), ((0, rows * p - kv), (0, 0), (0, 0)))
+    qg = qg.reshape(rows, p, group, hd)
+    # Query head (row r, slot j, g) at elements j*hd .. of a row of P*hd, zeros elsewhere.
+    qm = jnp.concatenate(
+        [jnp.pad(qg[:, j], ((0, 0), (0, 0), (j * hd, width - (j + 1) * hd))) for j in range(p)],
+        axis=1,
+    ).astype(kk.dtype)  # (rows, P*G, P*hd)
+    scores = jnp.einsum("rmw,rtw->rmt", qm, kk, preferred_element_type=F32) * (1.0 / math.sqrt(hd))
+    probs = softmax(scores)  # (rows, P*G, pos+1)
+    o = jnp.einsum("rmt,rtw->rmw", probs.astype(vv.dtype), vv, preferred_element_type=F32)
+    # Each query head's own elements of its row's output.
+    o = o.reshape(rows, p, group, width)
+    o = jnp.concatenate([o[:, j, None, :, j * hd : (j + 1) * hd] for j in range(p)], axis=1)
+    o = o.reshape(rows * p, group, hd)[:kv]
+    x = _finish_layer(x, o.reshape(1, cfg.n_heads * hd), layer_params, cfg)
+    return x, k_packed, v_packed
+
+
 def head(head_params: dict, x: jax.Array, *, cfg: ModelConfig) -> jax.Array:
     """Final norm and LM head: x (T, d) float32 -> logits (T, vocab) float32."""
     return mm(_norm(x, head_params, "final_norm", cfg), head_params["lm_head"], cfg.np_dtype)

@@ -85,7 +85,17 @@ def rope_tables(head_dim: int, theta: float, positions) -> tuple[jax.Array, jax.
 
 
 def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    # Rotate-half convention (as Hugging Face Llama): pairs are (i, i + hd/2). x: (..., heads, hd).
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    """Rotate-half convention (as Hugging Face Llama): pairs are (i, i + hd/2). x: (..., heads, hd),
+    cos and sin broadcastable to x[..., :hd/2].
+
+    [x1 cos - x2 sin, x1 sin + x2 cos] computed over every head at once, as x c + swap(x) s with
+    c = [cos, cos], s = [-sin, sin] and swap exchanging each head's halves: the same products and
+    sums (x2 (-sin) is -(x2 sin) exactly), in the projection's own layout, so that a chip rotates a
+    vector of several heads with one lane permutation and two multiplies."""
+    *lead, heads, hd = x.shape
+    flat = (*lead, heads * hd)
+    half = hd // 2
+    swapped = jnp.concatenate([x[..., half:], x[..., :half]], axis=-1).reshape(flat)
+    c = jnp.broadcast_to(jnp.concatenate([cos, cos], axis=-1), x.shape)
+    s = jnp.broadcast_to(jnp.concatenate([-sin, sin], axis=-1), x.shape)
+    return (x.reshape(flat) * c.reshape(flat) + swapped * s.reshape(flat)).reshape(x.shape)

@@ -38,8 +38,9 @@ FORMAT_MAGIC = "lpusim-program"
 # 2: a MATMUL's `row` is its tile's extent, which the executors check (version 1 files have 0);
 # 3: the instruction field `period` (cycles between repetitions);
 # 4: no cycles: each queue's `delay` (NOP) fields, SYNC/NOTIFY, and the scheduler's predictions;
-# 5: chip-to-chip links (the `links` array, SEND/RECV) and each symbol's chip.
-FORMAT_VERSION = 5
+# 5: chip-to-chip links (the `links` array, SEND/RECV) and each symbol's chip;
+# 6: a symbol's host shape where it differs (a KV cache with heads packed side by side).
+FORMAT_VERSION = 6
 
 
 # --- tensor layout --------------------------------------------------------------------------------
@@ -85,6 +86,27 @@ def _covered(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
     return int(np.maximum(hi - np.maximum(lo, before), 0).sum())
 
 
+def pack_heads(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Host -> chip for a tensor stored with heads side by side: (A, *mid, B) -> `shape` =
+    (ceil(A/P), *mid, P*B), element (a, ..., b) at (a // P, ..., (a % P)*B + b), the rest 0."""
+    values = np.asarray(values)
+    a, b, p = values.shape[0], values.shape[-1], shape[-1] // values.shape[-1]
+    padded = np.zeros((shape[0] * p, *values.shape[1:]), values.dtype)
+    padded[:a] = values
+    mid = values.shape[1:-1]
+    grouped = padded.reshape(shape[0], p, *mid, b)  # (rows, P, *mid, B)
+    return np.moveaxis(grouped, 1, -2).reshape(shape)
+
+
+def unpack_heads(values: np.ndarray, host_shape: tuple[int, ...]) -> np.ndarray:
+    """Chip -> host: the inverse of `pack_heads`."""
+    values = np.asarray(values)
+    a, b = host_shape[0], host_shape[-1]
+    p = values.shape[-1] // b
+    split = values.reshape(*values.shape[:-1], p, b)  # (rows, *mid, P, B)
+    return np.moveaxis(split, -2, 1).reshape(values.shape[0] * p, *host_shape[1:])[:a]
+
+
 # --- the program --------------------------------------------------------------------------------
 
 
@@ -100,6 +122,22 @@ class Symbol:
     addrs: np.ndarray  # (vectors,) int32: address in those slices
     vids: np.ndarray  # (vectors,) int64: the logical vector id the checker expects there
     chip: int = 0  # the chip it is preloaded on (param, input, const) or read back from (output)
+    # The host's shape where it is not `shape`: heads side by side (pack_heads), as the compiler
+    # stores a KV cache whose heads are narrower than a vector. None: the host's is `shape`.
+    host_shape: tuple[int, ...] | None = None
+
+    @property
+    def host(self) -> tuple[int, ...]:
+        """The shape the host gives and gets back."""
+        return self.shape if self.host_shape is None else self.host_shape
+
+    def to_chip(self, values: np.ndarray) -> np.ndarray:
+        """Host values in the layout of `shape`."""
+        return values if self.host_shape is None else pack_heads(values, self.shape)
+
+    def to_host(self, values: np.ndarray) -> np.ndarray:
+        """Values of `shape` in the host's layout."""
+        return values if self.host_shape is None else unpack_heads(values, self.host_shape)
 
 
 @dataclass(frozen=True)
@@ -165,13 +203,14 @@ class Program:
                 values = self.consts[sym.name]
             elif sym.name in inputs:
                 values = np.asarray(inputs[sym.name])
-                if tuple(values.shape) != tuple(sym.shape):
+                if tuple(values.shape) != tuple(sym.host):
                     raise ValueError(
-                        f"input {sym.name!r} has shape {values.shape}; the program needs {sym.shape}"
+                        f"input {sym.name!r} has shape {values.shape}; the program needs {sym.host}"
                     )
+                values = sym.to_chip(values)
             elif functional:
                 raise ValueError(
-                    f"functional simulation needs input {sym.name!r} {sym.dtype}{list(sym.shape)}"
+                    f"functional simulation needs input {sym.name!r} {sym.dtype}{list(sym.host)}"
                 )
             else:
                 values = None
@@ -229,7 +268,8 @@ class Program:
             h.update(b"links" + self.links.tobytes())
         for s in self.symbols:
             on = f"@{s.chip}" if s.chip else ""
-            h.update(f"{s.name}{s.kind}{s.shape}{s.dtype}{on}".encode())
+            host = "" if s.host_shape is None else f"<-{s.host_shape}"
+            h.update(f"{s.name}{s.kind}{s.shape}{s.dtype}{on}{host}".encode())
             h.update(s.slices.tobytes() + s.addrs.tobytes())
         return h.hexdigest()[:16]
 
@@ -305,6 +345,7 @@ class Program:
                     "shape": list(s.shape),
                     "dtype": s.dtype,
                     "chip": s.chip,
+                    "host_shape": None if s.host_shape is None else list(s.host_shape),
                 }
                 for s in self.symbols
             ],
@@ -475,13 +516,26 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
             and all(isinstance(d, int) and d >= 0 for d in s["shape"])
             and isinstance(s.get("chip"), int)
             and not isinstance(s["chip"], bool)
+            and (
+                s.get("host_shape") is None
+                or isinstance(s["host_shape"], list)
+                and all(isinstance(d, int) and d >= 0 for d in s["host_shape"])
+            )
         ):
             raise ProgramFormatError(f"has a malformed symbol #{i}: {s!r:.80}")
         parts = [array(f"sym{i}_{suffix}", dtype, 1) for suffix, dtype in SYMBOL_ARRAYS]
         if len({len(a) for a in parts}) != 1:
             raise ProgramFormatError(f"has symbol {s['name']!r} with arrays of unequal lengths")
         symbols.append(
-            Symbol(s["name"], s["kind"], tuple(s["shape"]), s["dtype"], *parts, chip=s["chip"])
+            Symbol(
+                s["name"],
+                s["kind"],
+                tuple(s["shape"]),
+                s["dtype"],
+                *parts,
+                chip=s["chip"],
+                host_shape=None if s.get("host_shape") is None else tuple(s["host_shape"]),
+            )  # fmt: skip
         )
         if s["kind"] == "const":
             if f"const{i}" not in arrays:

@@ -674,7 +674,7 @@ def run_reference(
             if functional:
                 vecs[k] = mem_val[(sym.chip, s, a)]
         if functional:
-            outputs[sym.name] = unpack_tensor(vecs, sym.shape, lanes)
+            outputs[sym.name] = sym.to_host(unpack_tensor(vecs, sym.shape, lanes))
     return RawResult(
         cycles=end,
         outputs=outputs,

@@ -7,7 +7,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from models import ModelConfig, get_config, head, head_params, layer_step, param_specs
+from models import (
+    ModelConfig,
+    get_config,
+    head,
+    head_params,
+    layer_step,
+    layer_step_packed,
+    param_specs,
+)
 from models.quantize import FORMATS
 from sim.errors import LpuError
 
@@ -21,14 +29,36 @@ def check_weights(weights: str) -> None:
         raise LpuError(f"weights={weights!r}; valid weight formats: {', '.join(FORMATS)}")
 
 
+def heads_per_row(cfg: ModelConfig, lanes: int | None) -> int:
+    """KV-cache heads the chip stores side by side in one row of `lanes` elements
+    (models.decoder.layer_step_packed): as many as fit, 1 (the model's own layout) where two do
+    not, or where `lanes` is None (the model's layout, for the host)."""
+    if lanes is None:
+        return 1
+    return max(1, min(cfg.n_kv_heads, lanes // cfg.head_dim))
+
+
+def cache_shape(cfg: ModelConfig, context: int, lanes: int | None) -> tuple[int, int, int]:
+    """The shape a layer's K (or V) cache has on a chip of `lanes` lanes."""
+    p = heads_per_row(cfg, lanes)
+    return (-(-cfg.n_kv_heads // p), context, p * cfg.head_dim)
+
+
 def decode_specs(
-    cfg: ModelConfig, *, context: int, weights: str, layers: int, head: bool = True
+    cfg: ModelConfig,
+    *,
+    context: int,
+    weights: str,
+    layers: int,
+    head: bool = True,
+    lanes: int | None = None,
 ) -> dict:
     """The arguments of a decode step of the first `layers` layers (and the head): {"params"
-    (without the host's embedding table), "x", "cache"} as ShapeDtypeStructs."""
+    (without the host's embedding table), "x", "cache"} as ShapeDtypeStructs; the cache as a chip
+    of `lanes` lanes stores it (None: the model's own (KV, context, head_dim))."""
     params = param_specs(cfg, weights)
     params = {**(head_params(params) if head else {}), "layers": params["layers"][:layers]}
-    kv = jax.ShapeDtypeStruct((cfg.n_kv_heads, context, cfg.head_dim), cfg.np_dtype)
+    kv = jax.ShapeDtypeStruct(cache_shape(cfg, context, lanes), cfg.np_dtype)
     return {
         "params": params,
         "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
@@ -55,17 +85,23 @@ def resolve_step(cfg: ModelConfig, *, pos, context, layers) -> tuple[int, int, i
     return pos, context, layers
 
 
-def layer_target(cfg: ModelConfig, *, pos: int, context: int, weights: str):
-    """(fn, args) of one decoder layer: params/layers/0/*, x, cache/{k,v}/0 -> x, cache."""
-    specs = decode_specs(cfg, context=context, weights=weights, layers=1)
+def layer_target(cfg: ModelConfig, *, pos: int, context: int, weights: str, lanes=None):
+    """(fn, args) of one decoder layer: params/layers/0/*, x, cache/{k,v}/0 -> x, cache; the
+    cache with heads_per_row(cfg, lanes) heads to a row."""
+    specs = decode_specs(cfg, context=context, weights=weights, layers=1, lanes=lanes)
     args = {
         "params": {"layers": specs["params"]["layers"]},
         "x": specs["x"],
         "cache": specs["cache"],
     }
+    p = heads_per_row(cfg, lanes)
 
     def layer(params, x, cache):
-        x, k, v = layer_step(params["layers"][0], x, cache["k"][0], cache["v"][0], cfg=cfg, pos=pos)
+        layer_params, k, v = params["layers"][0], cache["k"][0], cache["v"][0]
+        if p > 1:
+            x, k, v = layer_step_packed(layer_params, x, k, v, cfg=cfg, pos=pos, heads_per_row=p)
+        else:
+            x, k, v = layer_step(layer_params, x, k, v, cfg=cfg, pos=pos)
         return {"x": x, "cache": {"k": [k], "v": [v]}}
 
     layer.__name__ = f"{cfg.name}_layer"

@@ -184,7 +184,7 @@ class _ModelBytes:
 def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str) -> _ModelBytes:
     check_weights(weights)
     resolve_step(cfg, pos=None, context=context, layers=None)  # context in [1, max_seq_len]
-    specs = decode_specs(cfg, context=context, weights=weights, layers=cfg.n_layers)
+    specs = decode_specs(cfg, context=context, weights=weights, layers=cfg.n_layers, lanes=hw.lanes)
 
     def size(tree) -> int:
         leaves = jax.tree_util.tree_leaves(tree)

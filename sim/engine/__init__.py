@@ -135,5 +135,6 @@ def _outputs(
                 int(held[k]), prep.cycles,
             )  # fmt: skip
         if functional:
-            outputs[sym.name] = unpack_tensor(mem_val[cell], sym.shape, program.hw.lanes)
+            vectors = unpack_tensor(mem_val[cell], sym.shape, program.hw.lanes)
+            outputs[sym.name] = sym.to_host(vectors)
     return outputs
