@@ -259,7 +259,6 @@ def compile_tensor_stage(
     weights: str = "native",
     layers: int,
     head: bool,
-    replay: bool = True,
     chaining: bool = True,
     accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
@@ -303,7 +302,7 @@ def compile_tensor_stage(
     report("link", 0.0)
     meta = {
         "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
-        "weights": weights, "layers": layers, "head": head, "replay": replay,
+        "weights": weights, "layers": layers, "head": head, "replay": True,
     }  # fmt: skip
     words = max([lay.words()] + [b.words for b in blocks.values()])
     local = link(hw, tensor_instances(lay, blocks, head), meta, words)
