@@ -27,14 +27,24 @@ HW = preset("teaching")
 TINY = get_config("tiny-llama")  # 4 heads, 2 KV heads: tp = 2
 WIDE = dataclasses.replace(TINY, name="tiny-llama-kv4", n_kv_heads=4)  # tp = 4 divides all
 TINY8 = dataclasses.replace(TINY, name="tiny-llama-8", n_layers=8)
+# Eight heads and KV heads for tp = 8 (the all-reduce's tree three pairs deep), on a teaching
+# chip with a link to each of 7 others, so that 8 chips are fully connected.
+H8 = dataclasses.replace(TINY, name="tiny-llama-h8", d_model=48, n_heads=8, n_kv_heads=8)
+HW8 = dataclasses.replace(HW, c2c_links=8, name="teaching-8-links")
 
 
 @pytest.mark.parametrize(
-    ("model", "chips", "mapping"),
-    [(TINY, 2, "tp=2"), (TINY, 4, "tp=2,pp=2"), (WIDE, 4, "tp=4"), (TINY8, 8, "tp=2,pp=4")],
+    ("model", "hw", "chips", "mapping"),
+    [
+        (TINY, HW, 2, "tp=2"),
+        (TINY, HW, 4, "tp=2,pp=2"),
+        (WIDE, HW, 4, "tp=4"),
+        (TINY8, HW, 8, "tp=2,pp=4"),
+        (H8, HW8, 8, "tp=8"),
+    ],
 )
-def test_tensor_parallel_tokens_are_jaxs(model, chips, mapping):
-    v = lpusim.validate(model, "teaching", tokens=2, chips=chips, mapping=mapping)
+def test_tensor_parallel_tokens_are_jaxs(model, hw, chips, mapping):
+    v = lpusim.validate(model, hw, tokens=2, chips=chips, mapping=mapping)
     assert v.tokens_match and v.within_tolerance, str(v)
     assert v.predicted_cycles == v.simulated_cycles
 
