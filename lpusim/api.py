@@ -33,7 +33,9 @@ class ProgramSource(Protocol):
     """Gives `estimate` its Program: compiled now, or one compiled earlier for the same schedule
     (lpusim.dse.cache). Must return a Program for exactly `hw`."""
 
-    def program(self, cfg, hw, *, chips, context, weights, layers, progress) -> Program: ...
+    def program(
+        self, cfg, hw, *, chips, context, weights, layers, mapping, progress
+    ) -> Program: ...
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -180,9 +182,11 @@ def estimate(
     _check_fits_or_map(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
     t0 = time.perf_counter()
     if programs is not None:
+        if system is not None:
+            raise ArgumentError("topology", topology, "is not cached: estimate without programs=")
         program = programs.program(
             cfg, hw, chips=chips, context=context, weights=weights, layers=layers,
-            progress=progress,
+            mapping=mapping, progress=progress,
         )  # fmt: skip
     else:
         program = compile_program(

@@ -58,13 +58,14 @@ def schedule_fields(hw: HardwareConfig) -> dict:
     return {k: v for k, v in hw.to_dict().items() if k not in NOT_SCHEDULED}
 
 
-def program_key(cfg, hw: HardwareConfig, *, chips, context, weights, layers) -> str:
+def program_key(cfg, hw: HardwareConfig, *, chips, context, weights, layers, mapping=None) -> str:
     blob = {
         "model": dataclasses.asdict(cfg),
         "weights": weights,
         "context": context,
         "layers": layers,
         "chips": chips,
+        **({"mapping": str(mapping)} if mapping is not None else {}),
         "hw": schedule_fields(hw),
         "compiler": compiler_version(),
     }
@@ -111,9 +112,11 @@ class ProgramCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def program(self, cfg, hw, *, chips, context, weights, layers, progress=None):
+    def program(self, cfg, hw, *, chips, context, weights, layers, mapping=None, progress=None):
         """(Program for `hw`, whether it came from the cache)."""
-        key = program_key(cfg, hw, chips=chips, context=context, weights=weights, layers=layers)
+        key = program_key(
+            cfg, hw, chips=chips, context=context, weights=weights, layers=layers, mapping=mapping
+        )
         program = self.lookup(key)
         hit = program is not None
         if program is None:
@@ -122,8 +125,8 @@ class ProgramCache:
                 raise CachedCompileError(failed.read_text(encoding="utf-8"))
             try:
                 program = compile_program(
-                    cfg, hw, chips=chips, context=context, weights=weights, layers=layers,
-                    progress=progress,
+                    cfg, hw, chips=chips, mapping=mapping, context=context, weights=weights,
+                    layers=layers, progress=progress,
                 )  # fmt: skip
             except LpuError as e:
                 message = " ".join(str(e).split())
@@ -142,11 +145,14 @@ class PointPrograms:
     def __init__(self, cache: ProgramCache):
         self.cache, self.hit, self.key = cache, False, None
 
-    def program(self, cfg, hw, *, chips, context, weights, layers, progress=None) -> Program:
+    def program(
+        self, cfg, hw, *, chips, context, weights, layers, mapping=None, progress=None
+    ) -> Program:
         self.key = program_key(
-            cfg, hw, chips=chips, context=context, weights=weights, layers=layers
+            cfg, hw, chips=chips, context=context, weights=weights, layers=layers, mapping=mapping
         )
         program, self.hit = self.cache.program(
-            cfg, hw, chips=chips, context=context, weights=weights, layers=layers, progress=progress
-        )
+            cfg, hw, chips=chips, context=context, weights=weights, layers=layers,
+            mapping=mapping, progress=progress,
+        )  # fmt: skip
         return program

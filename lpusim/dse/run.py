@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from compiler.passes.partition import Mapping, auto_mapping
 from lpusim import checks
 from lpusim.compare import lpu_chips_needed
 from lpusim.dse.cache import PointPrograms, ProgramCache
@@ -66,19 +67,25 @@ def _estimate_point(p: Point, row: dict, programs: PointPrograms):
     layers = checks.optional_count("layers", p.layers, 1, cfg.n_layers)
     row["context"] = context
     row["layers"] = cfg.n_layers if layers is None else layers
+    mapping = None  # one chip, or pipeline stages on every chip of a count
     if p.chips == "auto":  # the fewest chips that hold the step
         chips = max(1, lpu_chips_needed(cfg, p.hw, context, p.weights, layers))
+        if chips > 1 and layers is None:  # the mapping that holds it (more chips, maybe)
+            mapping = auto_mapping(cfg, p.hw, context, p.weights).mapping
+            chips = mapping.chips
     else:
         chips = row["chips"]
+        if "=" in p.chips:
+            mapping = Mapping.parse(p.chips)
     row["chips"] = chips
-    if chips > 1:
-        what = f"needs {chips} chips" if p.chips == "auto" else f"chips {p.chips} ({chips} chips)"
-        raise LpuError(f"{what}; multi-chip not implemented yet")
+    row["mapping"] = str(mapping or Mapping(pp=chips))
+    if chips > 1 and layers is not None:
+        raise LpuError(f"{chips} chips take whole models; layers={layers} is for one chip")
     if p.batch != 1:
         raise LpuError(f"batch {p.batch}: only batch-1 decode programs compile yet")
     return estimate(
-        cfg, p.hw, chips=1, context=context, weights=p.weights, layers=layers, engine=p.engine,
-        programs=programs,
+        cfg, p.hw, chips=chips, mapping=mapping, context=context, weights=p.weights,
+        layers=layers, engine=p.engine, programs=programs,
     )  # fmt: skip
 
 
@@ -111,7 +118,8 @@ def evaluate(p: Point, cache_folder: str, run: int) -> dict:
             sram_high_water_bytes=e.sram_high_water_bytes,
             bytes_read=e.bytes_read,
             bytes_written=e.bytes_written,
-            link_bytes=0,  # one chip: no chip-to-chip traffic
+            link_bytes=e.link_bytes,
+            c2c_cycles=e.time_breakdown.get("chip to chip", 0),
             instructions=e.instructions,
             vector_ops=e.vector_ops,
             compile_s=e.compile_s,

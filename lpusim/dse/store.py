@@ -32,7 +32,7 @@ UNITS = ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul", "st
 # The table's columns, in order: inputs, the config, the estimate's outputs, bookkeeping.
 COLUMNS = (
     ("key", "kind", "machine", "status", "error", "note")
-    + ("model", "weights", "context", "layers", "head", "batch", "chips_spec", "chips")
+    + ("model", "weights", "context", "layers", "head", "batch", "chips_spec", "chips", "mapping")
     + ("hw_base", "hw_hash")
     + HW_FIELDS
     + ("sram_bytes", "cycles", "predicted_cycles", "step_s", "tokens_per_s_user")
@@ -40,7 +40,7 @@ COLUMNS = (
     + ("bandwidth_utilisation",)
     + tuple(f"util_{u}" for u in UNITS)
     + ("sram_bytes_used", "sram_high_water_bytes", "bytes_read", "bytes_written", "link_bytes")
-    + ("instructions", "vector_ops", "program_key", "program_cached")
+    + ("c2c_cycles", "instructions", "vector_ops", "program_key", "program_cached")
     + ("compile_s", "simulate_s", "wall_s", "run", "point", "lpusim_version")
 )
 # Columns that say how a point was computed, not what it is: they differ between two runs of the
@@ -50,7 +50,7 @@ RUN_COLUMNS = ("program_cached", "compile_s", "simulate_s", "wall_s", "run")
 INT_COLUMNS = (
     ("context", "layers", "batch", "chips", "cycles", "predicted_cycles", "bound_cycles")
     + ("sram_bytes", "sram_bytes_used", "sram_high_water_bytes", "bytes_read", "bytes_written")
-    + ("link_bytes", "instructions", "vector_ops", "run", "point")
+    + ("link_bytes", "c2c_cycles", "instructions", "vector_ops", "run", "point")
     + tuple(f.name for f in fields(HardwareConfig) if f.type == "int")
 )
 FLOAT_COLUMNS = tuple(f.name for f in fields(HardwareConfig) if f.type == "float") + (
