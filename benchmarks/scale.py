@@ -1,13 +1,17 @@
-"""Real models on many chips: for each, the fewest chips that hold it (any mapping, and pipeline
-stages alone, the one mapping that compiles today), then, where pipeline stages hold it, one
-decode step compiled and simulated on every chip: wall times, peak memory, tokens/s per user and
-where a token's time goes.
+"""Real models on many chips: for each, the fewest chips that hold it (any mapping) and, where a
+mapping compiles (pipeline stages, tensor-parallel groups of llama-family models), one decode step
+compiled and simulated on every chip: wall times, peak memory, tokens/s per user and where a
+token's time goes (on chip, chip to chip, and of that the tensor-parallel all-reduces).
 
     python benchmarks/scale.py            # the models of issue 8 on groq-tsp-v1
     python benchmarks/scale.py --small    # what CI runs: an 8-layer tiny model on 8 teaching chips
+    python benchmarks/scale.py --case llama2-70b:int8:1024:tp=8,pp=72:8
+                                          # model:weights:context:mapping[:layers]; layers cuts
+                                          # the model to its first N layers (pp scaled alike)
     python benchmarks/scale.py --json
 
-Each case runs in a fresh process, so its peak RSS is its own.
+Each case runs in a fresh process, so its peak RSS is its own. A case's mapping is the one given,
+else auto_mapping's (the fewest chips), else the fewest pipeline stages alone.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import resource
 import sys
 import time
 
-CASES = [  # (model, weights, context)
-    ("llama2-7b", "int8", 64),
-    ("llama2-7b", "int8", 1024),
-    ("llama3-8b", "int8", 64),
-    ("llama2-70b", "int8", 1024),
-    ("mixtral-8x7b", "int8", 1024),
-    ("llama3.1-405b", "int8", 1024),
+CASES = [  # (model, weights, context, mapping: None for the fewest chips, layers: None for all)
+    ("llama2-7b", "int8", 64, None, None),
+    ("llama2-7b", "int8", 1024, None, None),
+    ("llama3-8b", "int8", 64, "tp=8,pp=5", None),
+    ("llama2-70b", "int8", 1024, "tp=8,pp=72", None),
+    ("mixtral-8x7b", "int8", 1024, None, None),
+    ("llama3.1-405b", "int8", 1024, None, None),
 ]
 
 
@@ -48,41 +52,56 @@ def _fewest_pipeline(cfg, hw, context: int, weights: str):
     return None
 
 
-def measure(model: str, hw_name: str, weights: str, context: int, simulate_it: bool) -> dict:
+def measure(
+    model: str, hw_name: str, weights: str, context: int, mapping, layers, simulate_it: bool
+) -> dict:
     from compiler import compile
-    from compiler.passes.partition import auto_mapping
+    from compiler.passes.partition import Mapping, auto_mapping
+    from lpusim.api import time_breakdown
     from sim import preset, simulate
     from sim.bounds import bounds
+    from sim.errors import LpuError
 
     hw, cfg = preset(hw_name), _config(model)
-    row = {"model": model, "hw": hw_name, "weights": weights, "context": context}
+    if layers is not None:  # the first `layers` layers and the head, as a model of its own
+        cfg = dataclasses.replace(cfg, name=f"{cfg.name}[:{layers}]", n_layers=layers)
+    row = {"model": cfg.name, "hw": hw_name, "weights": weights, "context": context}
     try:
         plan = auto_mapping(cfg, hw, context, weights)
         row.update(auto_chips=plan.mapping.chips, auto_mapping=str(plan.mapping), why=str(plan))
-    except Exception as e:  # no mapping holds it: say why
+    except LpuError as e:  # no mapping holds it: say why
         row.update(auto_chips=None, auto_mapping="-", why=str(e).split(";")[0])
     pp = _fewest_pipeline(cfg, hw, context, weights)
-    row["pp_chips"] = pp
-    if pp is None or not simulate_it:
-        row["note"] = "no pipeline-only mapping holds it" if pp is None else "not simulated"
+    if mapping is None:
+        mapping = row["auto_mapping"] if row["auto_chips"] else pp and f"pp={pp}"
+    row["mapping"] = mapping or "-"
+    if not mapping or not simulate_it:
+        row["note"] = "no mapping holds it" if not mapping else "not simulated"
         return row
+    m = Mapping.parse(mapping)
     t0 = time.perf_counter()
-    program = compile(cfg, hw, chips=pp, context=context, weights=weights)
+    try:
+        program = compile(cfg, hw, chips=m.chips, mapping=m, context=context, weights=weights)
+    except LpuError as e:
+        row["note"] = f"{mapping}: {str(e)[:160]}"
+        return row
     t1 = time.perf_counter()
     r = simulate(program, mode="timing")
     t2 = time.perf_counter()
     stages = program.meta["stages"]
-    on_chip = sum(s["cycles"] for s in stages)
+    t = time_breakdown(program, r.cycles)
     b = bounds(program, program.predicted)
     row.update(
+        chips=m.chips,
         compile_s=t1 - t0,
         simulate_s=t2 - t1,
         rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         cycles=r.cycles,
         predicted_equal=r.cycles == program.predicted_cycles,
         tokens_per_s=hw.clock_hz / r.cycles,
-        on_chip_cycles=on_chip,
-        c2c_cycles=r.cycles - on_chip,
+        on_chip_cycles=t["on chip"],
+        c2c_cycles=t["chip to chip"],
+        allreduce_cycles=t.get("all-reduce", 0),
         stage_cycles=max(s["cycles"] for s in stages),
         stage_binds=b.binding if b.binding != "dependency" else "dependency (stages in turn)",
         instructions=len(program.instrs),
@@ -96,15 +115,27 @@ def _run(args) -> dict:
     return measure(*args)
 
 
+def _case(text: str) -> tuple:
+    parts = text.split(":")
+    if len(parts) not in (4, 5):
+        raise SystemExit(f"--case {text!r}: give model:weights:context:mapping[:layers]")
+    layers = int(parts[4]) if len(parts) == 5 else None
+    return parts[0], parts[1], int(parts[2]), parts[3] or None, layers
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="the tiny case only (CI)")
+    ap.add_argument("--case", action="append", default=[], help="model:weights:context:mapping")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-simulate", action="store_true", help="chip counts only")
     args = ap.parse_args(argv)
-    cases = [("tiny-llama-8", "teaching", "native", 8)] if args.small else [
-        (m, "groq-tsp-v1", w, c) for m, w, c in CASES
-    ]  # fmt: skip
+    if args.small:
+        cases = [("tiny-llama-8", "teaching", "native", 8, "tp=2,pp=4", None)]
+    elif args.case:
+        cases = [(m, "groq-tsp-v1", w, c, mp_, n) for m, w, c, mp_, n in map(_case, args.case)]
+    else:
+        cases = [(m, "groq-tsp-v1", w, c, mp_, n) for m, w, c, mp_, n in CASES]
     ctx = mp.get_context("spawn")
     rows = []
     for case in cases:
@@ -113,23 +144,25 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
-    print(f"{'model':<14}{'weights':>8}{'ctx':>6}{'auto':>6}{'pp':>5}{'compile s':>10}"
-          f"{'sim s':>7}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>10}{'c2c':>8}  binds")  # fmt: skip
+    print(f"{'model':<18}{'weights':>8}{'ctx':>6}{'auto':>6} {'mapping':<12}{'chips':>6}"
+          f"{'compile s':>10}{'sim s':>7}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>10}{'c2c':>9}"
+          f"{'all-red':>9}  binds")  # fmt: skip
     for r in rows:
+        head = (
+            f"{r['model']:<18}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6} "
+            f"{r['mapping']:<12}"
+        )
         if "cycles" in r:
             print(
-                f"{r['model']:<14}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6}"
-                f"{r['pp_chips']:>5}{r['compile_s']:>10.1f}{r['simulate_s']:>7.1f}"
+                f"{head}{r['chips']:>6}{r['compile_s']:>10.1f}{r['simulate_s']:>7.1f}"
                 f"{r['rss_gib']:>8.2f}{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>10,}"
-                f"{r['c2c_cycles']:>8,}  {r['stage_binds']}"
+                f"{r['c2c_cycles']:>9,}{r['allreduce_cycles']:>9,}  {r['stage_binds']}"
             )
         else:
-            print(
-                f"{r['model']:<14}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6}"
-                f"{r['pp_chips'] or '-':>5}  {r['note']}"
-            )
-    print("\nauto: the fewest chips of any mapping (compiler.passes.partition.auto_mapping); pp: "
-          "the fewest pipeline stages alone that hold it, the mapping that compiles today.")  # fmt: skip
+            print(f"{head}  {r['note']}")
+    print("\nauto: the fewest chips of any mapping (compiler.passes.partition.auto_mapping); c2c: "
+          "chip-to-chip cycles along a token's path, all-red: of which tensor-parallel "
+          "all-reduces.")  # fmt: skip
     for r in rows:
         print(f"  {r['model']} ({r['weights']}, context {r['context']}): {r['why']}")
     return 0

@@ -142,8 +142,9 @@ def compile(
 
     Several chips (a model only): `mapping` (a Mapping or "pp=4"; default pp=chips) says how its
     layers are split, `system` (a sim.system.System; default: `default_system`) how the chips
-    are linked. Pipeline parallelism compiles today (compiler/codegen/pipeline.py); tensor and
-    expert parallelism are refused.
+    are linked. Pipeline parallelism (compiler/codegen/pipeline.py) and tensor parallelism
+    (compiler/codegen/tensor.py; llama-family models, tp a power of two whose chips are linked
+    pairwise) compile; expert parallelism is refused.
     """
     hw = load_hardware(hw)
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
@@ -248,15 +249,76 @@ def _host_caches(program: Program, cfg, context: int) -> Program:
     return replace(program, symbols=symbols)
 
 
+def compile_tensor_stage(
+    cfg,
+    hw: HardwareConfig,
+    tp: int,
+    *,
+    pos: int | None,
+    context: int | None,
+    weights: str = "native",
+    layers: int,
+    head: bool,
+    chaining: bool = True,
+    accumulate: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+) -> Program:
+    """One decode step's `layers` layers (and the head) on a tensor-parallel group of tp chips:
+    rank 0's attention, MLP, reduce and head blocks scheduled once, linked per layer with the
+    all-reduces between them, run by every rank (compiler/codegen/tensor.py)."""
+    from compiler.codegen.tensor import allreduce_block, replicate, tensor_instances
+    from compiler.frontend import model as fm
+    from compiler.frontend import shard
+    from compiler.passes.layout import layout_tensor
+
+    report = progress or (lambda stage, fraction: None)
+    shard.check_tp(cfg, tp)
+    pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
+    report("trace", 0.0)
+    targets = {
+        "attention": shard.attention_target(cfg, tp, pos=pos, context=context, weights=weights),
+        "mlp": shard.mlp_target(cfg, tp, weights=weights),
+        "reduce": shard.reduce_target(cfg, tp),
+    }
+    if head:
+        targets["head"] = shard.head_target(cfg, tp, weights=weights)
+    acc = _accumulators(hw, accumulate)
+    vps = {b: tile(lower(fn, args, frozenset({"params"})), hw.lanes, acc)
+           for b, (fn, args) in targets.items()}  # fmt: skip
+    report("trace", 1.0)
+    lay = layout_tensor(vps, hw, layers)  # SRAM: shared (x, the partials' slots), bands, dynamic
+    blocks = {}
+    for b, vp in vps.items():
+        sched = list_schedule(
+            vp,
+            hw,
+            lay.placement(b),
+            lay.pins(b),
+            lambda f, b=b: report(f"schedule {b}", f),
+            chaining,
+        )
+        blocks[b] = make_block(b, vp, sched, hw, lay.floor)
+    blocks["all-reduce"] = allreduce_block(hw, tp, lay)  # rank 0's transfers, for every rank
+    report("link", 0.0)
+    meta = {
+        "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
+        "weights": weights, "layers": layers, "head": head, "replay": True,
+    }  # fmt: skip
+    words = max([lay.words()] + [b.words for b in blocks.values()])
+    local = link(hw, tensor_instances(lay, blocks, head), meta, words)
+    report("link", 1.0)
+    return replicate(local, tp, {"vocab": cfg.vocab_size})
+
+
 def compile_mapped(
     cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
 ) -> Program:
-    """One decode step on several chips: pipeline stages, one a chip, as partition.fit splits
-    the layers and the head by their bytes; stages of one shape (layers, head) share one
-    compiled Program."""
+    """One decode step on several chips: pipeline stages, each a chip or a tensor-parallel group
+    of tp chips, as partition.fit splits the layers and the head by their bytes; stages of one
+    shape (layers, head) share one compiled Program."""
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
-    from compiler.passes.partition import Mapping, check, fit
+    from compiler.passes.partition import Mapping, check, check_groups, fit
     from sim.system import default_system
 
     mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
@@ -267,18 +329,25 @@ def compile_mapped(
         raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
     _, context, _ = fm.resolve_step(cfg, pos=kw.get("pos"), context=kw.get("context"), layers=None)
     plan = fit(mapping, cfg, hw, context, kw.get("weights", "native"))  # checks it against cfg
-    if mapping.tp > 1 or mapping.ep > 1:
-        raise LpuError(
-            f"mapping {mapping}: tensor and expert parallelism do not compile yet; use pp={chips}"
-        )
+    if mapping.ep > 1:
+        raise LpuError(f"mapping {mapping}: expert parallelism does not compile yet; use tp and pp")
+    if mapping.tp > 1:
+        from compiler.frontend.shard import check_tp
+
+        check_tp(cfg, mapping.tp)  # before the fit: the family and tp a power of two
     plan.check()  # every stage's chip holds its share
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
+    check_groups(mapping, system)  # a tp group's chips are linked pairwise
     shapes: dict[tuple[int, bool], Program] = {}
     stages = []
     for st in plan.stages:
         key = (len(st.layers), st.head)
-        if key not in shapes:
+        if key not in shapes and mapping.tp > 1:
+            shapes[key] = compile_tensor_stage(
+                cfg, hw, mapping.tp, layers=key[0], head=key[1], progress=progress, **kw
+            )
+        elif key not in shapes:
             shapes[key] = compile_model(
                 cfg, hw, layers=key[0], head=key[1], progress=progress, **kw
             )

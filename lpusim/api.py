@@ -17,6 +17,7 @@ import numpy as np
 from compiler import ModelTooLarge, check_model_fits
 from compiler import compile as compile_program
 from compiler.frontend.jaxpr import flatten_named
+from compiler.frontend.shard import gather_outputs, shard_inputs
 from compiler.passes.partition import auto_mapping
 from lpusim import checks
 from models import decode_step, embed, init_cache, init_params
@@ -133,15 +134,23 @@ def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
         except LpuError:  # no mapping holds it: the plain error says how much it needs
             raise e from None
         raise ModelTooLarge(
-            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping)}"
+            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping, cfg)}"
         ) from None
 
 
-def mapping_advice(mapping) -> str:
-    """What to do with a mapping: compile it (pipeline stages alone) or wait (it splits layers)."""
-    if mapping.tp == 1 and mapping.ep == 1:
-        return f"compile it with chips={mapping.chips} (--chips {mapping.chips})"
-    return "tensor and expert parallelism do not compile yet"
+def mapping_advice(mapping, cfg=None) -> str:
+    """What to do with a mapping: compile it (pipeline stages, tensor-parallel groups of a
+    family that compiles them) or wait (experts split over chips)."""
+    from compiler.frontend.shard import TP_FAMILIES
+
+    n = mapping.chips
+    if mapping.ep > 1:
+        return "expert parallelism does not compile yet"
+    if mapping.tp == 1:
+        return f"compile it with chips={n} (--chips {n})"
+    if cfg is not None and cfg.family not in TP_FAMILIES:
+        return f"tensor parallelism compiles the {', '.join(TP_FAMILIES)} family only"
+    return f"compile it with chips={n}, mapping={str(mapping)!r} (--chips {n} --mapping {mapping})"
 
 
 def estimate(
@@ -223,12 +232,18 @@ def estimate(
 
 def time_breakdown(program: Program, cycles: int) -> dict[str, int]:
     """Cycles of one token on chip and between chips: a pipeline's stages run in turn, each
-    starting once the previous stage's x has crossed the links (Program.meta["stages"])."""
+    starting once the previous stage's x has crossed the links (Program.meta["stages"]); inside
+    a tensor-parallel stage, its all-reduces (from the end of a block to the start of the reduce
+    that sums its partials) are chip to chip too, and "all-reduce" says how much of it they are."""
     stages = program.meta.get("stages")
     if not stages:
         return {"on chip": cycles, "chip to chip": 0}
-    on_chip = sum(s["cycles"] for s in stages)
-    return {"on chip": on_chip, "chip to chip": cycles - on_chip}
+    allreduce = sum(s.get("allreduce_cycles", 0) for s in stages)
+    on_chip = sum(s["cycles"] for s in stages) - allreduce
+    out = {"on chip": on_chip, "chip to chip": cycles - on_chip}
+    if program.meta.get("tp", 1) > 1:
+        out["all-reduce"] = allreduce  # part of "chip to chip"
+    return out
 
 
 # --- validate -------------------------------------------------------------------------------------
@@ -241,9 +256,17 @@ def decode_inputs(params: dict, x: np.ndarray, cache: dict) -> dict[str, np.ndar
 
 
 def run_decode_step(program: Program, params, x, cache, *, engine="numba"):
-    """Functional simulation of one decode step: (logits, new cache, SimResult)."""
-    result = simulate(program, decode_inputs(params, x, cache), engine=engine)
+    """Functional simulation of one decode step: (logits, new cache, SimResult). A
+    tensor-parallel program's ranks get their slices of the weights and cache, and the logits
+    and cache come back whole."""
+    inputs = decode_inputs(params, x, cache)
+    tp = program.meta.get("tp", 1)
+    if tp > 1:
+        inputs = shard_inputs(program.symbols, inputs)
+    result = simulate(program, inputs, engine=engine)
     out = result.outputs
+    if tp > 1:
+        out = gather_outputs(out, tp, {"logits": (1, program.meta["vocab"])})
     dtype = cache["k"][0].dtype  # outputs come back as float32; the cache is stored in `dtype`
     new_cache = {
         kv: [out[f"cache/{kv}/{i}"].astype(dtype) for i in range(len(cache[kv]))]

@@ -36,8 +36,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mapping",
         default=None,
-        help='how the model splits over the chips, e.g. "pp=4" (default: pp=--chips); tensor and '
-        "expert parallelism (tp, ep) are parsed and checked but do not compile yet",
+        help='how the model splits over the chips, e.g. "pp=4" or "tp=2,pp=2" (default: '
+        "pp=--chips); expert parallelism (ep) is parsed and checked but does not compile yet",
     )
     p.add_argument(
         "--topology",

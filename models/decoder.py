@@ -319,9 +319,10 @@ def _qkv(x: jax.Array, layer: dict, cfg: ModelConfig, rope):
     by rope = (cos, sin) for rotary families (rope is None for gpt2)."""
     t, hd = x.shape[0], cfg.head_dim
     h = _norm(x, layer, "attn_norm", cfg)
-    q = _linear(h, layer, "wq", cfg).reshape(t, cfg.n_heads, hd)
-    k = _linear(h, layer, "wk", cfg).reshape(t, cfg.n_kv_heads, hd)
-    v = _linear(h, layer, "wv", cfg).reshape(t, cfg.n_kv_heads, hd)
+    # Heads from the weights' widths, so a tensor-parallel shard (a run of heads) runs this too.
+    q = _linear(h, layer, "wq", cfg).reshape(t, -1, hd)
+    k = _linear(h, layer, "wk", cfg).reshape(t, -1, hd)
+    v = _linear(h, layer, "wv", cfg).reshape(t, -1, hd)
     if rope is None:
         return q, k, v
     return rotate(q, *rope), rotate(k, *rope), v
@@ -366,8 +367,18 @@ def _rope(cfg: ModelConfig, pos: int):
 
 def _layer_step(layer_params, x, k_cache, v_cache, cfg: ModelConfig, pos: int, rope):
     # layer_step with the rotary tables given, so decode_step computes them once for all layers.
-    kv, hd = cfg.n_kv_heads, cfg.head_dim
-    group = cfg.n_heads // kv
+    o, k_cache, v_cache = attend(layer_params, x, k_cache, v_cache, cfg, pos, rope)
+    x = _finish_layer(x, o, layer_params, cfg)
+    return x, k_cache, v_cache
+
+
+def attend(layer_params, x, k_cache, v_cache, cfg: ModelConfig, pos: int, rope):
+    """A decode step's attention before its output projection: x (1, d) -> o (1, KV*G*hd)
+    float32, and the caches with this token's k and v written at `pos`. KV is the caches' head
+    count, so a tensor-parallel shard (its KV heads, their query heads, their weights' columns)
+    attends with this same code; rope as _rope(cfg, pos) gives it."""
+    kv, hd = k_cache.shape[0], cfg.head_dim
+    group = cfg.n_heads // cfg.n_kv_heads
     q, k, v = _qkv(x, layer_params, cfg, rope)  # (1, H, hd), (1, KV, hd), (1, KV, hd)
     # (KV, 1, hd) written at (0, pos, 0) of (KV, S, hd).
     k_cache = jax.lax.dynamic_update_slice(
@@ -381,8 +392,7 @@ def _layer_step(layer_params, x, k_cache, v_cache, cfg: ModelConfig, pos: int, r
     scores = jnp.einsum("kgd,ktd->kgt", qg, kk, preferred_element_type=F32) * (1.0 / math.sqrt(hd))
     p = softmax(scores)  # (KV, G, pos+1)
     o = jnp.einsum("kgt,ktd->kgd", p.astype(vv.dtype), vv, preferred_element_type=F32)
-    x = _finish_layer(x, o.reshape(1, cfg.n_heads * hd), layer_params, cfg)
-    return x, k_cache, v_cache
+    return o.reshape(1, kv * group * hd), k_cache, v_cache
 
 
 # --- the KV cache with heads packed side by side --------------------------------------------------

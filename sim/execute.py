@@ -47,4 +47,5 @@ def simulate(
         vector_ops=raw.events,
         trace=raw.trace,
         link_bytes=raw.link_bytes,
+        chips=program.chips,
     )

@@ -76,6 +76,16 @@ def unpack_tensor(vectors: np.ndarray, shape: tuple[int, ...], lanes: int) -> np
     return vectors.reshape(rows, tiles * lanes)[:, :n].reshape(shape)
 
 
+def _covered(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
+    """Words in the union of the intervals [lo, hi) of each key (a chip's slice)."""
+    order = np.lexsort((lo, keys))
+    keys, lo, hi = keys[order], lo[order], hi[order]
+    span = int(hi.max()) + 1
+    reach = np.maximum.accumulate(keys * span + hi)  # the furthest end so far, key by key
+    before = np.r_[-1, reach[:-1]] - keys * span  # of the intervals before, in the same key
+    return int(np.maximum(hi - np.maximum(lo, before), 0).sum())
+
+
 def pack_heads(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Host -> chip for a tensor stored with heads one after another: (A, *mid, B) -> `shape` =
     (ceil(A*B/W), *mid, W), element (a, ..., b) at row (a*B + b) // W, element (a*B + b) % W;
@@ -215,23 +225,32 @@ class Program:
         writes or fetches from (each word a slice's `lanes` bytes), counted once per chip."""
         ins, lanes = self.instrs, self.hw.lanes
         mem = np.isin(ins["op"], [int(Op.READ), int(Op.WRITE), int(Op.IFETCH)])
-        r = ins[mem]
-        i, j = repetitions(r)
-        width = np.where(r["op"] == int(Op.IFETCH), 1, DTYPE_WIDTHS[r["dtype"]])[i]
-        chip = r["chip"].astype(np.int64)[i]
-        slices = r["slice"].astype(np.int64)[i]
-        addrs = r["addr"].astype(np.int64)[i] + j * r["stride"].astype(np.int64)[i]
-        parts = [(chip, slices, addrs, width)]
+        r = ins[mem & (ins["repeat"] > 0)]
+        width = np.where(r["op"] == int(Op.IFETCH), 1, DTYPE_WIDTHS[r["dtype"]])
+        # A run of consecutive words (stride 1, or a single repetition) is one interval; any
+        # other stride is taken word by word.
+        run = (r["stride"] == 1) | (r["repeat"] == 1)
+        parts = [(r["chip"][run], r["slice"][run], r["addr"][run], r["repeat"][run], width[run])]
+        i, j = repetitions(r[~run])
+        other = r[~run]
+        addrs = other["addr"].astype(np.int64)[i] + j * other["stride"].astype(np.int64)[i]
+        parts.append((other["chip"][i], other["slice"][i], addrs, np.ones(len(i)), width[~run][i]))
         for sym in self.symbols:
             w = DTYPE_WIDTHS[DTYPE_BY_NAME[sym.dtype]]
             n = len(sym.addrs)
-            parts.append((np.full(n, sym.chip, np.int64), sym.slices, sym.addrs, np.full(n, w)))
-        keys = []
-        for chip, slices, addrs, width in parts:
+            parts.append((np.full(n, sym.chip), sym.slices, sym.addrs, np.ones(n), np.full(n, w)))
+        keys, lo, hi = [], [], []
+        for chip, slices, addrs, length, width in parts:
+            chip, slices = np.asarray(chip, np.int64), np.asarray(slices, np.int64)
+            addrs, length = np.asarray(addrs, np.int64), np.asarray(length, np.int64)
             for m in range(int(width.max()) if len(width) else 0):
                 k = m < width
-                keys.append(((chip[k] * 65536 + slices[k] + m) << 32) + addrs[k])
-        return len(np.unique(np.concatenate(keys))) * lanes if keys else 0
+                keys.append(chip[k] * 65536 + slices[k] + m)
+                lo.append(addrs[k])
+                hi.append(addrs[k] + length[k])
+        if not keys:
+            return 0
+        return _covered(np.concatenate(keys), np.concatenate(lo), np.concatenate(hi)) * lanes
 
     def source(self, src: int) -> str:
         return self.sources[src] if 0 <= src < len(self.sources) else "?"

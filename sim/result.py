@@ -39,6 +39,7 @@ class SimResult:
     trace: list = field(default_factory=list, repr=False)
     # (links, 2) int64: bytes sent over each link a -> b and b -> a (Program.links)
     link_bytes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    chips: int = 1  # whose units `busy` counts together
 
     @property
     def seconds(self) -> float:
@@ -53,7 +54,8 @@ class SimResult:
 
     @property
     def utilisation(self) -> dict[str, float]:
-        """Busy fraction per resource kind; "c2c_send": of every link direction together."""
+        """Busy fraction per resource kind, of every chip's units together; "c2c_send": of
+        every link direction together."""
         cap = capacities(self.hw)
         out = {}
         for k, v in self.busy.items():
@@ -61,7 +63,7 @@ class SimResult:
                 u = self.link_utilisation
                 out[k] = float(u.mean()) if u.size else 0.0
             else:
-                out[k] = v / (cap[k] * self.cycles) if self.cycles else 0.0
+                out[k] = v / (cap[k] * self.cycles * self.chips) if self.cycles else 0.0
         return out
 
     def summary(self) -> dict:

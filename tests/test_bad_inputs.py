@@ -197,9 +197,14 @@ CLI = [
     ("estimate layers 3", ["estimate", "--layers", "3"], "layers=3"),
     ("estimate chips past blocks", ["estimate", "--chips", "4"], "more than the 3 blocks"),
     (
-        "estimate mapping tp",
-        ["estimate", "--chips", "2", "--mapping", "tp=2"],
-        "tensor and expert parallelism do not compile yet",
+        "estimate mapping tp family",
+        ["estimate", "--model", "tiny-gpt2", "--chips", "2", "--mapping", "tp=2"],
+        "tp=2: tensor parallelism compiles the llama family",
+    ),
+    (
+        "estimate mapping ep",
+        ["estimate", "--model", "tiny-mixtral", "--chips", "2", "--mapping", "ep=2"],
+        "expert parallelism does not compile yet",
     ),
     (
         "estimate mapping chips",

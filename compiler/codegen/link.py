@@ -47,6 +47,7 @@ class Block:
     diag_lo: np.ndarray  # (2 * streams,) first and last diagonal each stream carries, relative
     diag_hi: np.ndarray  # to the block's first cycle (lo > hi where unused)
     free: int = 0  # cycles until every unit is free again (>= cycles)
+    sources: tuple[str, ...] = ()  # a block with no vector program (vp None): its sources
 
 
 def make_block(name: str, vp: VProgram, sched: Schedule, hw: HardwareConfig, floor) -> Block:
@@ -137,11 +138,13 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
     blocks_meta = []
     for inst in instances:
         b = inst.block
-        if id(b.vp) not in seen:  # tables and sources once per vector program
-            seen[id(b.vp)] = (sum(len(t) for t in tables), len(sources))
-            tables.append(b.vp.table_array(hw.lanes))
-            sources += b.vp.source_list()
-        inst.table_base, inst.src_base = seen[id(b.vp)]
+        key = id(b) if b.vp is None else id(b.vp)
+        if key not in seen:  # tables and sources once per vector program
+            seen[key] = (sum(len(t) for t in tables), len(sources))
+            if b.vp is not None:
+                tables.append(b.vp.table_array(hw.lanes))
+            sources += b.vp.source_list() if b.vp is not None else list(b.sources)
+        inst.table_base, inst.src_base = seen[key]
         # Start when the previous block is done and its vectors have left every stream it shares.
         used = b.diag_lo <= b.diag_hi
         clash = busy_hi[used] - b.diag_lo[used] + 1

@@ -19,6 +19,7 @@ every other resource.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from dataclasses import replace
@@ -36,10 +37,16 @@ LAYER_NAME = re.compile(r"^(params/layers/|cache/[kv]/)(\d+)(.*)$")
 
 
 def pipeline(system: System, stages: list[Program], first_layers: list[int], meta: dict):
-    """One Program for stage s's Program on chip s (its layers numbered from first_layers[s])."""
+    """One Program for stage s's Program on chips s*T..s*T+T-1 (its layers numbered from
+    first_layers[s]), T its chips: 1, or a tensor-parallel group's (whose links among its chips
+    become the system's links between the same ranks of the stage's chips)."""
     hw = system.hw
-    paths = [system.path(s, s + 1) for s in range(len(stages) - 1)]
-    chips = max([len(stages), *(max(p) + 1 for p in paths)])  # the stages' and the relays'
+    tp = stages[0].chips
+    paths = [
+        [system.path(s * tp + r, (s + 1) * tp + r) for r in range(tp)]
+        for s in range(len(stages) - 1)
+    ]
+    chips = max([len(stages) * tp, *(max(p) + 1 for ps in paths for p in ps)])  # and relays
     links = _links(system, chips)
     by_pair: dict[tuple[int, int], list[int]] = {}
     for i, (a, b) in enumerate(links.tolist()):
@@ -57,32 +64,53 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         table_base, src_base = seen[id(prog)]
         keep = prog.instrs["op"] != int(Op.IFETCH)  # planned again over the whole chip's queues
         ins = prog.instrs[keep].copy()
-        ins["chip"] = s
+        ins["chip"] += s * tp
+        if tp > 1:
+            _relink(ins, prog.links, s * tp, by_pair)
         permute = ins["op"] == int(Op.PERMUTE)
         ins["table"][permute] += table_base
         ins["src"][ins["src"] >= 0] += src_base
         parts.append(ins)
         cycles.append(prog.predicted[keep] + start)
         for sym in prog.symbols:
-            named = _global_symbol(sym, s, first_layers[s], last=s == len(stages) - 1)
+            named = _global_symbol(
+                sym, s * tp + sym.chip, first_layers[s], first=s == 0, last=s == len(stages) - 1
+            )
             if named is None:
                 continue
             syms.append(named)
             if sym.kind == "const":
                 consts[named.name] = prog.consts[sym.name]
         end = start + prog.predicted_cycles
-        stage_meta.append({"chip": s, "first_cycle": start, "cycles": prog.predicted_cycles})
+        stage_meta.append(
+            {"chip": s * tp, "chips": tp, "first_cycle": start, "cycles": prog.predicted_cycles,
+             "allreduce_cycles": prog.meta.get("allreduce_cycles", 0)}
+        )  # fmt: skip
         if s + 1 < len(stages):
-            path = paths[s]
-            hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
             src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
-            recs, landed = book.transfer(path, hops, src, dst, end)
-            parts.append(make_instrs(recs))
-            cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+            landed = end
+            # Rank r's share of x (vectors k = r mod tp; all of it for tp = 1) to rank r of the
+            # next stage, then, there, each share to every other rank: x crosses between the
+            # stages once, not once a rank, over the few links between two groups.
+            mine = [np.arange(r, len(src.vids), tp) for r in range(tp)]
+            arrived = []
+            for r, path in enumerate(paths[s]):
+                at = _send(book, path, by_pair, _part(src, mine[r]), _part(dst, mine[r]),
+                                   end, parts, cycles)  # fmt: skip
+                arrived.append(at)
+                landed = max(landed, at)
+            base = (s + 1) * tp
+            for r in range(tp if tp > 1 else 0):
+                for q in range(tp):
+                    if q != r:
+                        at = _send(book, [base + r, base + q], by_pair,
+                                           _part(dst, mine[r]), _part(dst, mine[r]), arrived[r],
+                                           parts, cycles)  # fmt: skip
+                        landed = max(landed, at)
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
     data_words = max(_data_words(p) for p in stages)
-    ins, cyc, words = plan_fetches(hw, ins, cyc, data_words, _fetch_source(stages[0]))
+    ins, cyc, words = _plan_fetches_once(hw, ins, cyc, data_words, _fetch_source(stages[0]))
     ins, cyc = encode(ins, cyc)
     return Program(
         hw=hw,
@@ -100,8 +128,63 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
     )
 
 
+def _send(book, path, by_pair, src: Symbol, dst: Symbol, t0: int, parts, cycles) -> int:
+    """src's vectors on path[0] into dst's on path[-1] from t0 (the book places them), their
+    instructions and cycles appended to parts and cycles; the cycle the last has landed."""
+    hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
+    recs, landed = book.transfer(path, hops, src, dst, t0)
+    parts.append(make_instrs(recs))
+    cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+    return landed
+
+
+def _part(sym: Symbol, vectors: np.ndarray) -> Symbol:
+    return replace(
+        sym, slices=sym.slices[vectors], addrs=sym.addrs[vectors], vids=sym.vids[vectors]
+    )
+
+
+def _plan_fetches_once(hw: HardwareConfig, ins: np.ndarray, cyc: np.ndarray, words: int, src):
+    """plan_fetches, once for each set of chips whose instructions are alike but for their chip
+    and links (a tensor-parallel group's ranks), its IFETCHes copied to the others: fetches are
+    planned chip by chip, from a chip's own queues and read ports."""
+    chips = ins["chip"]
+    groups: dict[bytes, list[int]] = {}
+    for c in np.unique(chips).tolist():
+        mine = ins[chips == c].copy()
+        mine["chip"] = 0
+        mine["table"][np.isin(mine["op"], (int(Op.SEND), int(Op.RECV)))] = 0
+        key = hashlib.sha256(mine.tobytes() + cyc[chips == c].tobytes()).digest()
+        groups.setdefault(key, []).append(c)
+    if len(groups) == len(np.unique(chips)):  # no two alike: every chip on its own
+        return plan_fetches(hw, ins, cyc, words, src)
+    parts, cycles, top = [], [], words
+    for members in groups.values():
+        rep = chips == members[0]
+        planned, at, w = plan_fetches(hw, ins[rep], cyc[rep], words, src)
+        top = max(top, w)
+        parts.append(planned)
+        cycles.append(at)
+        fetch = planned["op"] == int(Op.IFETCH)
+        for c in members[1:]:
+            copy = planned[fetch].copy()
+            copy["chip"] = c
+            parts += [ins[chips == c], copy]
+            cycles += [cyc[chips == c], at[fetch]]
+    return np.concatenate(parts), np.concatenate(cycles), top
+
+
 def _x(prog: Program, kind: str) -> Symbol:
-    return next(s for s in prog.symbols if s.name == "x" and s.kind == kind)
+    """x on the stage's first chip (a tensor-parallel group's ranks hold it at the same place)."""
+    return next(s for s in prog.symbols if s.name == "x" and s.kind == kind and s.chip == 0)
+
+
+def _relink(ins: np.ndarray, local: np.ndarray, base: int, by_pair: dict) -> None:
+    """A group Program's SENDs and RECVs on the system's links: its link (a, b) becomes the
+    first of the system's between chips base + a and base + b."""
+    c2c = np.isin(ins["op"], (int(Op.SEND), int(Op.RECV)))
+    glob = np.array([by_pair[(base + int(a), base + int(b))][0] for a, b in local.tolist()])
+    ins["table"][c2c] = glob[ins["table"][c2c].astype(np.int64)]
 
 
 def _links(system: System, chips: int) -> np.ndarray:
@@ -114,10 +197,12 @@ def _links(system: System, chips: int) -> np.ndarray:
     return np.array(rows, np.int32).reshape(-1, 2)
 
 
-def _global_symbol(sym: Symbol, chip: int, first_layer: int, last: bool) -> Symbol | None:
+def _global_symbol(
+    sym: Symbol, chip: int, first_layer: int, first: bool, last: bool
+) -> Symbol | None:
     """A stage's symbol on its chip, its layers numbered from `first_layer`; None for what only
     the chip itself handles: an x that a transfer brings in or takes out between stages."""
-    if sym.name == "x" and (sym.kind == "input" and chip > 0 or sym.kind == "output" and not last):
+    if sym.name == "x" and (sym.kind == "input" and not first or sym.kind == "output" and not last):
         return None
     name = sym.name
     m = LAYER_NAME.match(name)
@@ -141,7 +226,10 @@ def _fetch_source(prog: Program) -> int:
 
 class _Book:
     """What the transfers hold, by absolute cycle: dispatch slots of each (chip, queue), SRAM
-    ports of each (chip, slice, kind), each link direction's next free cycle, receive slots."""
+    ports of each (chip, slice, kind), the stream diagonals through each chip's C2C unit (chip,
+    "diag", stream: a vector passing there that cycle, going out to a SEND or in from a RECV;
+    a relay's RECV and SEND pass one vector), each link direction's next free cycle, receive
+    slots."""
 
     def __init__(self, hw: HardwareConfig) -> None:
         self.hw = hw
@@ -184,8 +272,10 @@ class _Book:
             lead = -rl - abs(p - c2c)  # the READ, relative to the SEND
             earliest = max(t0 - lead, self.free.get((lanes[0], path[0]), 0))
             t = self.claim(
-                earliest, [((path[0], q), 0, 1), *self.mem(path[0], g, "rd", width, lead)]
-            )
+                earliest,
+                [((path[0], q), 0, 1), ((path[0], "diag", on), 0, 1),
+                 *self.mem(path[0], g, "rd", width, lead)],
+            )  # fmt: skip
             recs.append(dict(op=Op.READ, chip=path[0], queue=g, slice=g, addr=a, sd=on,
                              vid=int(src.vids[k]), dtype=dtype, cycle=t + lead))  # fmt: skip
             vid, got = int(dst.vids[k]), int(src.vids[k])
@@ -200,7 +290,7 @@ class _Book:
                 on = (k % len(hops[h])) * width % S
                 if v != path[-1]:  # a relay: RECV, and SEND on the next link where it passes
                     tr = max(arrive, self.free.get((lanes[h + 1], v), 0) - 1)
-                    tr = self.claim(tr, [((v, q), 0, 1), ((v, q), 1, 1)])
+                    tr = self.claim(tr, [((v, q), 0, 1), ((v, q), 1, 1), ((v, "diag", on), 1, 1)])
                     recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
                                      vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
                     t, got = tr + 1, vid
@@ -209,7 +299,10 @@ class _Book:
                 pd = hw.slice_position(gd)
                 on += (0 if pd >= c2c else 1) * S
                 back = 1 + abs(pd - c2c)  # from the RECV to the WRITE where the vector passes
-                tr = self.claim(arrive, [((v, q), 0, 1), *self.mem(v, gd, "wr", width, back)])
+                tr = self.claim(
+                    arrive,
+                    [((v, q), 0, 1), ((v, "diag", on), 1, 1), *self.mem(v, gd, "wr", width, back)],
+                )
                 recs.append(dict(op=Op.RECV, chip=v, queue=q, table=link, addr=slot, sd=on,
                                  vid=vid, dtype=dtype, cycle=tr))  # fmt: skip
                 recs.append(dict(op=Op.WRITE, chip=v, queue=gd, slice=gd, addr=ad, s0=on,

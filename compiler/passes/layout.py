@@ -131,3 +131,102 @@ def layout_blocks(
     return Layout(
         hw, vp_layer, vp_head, layers, shared, head_static, band, band_lo, band_words, floor
     )
+
+
+# --- a tensor-parallel rank's blocks (compiler/codegen/tensor.py) --------------------------------
+
+TP_BLOCKS = ("attention", "mlp", "reduce", "head")
+
+
+@dataclass
+class TensorLayout:
+    """SRAM of one tp rank, as Layout for a layer of four blocks:
+
+        shared   x, the all-reduce's slots (parts/0 is this rank's partial, parts/j rank r^j's),
+                 every block's constants, the head's weights
+        bands    layer l's attention weights and KV cache, then its MLP weights
+        dynamic  from `floor` up
+
+    The attention and the MLP write their partial y into parts/0, the reduce its x over x."""
+
+    hw: HardwareConfig
+    vps: dict[str, VProgram]  # TP_BLOCKS -> the block (no "head" without one)
+    layers: int
+    static: dict[str, list[Segment]]  # block -> its shared segments (its vids)
+    band: dict[str, list[Segment]]  # "attention", "mlp" -> layer 0's band segments
+    x_at: tuple[np.ndarray, np.ndarray]  # (group, address) of x's vectors
+    parts_at: list[tuple[np.ndarray, np.ndarray]]  # of each slot's vectors
+    band_lo: int
+    band_words: int
+    floor: np.ndarray
+
+    def placement(self, block: str, shift: int = 0) -> Placement:
+        band = [dataclasses.replace(s, addr=s.addr + shift) for s in self.band.get(block, [])]
+        return Placement(self.static[block] + band, self.floor)
+
+    def pins(self, block: str, shift: int = 0) -> list[tuple[int, int, int, int]]:
+        """Outputs written where the next block reads them: y over parts/0, x over x, the KV
+        cache's new rows over the rows they replace."""
+        vp = self.vps[block]
+        pins = []
+        for sym in vp.symbols:
+            if sym.kind != "output":
+                continue
+            if sym.name == "y":
+                pins += _runs(sym.vids, *self.parts_at[0])
+            elif sym.name == "x":
+                pins += _runs(sym.vids, *self.x_at)
+            elif sym.name.startswith("cache/"):
+                src = vp.symbol(sym.name, "input")
+                new = sym.vids != src.vids
+                group, addr = _locate(self.placement(block, shift).segments, src.vids[new])
+                pins += _runs(sym.vids[new], group, addr)
+        return pins
+
+    def words(self) -> int:
+        return int(self.floor.max())
+
+
+def _alias(vids: np.ndarray, at: tuple[np.ndarray, np.ndarray]) -> list[Segment]:
+    """Segments putting `vids` at the addresses `at` (another block's vectors of one tensor)."""
+    return [Segment(int(v), 1, int(g), int(a)) for v, g, a in zip(vids, *at, strict=True)]
+
+
+def layout_tensor(vps: dict[str, VProgram], hw: HardwareConfig, layers: int) -> TensorLayout:
+    next_addr = np.zeros(hw.mem_slices, np.int64)
+    cursor: dict = {}
+    red = vps["reduce"]
+    parts = sorted(
+        {s.name for s in red.symbols if s.name.startswith("parts/")},
+        key=lambda n: int(n.split("/")[1]),
+    )
+    consts = {b: {s.name for s in vp.symbols if s.kind == "const"} for b, vp in vps.items()}
+    static = {"reduce": place_static(red, hw, {"x", *parts} | consts["reduce"], next_addr,
+              cursor).segments}  # fmt: skip
+    x_at = _locate(static["reduce"], red.symbol("x", "input").vids)
+    parts_at = [_locate(static["reduce"], red.symbol(p, "input").vids) for p in parts]
+    for b in ("attention", "mlp", "head"):
+        if b not in vps:
+            continue
+        names = consts[b] | ({s.name for s in vps[b].symbols if s.kind == "param"} if b ==
+                             "head" else set())  # fmt: skip
+        placed = place_static(vps[b], hw, names, next_addr, cursor).segments
+        static[b] = placed + _alias(vps[b].symbol("x", "input").vids, x_at)
+    band_lo = int(next_addr.max())
+    next_addr[:] = band_lo
+    band = {}
+    for b in ("attention", "mlp") if layers else ():
+        names = {s.name for s in vps[b].symbols if s.kind in ("param", "input") and s.name != "x"}
+        band[b] = place_static(vps[b], hw, names, next_addr, cursor).segments
+    band_words = int(next_addr.max()) - band_lo
+    top = band_lo + layers * band_words
+    if top > hw.words_per_slice:
+        need = top * hw.lanes * hw.mem_slices
+        raise ModelTooLarge(
+            f"{layers} layers need {band_words} words per slice each for a tensor-parallel "
+            f"rank's weights and KV cache, above {band_lo} shared words: {top} words of the "
+            f"{hw.words_per_slice} per slice of {hw.name} (about {need:,} bytes of "
+            f"{hw.sram_bytes:,}); a larger pp or tp splits it further"
+        )
+    floor = np.full(hw.mem_slices, top, np.int64)
+    return TensorLayout(hw, vps, layers, static, band, x_at, parts_at, band_lo, band_words, floor)

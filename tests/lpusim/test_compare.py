@@ -31,7 +31,7 @@ REQUIRED = (
 # The LPU row of a model that needs several chips: the mapping that holds it, and why not yet.
 NOTE = (
     r"needs \d+ chips \(tp=\d+[^;]*, fullest chip stage .*\); "
-    "tensor and expert parallelism do not compile yet"
+    r"compile it with chips=\d+, mapping='tp=\d+,pp=\d+' \(--chips \d+ --mapping tp=\d+,pp=\d+\)"
 )
 
 
@@ -161,7 +161,7 @@ def test_cli_compare_text_has_one_row_per_machine(capsys):
     lines = out.splitlines()
     assert lines[0].startswith("llama2-70b: fp16 weights, batch 1, context 1024, prompt 512")
     assert [line.split()[0] for line in lines[2:5]] == ["h100-sxm", "b200", "groq-tsp-v1"]
-    assert "tensor and expert parallelism do not compile yet" in out
+    assert "compile it with chips=" in out
 
 
 def test_cli_gpus(capsys):

@@ -1,0 +1,218 @@
+"""Tensor-parallel shards of a decode step: the blocks one chip of a tp group runs, as the
+model's own JAX functions (models.decoder) on a slice of its heads and FFN columns.
+
+Rank r of a group of T chips holds:
+
+    wq, wk, wv, w_gate, w_up, lm_head   columns r/T (heads r*H/T.. and their KV heads; FFN and
+                                        vocabulary columns; lm_head padded to ceil(V/T) a rank)
+    wo, w_down                          rows r/T (the rows its heads' or FFN columns' outputs
+                                        multiply)
+    cache k, v                          KV heads r*KV/T..(r+1)*KV/T
+    norms                               whole, on every rank
+  (int8 and fp8: a column shard's scales split with it; a row shard keeps every scale)
+
+A layer is four blocks, each scheduled once and replayed (compiler/codegen/tensor.py):
+
+    attention  x -> y = wo_r(attention of rank r's heads of attn_norm(x)), cache_r   (partial)
+    reduce     x, parts[0..T-1] -> x + ((parts[0] + parts[1]) + (parts[2] + parts[3]) ...)
+    mlp        x -> y = w_down_r(silu(w_gate_r h) * w_up_r h), h = mlp_norm(x)      (partial)
+    reduce
+
+and the head, norm and rank r's vocabulary columns: x -> logits_r. parts[j] on rank r is rank
+(r XOR j)'s partial (parts[0] its own), summed as a balanced tree: every rank adds the same
+pairs in the same order, so every rank holds the same x, bit for bit (tp a power of two). The
+reduce is the residual add of the whole layer, so its norms see the full x on every rank.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import ModelConfig, param_specs
+from models.decoder import attend, mlp
+from models.ops import is_quantized, mm, rmsnorm, rope_tables
+from sim.errors import LpuError
+
+# Which axis of a layer's (or the head's) matrix a rank holds a slice of: -1 columns, -2 rows.
+SPLIT = {"wq": -1, "wk": -1, "wv": -1, "w_gate": -1, "w_up": -1, "lm_head": -1, "wo": -2,
+         "w_down": -2}  # fmt: skip
+TP_FAMILIES = ("llama",)  # gpt2's output biases would be added once per rank; mixtral is ep
+SUFFIX = "#tp"  # a rank's slice of a tensor: "params/layers/3/wq#tp1"
+
+
+def check_tp(cfg: ModelConfig, tp: int) -> None:
+    """An error naming tp and what would be valid when these blocks cannot split `cfg`."""
+    if cfg.family not in TP_FAMILIES:
+        raise LpuError(
+            f"tp={tp}: tensor parallelism compiles the {', '.join(TP_FAMILIES)} family; "
+            f"{cfg.name!r} is {cfg.family!r} (use pp only)"
+        )
+    if tp & (tp - 1):
+        raise LpuError(
+            f"tp={tp}: the all-reduce sums the same pairs on every chip only for tp a power of "
+            "two; valid tp: 1, 2, 4, 8, ..."
+        )
+
+
+def _split(spec, axis: int, tp: int, pad: bool = False):
+    n = spec.shape[axis]
+    width = -(-n // tp) if pad else n // tp
+    shape = list(spec.shape)
+    shape[axis] = width
+    return jax.ShapeDtypeStruct(tuple(shape), spec.dtype)
+
+
+def _shard_leaf(name: str, spec, tp: int, pad: bool = False):
+    """One parameter's shard spec; a quantised matrix's {"q", "scale"} together."""
+    axis = SPLIT.get(name)
+    if axis is None:
+        return spec
+    if is_quantized(spec):
+        scale = _split(spec["scale"], -1, tp, pad) if axis == -1 else spec["scale"]
+        return {"q": _split(spec["q"], axis, tp, pad), "scale": scale}
+    return _split(spec, axis, tp, pad)
+
+
+def shard_params(cfg: ModelConfig, tp: int, weights: str) -> dict:
+    """A rank's parameter specs: {"layer": one layer's, "head": final norm and lm_head's}."""
+    full = param_specs(cfg, weights)
+    layer = {k: _shard_leaf(k, v, tp) for k, v in full["layers"][0].items()}
+    head = {"final_norm": full["final_norm"], "lm_head": _shard_leaf("lm_head", full["lm_head"],
+            tp, pad=True)}  # fmt: skip
+    return {"layer": layer, "head": head}
+
+
+_ATTENTION = ("attn_norm", "wq", "wk", "wv", "wo")
+_MLP = ("mlp_norm", "w_gate", "w_up", "w_down")
+
+
+def attention_target(cfg: ModelConfig, tp: int, *, pos: int, context: int, weights: str):
+    """(fn, args) of a rank's attention: params/layers/0/{attn_norm, wq, wk, wv, wo}, x,
+    cache/{k,v}/0 -> y (its partial of the output projection), cache."""
+    p = shard_params(cfg, tp, weights)["layer"]
+    kv = jax.ShapeDtypeStruct((cfg.n_kv_heads // tp, context, cfg.head_dim), cfg.np_dtype)
+    args = {
+        "params": {"layers": [{k: p[k] for k in _ATTENTION}]},
+        "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
+        "cache": {"k": [kv], "v": [kv]},
+    }
+    rope = rope_tables(cfg.head_dim, cfg.rope_theta, pos)
+
+    def attention(params, x, cache):
+        layer = params["layers"][0]
+        o, k, v = attend(layer, x, cache["k"][0], cache["v"][0], cfg, pos, rope)
+        return {"y": mm(o, layer["wo"], cfg.np_dtype), "cache": {"k": [k], "v": [v]}}
+
+    attention.__name__ = f"{cfg.name}_attention_tp{tp}"
+    return attention, args
+
+
+def mlp_target(cfg: ModelConfig, tp: int, *, weights: str):
+    """(fn, args) of a rank's MLP: params/layers/0/{mlp_norm, w_gate, w_up, w_down}, x -> y (its
+    partial of the MLP's output)."""
+    p = shard_params(cfg, tp, weights)["layer"]
+    args = {
+        "params": {"layers": [{k: p[k] for k in _MLP}]},
+        "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
+    }
+
+    def mlp_fn(params, x):
+        layer = params["layers"][0]
+        return {"y": mlp(layer, rmsnorm(x, layer["mlp_norm"], cfg.norm_eps), cfg=cfg)}
+
+    mlp_fn.__name__ = f"{cfg.name}_mlp_tp{tp}"
+    return mlp_fn, args
+
+
+def reduce_target(cfg: ModelConfig, tp: int):
+    """(fn, args) of the all-reduce's sum: x, parts/0..tp-1 -> x + the balanced tree of parts."""
+    vec = jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32)
+    args = {"x": vec, "parts": [vec] * tp}
+
+    def reduce(x, parts):
+        while len(parts) > 1:
+            parts = [a + b for a, b in zip(parts[::2], parts[1::2], strict=True)]
+        return {"x": x + parts[0]}
+
+    reduce.__name__ = f"{cfg.name}_reduce_tp{tp}"
+    return reduce, args
+
+
+def head_target(cfg: ModelConfig, tp: int, *, weights: str):
+    """(fn, args) of a rank's head: params/{final_norm, lm_head}, x -> logits (its ceil(V/tp)
+    vocabulary columns)."""
+    from models import head
+
+    args = {"params": shard_params(cfg, tp, weights)["head"],
+            "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32)}  # fmt: skip
+
+    def head_fn(params, x):
+        return {"logits": head(params, x, cfg=cfg)}
+
+    head_fn.__name__ = f"{cfg.name}_head_tp{tp}"
+    return head_fn, args
+
+
+# --- the host's side: full tensors <-> a rank's slices -------------------------------------------
+
+
+def shard_name(name: str, rank: int) -> str:
+    return f"{name}{SUFFIX}{rank}"
+
+
+def shard_axis(name: str) -> int | None:
+    """The axis a rank's slice of the named tensor is cut along (None: every rank holds it)."""
+    parts = name.split("/")
+    if name == "logits":
+        return -1  # (1, vocabulary)
+    if parts[0] == "cache":
+        return 0  # (KV heads, context, head_dim)
+    leaf = parts[-1]
+    if leaf in ("q", "scale") and len(parts) > 1 and parts[-2] in SPLIT:
+        axis = SPLIT[parts[-2]]
+        return None if leaf == "scale" and axis == -2 else -1 if leaf == "scale" else axis
+    return SPLIT.get(leaf)
+
+
+def shard_inputs(symbols, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The program's inputs from full tensors: a symbol "name#tpR" gets rank R's slice of
+    inputs["name"] (zero-padded where the last rank's is short); others are passed on."""
+    out = dict(inputs)
+    for sym in symbols:
+        base, sep, rank = sym.name.rpartition(SUFFIX)
+        if not sep or sym.kind not in ("param", "input") or base not in inputs:
+            continue
+        axis = shard_axis(base)
+        full = np.asarray(inputs[base])
+        w = sym.shape[axis]
+        lo = int(rank) * w
+        part = np.take(full, np.arange(lo, min(lo + w, full.shape[axis])), axis=axis)
+        if part.shape[axis] < w:
+            pad = [(0, 0)] * full.ndim
+            pad[axis] = (0, w - part.shape[axis])
+            part = np.pad(part, pad)
+        out[sym.name] = part
+    return out
+
+
+def gather_outputs(outputs: dict[str, np.ndarray], tp: int, full_shapes: dict) -> dict:
+    """The full tensors of outputs a rank each returns a slice of ("name#tpR"), cut to
+    full_shapes[name] where given (the LM head's padding); others are passed on."""
+    out, parts = {}, {}
+    for name, value in outputs.items():
+        base, sep, rank = name.rpartition(SUFFIX)
+        if sep:
+            parts.setdefault(base, {})[int(rank)] = value
+        else:
+            out[name] = value
+    for base, by_rank in parts.items():
+        if sorted(by_rank) != list(range(tp)):
+            raise LpuError(f"output {base!r}: ranks {sorted(by_rank)} of tp={tp} came back")
+        axis = shard_axis(base)
+        full = np.concatenate([by_rank[r] for r in range(tp)], axis=axis)
+        if base in full_shapes:
+            full = full[tuple(slice(0, n) for n in full_shapes[base])]
+        out[base] = full
+    return out
