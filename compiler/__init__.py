@@ -238,10 +238,10 @@ def compile_model(
     return _host_caches(program, cfg, context)
 
 
-def _host_caches(program: Program, cfg, context: int) -> Program:
-    """The host gives and gets each KV cache in the model's layout (KV, context, head_dim); where
-    the chip packs heads side by side, its symbols say so (Symbol.host_shape)."""
-    host = (cfg.n_kv_heads, context, cfg.head_dim)
+def _host_caches(program: Program, cfg, context: int, kv: int | None = None) -> Program:
+    """The host gives and gets each KV cache in the model's layout (kv heads, context, head_dim);
+    where the chip packs heads side by side, its symbols say so (Symbol.host_shape)."""
+    host = (kv or cfg.n_kv_heads, context, cfg.head_dim)
     symbols = tuple(
         replace(s, host_shape=host) if s.name.startswith("cache/") and tuple(s.shape) != host else s
         for s in program.symbols
@@ -276,7 +276,9 @@ def compile_tensor_stage(
     pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
     report("trace", 0.0)
     targets = {
-        "attention": shard.attention_target(cfg, tp, pos=pos, context=context, weights=weights),
+        "attention": shard.attention_target(
+            cfg, tp, pos=pos, context=context, weights=weights, lanes=hw.lanes
+        ),
         "mlp": shard.mlp_target(cfg, tp, weights=weights),
         "reduce": shard.reduce_target(cfg, tp),
     }
@@ -307,6 +309,7 @@ def compile_tensor_stage(
     words = max([lay.words()] + [b.words for b in blocks.values()])
     local = link(hw, tensor_instances(lay, blocks, head), meta, words)
     report("link", 1.0)
+    local = _host_caches(local, cfg, context, cfg.n_kv_heads // tp)
     return replicate(local, tp, {"vocab": cfg.vocab_size})
 
 

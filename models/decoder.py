@@ -434,18 +434,28 @@ def layer_step_packed(
     row_width: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """layer_step with k_packed, v_packed (ceil(KV*hd/W), S, W), W = row_width."""
-    kv, hd, width = cfg.n_kv_heads, cfg.head_dim, row_width
+    _check_pos(pos, k_packed.shape[1])
+    o, k_packed, v_packed = attend_packed(
+        layer_params, x, k_packed, v_packed, cfg, pos, _rope(cfg, pos), row_width, cfg.n_kv_heads
+    )
+    return _finish_layer(x, o, layer_params, cfg), k_packed, v_packed
+
+
+def attend_packed(layer_params, x, k_packed, v_packed, cfg, pos, rope, row_width, kv):
+    """`attend` over caches of `kv` heads in rows of row_width (a tensor-parallel shard's heads,
+    or all of them): x (1, d) -> o (1, kv*G*hd) float32, and the caches with this token's k and v
+    written at `pos`."""
+    hd, width = cfg.head_dim, row_width
     rows = -(-kv * hd // width)
     if k_packed.shape[0] != rows or k_packed.shape[2] != width:
         raise ValueError(
             f"packed cache {tuple(k_packed.shape)}: {kv} heads of {hd} in rows of {width} need "
             f"({rows}, S, {width})"
         )
-    _check_pos(pos, k_packed.shape[1])
-    group = cfg.n_heads // kv
-    q, k, v = _qkv(x, layer_params, cfg, _rope(cfg, pos))  # (1, H, hd), (1, KV, hd), (1, KV, hd)
+    group = cfg.n_heads // cfg.n_kv_heads
+    q, k, v = _qkv(x, layer_params, cfg, rope)  # (1, kv*G, hd), (1, kv, hd), (1, kv, hd)
 
-    def packed_row(t: jax.Array) -> jax.Array:  # (1, KV, hd) -> (rows, 1, W)
+    def packed_row(t: jax.Array) -> jax.Array:  # (1, kv, hd) -> (rows, 1, W)
         t = jnp.pad(t.reshape(kv * hd), (0, rows * width - kv * hd))
         return t.reshape(rows, 1, width).astype(k_packed.dtype)
 
@@ -466,7 +476,7 @@ def layer_step_packed(
             partial[h].append(s[i * group : (i + 1) * group])
     scores = jnp.concatenate([functools.reduce(jnp.add, partial[h])[None] for h in range(kv)]) * (
         1.0 / math.sqrt(hd)
-    )  # (KV, G, pos+1)
+    )  # (kv, G, pos+1)
     probs = softmax(scores).astype(vv.dtype)
     # Per row: its heads' probabilities against the row's V; each head keeps its own elements.
     parts: dict[int, list[jax.Array]] = {h: [] for h in range(kv)}
@@ -476,8 +486,7 @@ def layer_step_packed(
         for i, (h, a, b, at) in enumerate(row):
             parts[h].append(o[i * group : (i + 1) * group, at : at + b - a])
     o = jnp.concatenate([jnp.concatenate(parts[h], axis=1)[None] for h in range(kv)])
-    x = _finish_layer(x, o.reshape(1, cfg.n_heads * hd), layer_params, cfg)
-    return x, k_packed, v_packed
+    return o.reshape(1, kv * group * hd), k_packed, v_packed
 
 
 def head(head_params: dict, x: jax.Array, *, cfg: ModelConfig) -> jax.Array:

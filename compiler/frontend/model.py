@@ -29,13 +29,14 @@ def check_weights(weights: str) -> None:
         raise LpuError(f"weights={weights!r}; valid weight formats: {', '.join(FORMATS)}")
 
 
-def cache_row_width(cfg: ModelConfig, lanes: int | None) -> int:
+def cache_row_width(cfg: ModelConfig, lanes: int | None, kv: int | None = None) -> int:
     """Elements of a row of the KV cache on a chip of `lanes` lanes: the heads of a position one
     after another in rows of this width (models.decoder.layer_step_packed), the fewest rows a
     position takes: whole heads, as many as fit a vector, or else the vector's lanes, with heads
     straddling rows (a head of 128 in 320 lanes: 13 rows for 32 heads, not 16). head_dim itself
-    (the model's own layout) where a head fills a vector, or where `lanes` is None (the host)."""
-    hd, kv = cfg.head_dim, cfg.n_kv_heads
+    (the model's own layout) where a head fills a vector, or where `lanes` is None (the host).
+    `kv`: the cache's heads where not the model's (a tensor-parallel shard's)."""
+    hd, kv = cfg.head_dim, kv or cfg.n_kv_heads
     if lanes is None or hd >= lanes:
         return hd
     whole = min(kv, lanes // hd)  # heads a row holds whole
@@ -44,10 +45,14 @@ def cache_row_width(cfg: ModelConfig, lanes: int | None) -> int:
     return whole * hd
 
 
-def cache_shape(cfg: ModelConfig, context: int, lanes: int | None) -> tuple[int, int, int]:
-    """The shape a layer's K (or V) cache has on a chip of `lanes` lanes."""
-    width = cache_row_width(cfg, lanes)
-    return (-(-cfg.n_kv_heads * cfg.head_dim // width), context, width)
+def cache_shape(
+    cfg: ModelConfig, context: int, lanes: int | None, kv: int | None = None
+) -> tuple[int, int, int]:
+    """The shape a layer's K (or V) cache of `kv` heads (default: the model's) has on a chip of
+    `lanes` lanes."""
+    kv = kv or cfg.n_kv_heads
+    width = cache_row_width(cfg, lanes, kv)
+    return (-(-kv * cfg.head_dim // width), context, width)
 
 
 def decode_specs(

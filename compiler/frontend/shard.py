@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import ModelConfig, param_specs
-from models.decoder import attend, mlp
+from models.decoder import attend, attend_packed, mlp
 from models.ops import is_quantized, mm, rmsnorm, rope_tables
 from sim.errors import LpuError
 
@@ -88,11 +88,18 @@ _ATTENTION = ("attn_norm", "wq", "wk", "wv", "wo")
 _MLP = ("mlp_norm", "w_gate", "w_up", "w_down")
 
 
-def attention_target(cfg: ModelConfig, tp: int, *, pos: int, context: int, weights: str):
+def attention_target(
+    cfg: ModelConfig, tp: int, *, pos: int, context: int, weights: str, lanes: int | None = None
+):
     """(fn, args) of a rank's attention: params/layers/0/{attn_norm, wq, wk, wv, wo}, x,
-    cache/{k,v}/0 -> y (its partial of the output projection), cache."""
+    cache/{k,v}/0 -> y (its partial of the output projection), cache; the cache of its KV heads
+    in rows of cache_row_width (compiler.frontend.model) on a chip of `lanes` lanes."""
+    from compiler.frontend.model import cache_row_width, cache_shape
+
     p = shard_params(cfg, tp, weights)["layer"]
-    kv = jax.ShapeDtypeStruct((cfg.n_kv_heads // tp, context, cfg.head_dim), cfg.np_dtype)
+    heads = cfg.n_kv_heads // tp
+    width = cache_row_width(cfg, lanes, heads)
+    kv = jax.ShapeDtypeStruct(cache_shape(cfg, context, lanes, heads), cfg.np_dtype)
     args = {
         "params": {"layers": [{k: p[k] for k in _ATTENTION}]},
         "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
@@ -102,7 +109,11 @@ def attention_target(cfg: ModelConfig, tp: int, *, pos: int, context: int, weigh
 
     def attention(params, x, cache):
         layer = params["layers"][0]
-        o, k, v = attend(layer, x, cache["k"][0], cache["v"][0], cfg, pos, rope)
+        k, v = cache["k"][0], cache["v"][0]
+        if width != cfg.head_dim:
+            o, k, v = attend_packed(layer, x, k, v, cfg, pos, rope, width, heads)
+        else:
+            o, k, v = attend(layer, x, k, v, cfg, pos, rope)
         return {"y": mm(o, layer["wo"], cfg.np_dtype), "cache": {"k": [k], "v": [v]}}
 
     attention.__name__ = f"{cfg.name}_attention_tp{tp}"
@@ -186,7 +197,7 @@ def shard_inputs(symbols, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray
             continue
         axis = shard_axis(base)
         full = np.asarray(inputs[base])
-        w = sym.shape[axis]
+        w = sym.host[axis]
         lo = int(rank) * w
         part = np.take(full, np.arange(lo, min(lo + w, full.shape[axis])), axis=axis)
         if part.shape[axis] < w:

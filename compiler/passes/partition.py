@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import jax
 import numpy as np
 
-from compiler.frontend.model import check_weights, decode_specs, resolve_step
+from compiler.frontend.model import cache_shape, check_weights, decode_specs, resolve_step
 from compiler.passes.place import ModelTooLarge, stored_bytes
 from models import ModelConfig
 from sim.errors import ArgumentError
@@ -177,6 +177,7 @@ class _ModelBytes:
     dense: tuple[int, ...]  # per layer: weights other than experts
     experts: tuple[int, ...]  # per layer: expert weights (0 for a dense MLP)
     kv: tuple[int, ...]  # per layer: K and V caches at this context
+    kv_rank: dict[int, int]  # tp -> a layer's K and V caches of KV/tp heads, as a rank packs them
     head: int  # final norm and LM head
     total: int  # everything, the input vector included
 
@@ -193,10 +194,17 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
     layers = specs["params"]["layers"]
     experts = tuple(size(layer.get("experts", {})) for layer in layers)
     cache = specs["cache"]
+    kv_rank = {  # a rank packs its own heads' rows (compiler.frontend.model.cache_shape)
+        t: 2 * stored_bytes(cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // t), dt, hw)
+        for t in range(1, cfg.n_kv_heads + 1)
+        if cfg.n_kv_heads % t == 0
+        for dt in [np.dtype(cfg.np_dtype).name]
+    }
     return _ModelBytes(
         dense=tuple(size(layer) - e for layer, e in zip(layers, experts, strict=True)),
         experts=experts,
         kv=tuple(size(k) + size(v) for k, v in zip(cache["k"], cache["v"], strict=True)),
+        kv_rank=kv_rank,
         head=size({k: v for k, v in specs["params"].items() if k != "layers"}),
         total=size(specs),
     )
@@ -205,7 +213,7 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
 def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int]]:
     """(weights, KV cache) bytes on one chip of each block: the layers, then the head."""
     layers = [
-        (-(-dense // tp) + -(-experts // (tp * ep)), -(-kv // tp))
+        (-(-dense // tp) + -(-experts // (tp * ep)), b.kv_rank.get(tp, -(-kv // tp)))
         for dense, experts, kv in zip(b.dense, b.experts, b.kv, strict=True)
     ]
     return [*layers, (-(-b.head // tp), 0)]

@@ -40,7 +40,7 @@ def _inputs(cfg, seed=0):
 
 
 def _unpacked(monkeypatch):
-    monkeypatch.setattr(fm, "cache_row_width", lambda cfg, lanes: cfg.head_dim)
+    monkeypatch.setattr(fm, "cache_row_width", lambda cfg, lanes, kv=None: cfg.head_dim)
 
 
 def test_cache_symbols_are_packed_and_the_host_layout_is_the_models():

@@ -185,7 +185,7 @@ def test_small_models_take_one_chip():
 
 def test_too_large_for_any_mapping():
     cfg = get_config("llama3.1-405b")
-    with pytest.raises(ModelTooLarge, match="stage 0 .layer 0.: 403,789,760 bytes per chip") as e:
+    with pytest.raises(ModelTooLarge, match="stage 0 .layer 0.: 404,445,120 bytes per chip") as e:
         auto_mapping(cfg, TSP, 1024, "int8")
     assert "\n" not in str(e.value) and "no mapping fits" in str(e.value)
 
