@@ -18,6 +18,7 @@ else. The scheduler's cycles of the program's own instructions do not move.
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_right
 from collections import Counter
 
@@ -29,6 +30,7 @@ from sim.hardware import HardwareConfig
 from sim.icu import fetch_width
 from sim.isa import (
     DTYPE_WIDTHS,
+    INSTR_DTYPE,
     Op,
     issue_width,
     make_instrs,
@@ -38,48 +40,101 @@ from sim.isa import (
 )
 
 
-def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: int):
-    """(slices, cycles) int: the read ports the chip's READs hold, each repetition, from cycle
-    0 to the chip's last instruction (beyond it every port is idle)."""
-    mine = ins["chip"] == chip
-    end = int(cycles[mine].max()) + 2 if mine.any() else 2
-    sel = (ins["op"] == int(Op.READ)) & mine
+def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray) -> np.ndarray:
+    """(slices, cycles) int: the read ports one chip's READs (`ins`, dispatched at `cycles`) hold,
+    each repetition, from cycle 0 to the chip's last instruction (beyond it every port is idle)."""
+    end = int(cycles.max()) + 2 if len(cycles) else 2
+    sel = ins["op"] == int(Op.READ)
     r, t0 = ins[sel], cycles[sel]
     i, j = repetitions(r)
     t = t0[i] + j * periods(r)[i]
     end = max(end, int(t.max()) + 2 if len(t) else 0)
-    busy = np.zeros((hw.mem_slices, end), np.int16)
     width = DTYPE_WIDTHS[r["dtype"]][i]
-    for m in range(4):
-        k = m < width
-        np.add.at(busy, (r["slice"].astype(np.int64)[i[k]] + m, t[k]), 1)
-    return busy
+    base = r["slice"].astype(np.int64)[i] * end + t
+    cells = np.concatenate([base[m < width] + m * end for m in range(4)])
+    busy = np.bincount(cells, minlength=hw.mem_slices * end)[: hw.mem_slices * end]
+    return busy.reshape(hw.mem_slices, end).astype(np.int16)
 
 
 def plan_fetches(
     hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, words: int, src: int = -1
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(instrs, cycles, words used) with the IFETCHes every queue needs added (source `src`)."""
+    """(instrs, cycles, words used) with the IFETCHes every queue needs added (source `src`).
+
+    Chips are planned one at a time, and a chip whose queues, READs and cycles are another's
+    shifted in time (a pipeline's stages of one shape) takes that chip's plan shifted alike,
+    when that plan fetches nothing before the chip's first instruction (the one place where
+    the search is not relative to the chip's own cycles)."""
+    cap = hw.icu_queue_instructions
+    key = ins["chip"].astype(np.int64) * (1 << 20) + ins["queue"].astype(np.int64)
+    _, sizes = np.unique(key, return_counts=True)
+    if not len(sizes) or sizes.max() <= cap:
+        return ins, cycles, words
+    chip = ins["chip"].astype(np.int64)
+    by_chip = np.argsort(chip, kind="stable")
+    chips, starts = np.unique(chip[by_chip], return_index=True)
+    bounds = np.r_[starts, len(ins)]
+    plans: dict[bytes, tuple] = {}  # a shape's plan: (instrs, cycles, first cycle, top word)
+    parts, part_cycles, top = [], [], words
+    for k, ch in enumerate(chips.tolist()):
+        index = by_chip[bounds[k] : bounds[k + 1]]
+        mine, at = ins[index], cycles[index]
+        first = int(at.min())
+        shape = _shape(mine, at - first)
+        if shape in plans:
+            extra, extra_cycles, first0, image_top = plans[shape]
+            extra = extra.copy()
+            extra["chip"] = ch
+            extra_cycles = extra_cycles + (first - first0)
+        else:
+            extra, extra_cycles, image_top = _plan_chip(hw, mine, at, ch, words, src)
+            if not len(extra_cycles) or extra_cycles.min() >= first:
+                plans[shape] = extra, extra_cycles, first, image_top
+        top = max(top, image_top)
+        parts.append(extra)
+        part_cycles.append(extra_cycles)
+    if top > hw.words_per_slice:
+        raise ModelTooLarge(
+            f"the instruction image needs {top - words} more words per slice above "
+            f"the {words} in use; a slice of {hw.name} has {hw.words_per_slice}"
+        )
+    if not sum(len(p) for p in parts):
+        return ins, cycles, words
+    return (
+        np.concatenate([ins, *parts]),
+        np.concatenate([cycles, *part_cycles]),
+        max(words, top),
+    )
+
+
+def _shape(ins: np.ndarray, cycles: np.ndarray) -> bytes:
+    """What a chip's fetch plan depends on: each instruction's queue, op, and a READ's slices and
+    repetitions, with its cycle (relative to the chip's first)."""
+    h = hashlib.sha256()
+    for name in ("queue", "op", "slice", "dtype", "repeat", "period"):
+        h.update(np.ascontiguousarray(ins[name]).tobytes())
+    h.update(np.ascontiguousarray(cycles, np.int64).tobytes())
+    return h.digest()
+
+
+def _plan_chip(
+    hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, chip: int, words: int, src: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One chip's IFETCHes (instrs, cycles) and the top of its instruction image."""
     cap, most, rl = hw.icu_queue_instructions, fetch_width(hw), hw.mem_read_latency_cycles
     ports_per_slice = hw.mem_read_ports_per_slice
-    key = ins["chip"].astype(np.int64) * (1 << 20) + ins["queue"].astype(np.int64)
-    qkeys, sizes = np.unique(key, return_counts=True)
-    if not len(qkeys) or sizes.max() <= cap:
-        return ins, cycles, words
-    order = np.lexsort((np.arange(len(ins)), cycles, key))
-    starts = np.searchsorted(key[order], qkeys)
-    ports: dict[int, np.ndarray] = {}
-    images: dict[int, np.ndarray] = {}  # per chip: the next free word of each slice
+    queue = ins["queue"].astype(np.int64)
+    qkeys, sizes = np.unique(queue, return_counts=True)
+    order = np.lexsort((np.arange(len(ins)), cycles, queue))
+    starts = np.searchsorted(queue[order], qkeys)
+    busy = image = None
     records = []
-    for qk, lo, n in zip(qkeys.tolist(), starts.tolist(), sizes.tolist(), strict=True):
+    for q, lo, n in zip(qkeys.tolist(), starts.tolist(), sizes.tolist(), strict=True):
         if n <= cap:
             continue
-        chip, q = qk >> 20, qk - (qk >> 20 << 20)
-        if chip not in ports:
-            ports.clear()  # queues come chip by chip: one chip's ports at a time
-            ports[chip] = _read_ports(hw, ins, cycles, chip)
-            images[chip] = np.full(hw.mem_slices, words, np.int64)
-        busy, image = ports[chip], images[chip]
+        if busy is None:
+            busy = _read_ports(hw, ins, cycles)
+            image = np.full(hw.mem_slices, words, np.int64)  # the next free word of each slice
         c = cycles[order[lo : lo + n]]
         width = issue_width(hw, q)
         used = Counter(c.tolist())
@@ -119,21 +174,9 @@ def plan_fetches(
                     f"({hw.icu_instruction_bytes})"
                 )
             pos, prev = pos + 1, d
-    top = max((int(image.max()) for image in images.values()), default=words)
-    if top > hw.words_per_slice:
-        raise ModelTooLarge(
-            f"the instruction image needs {top - words} more words per slice above "
-            f"the {words} in use; a slice of {hw.name} has {hw.words_per_slice}"
-        )
-    if not records:
-        return ins, cycles, words
-    extra = make_instrs(records)
+    extra = make_instrs(records) if records else np.zeros(0, INSTR_DTYPE)
     extra_cycles = np.array([rec["cycle"] for rec in records], np.int64)
-    return (
-        np.concatenate([ins, extra]),
-        np.concatenate([cycles, extra_cycles]),
-        max(words, top),
-    )
+    return extra, extra_cycles, int(image.max()) if image is not None else words
 
 
 def _there(landed: tuple[list, list], pos: int, t: int) -> bool:
