@@ -25,9 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from compiler.codegen.fetch import plan_fetches
+from compiler.codegen.fetch import fetch_and_encode
 from sim.hardware import HardwareConfig
-from sim.icu import encode
 from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
 from sim.program import Program, Symbol
 from sim.system import System
@@ -82,8 +81,7 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
     data_words = max(_data_words(p) for p in stages)
-    ins, cyc, words = plan_fetches(hw, ins, cyc, data_words, _fetch_source(stages[0]))
-    ins, cyc = encode(ins, cyc)
+    ins, cyc, words = fetch_and_encode(hw, ins, cyc, data_words, _fetch_source(stages[0]))
     return Program(
         hw=hw,
         instrs=ins,
