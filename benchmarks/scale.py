@@ -5,6 +5,7 @@ where a token's time goes.
 
     python benchmarks/scale.py            # the models of issue 8 on groq-tsp-v1
     python benchmarks/scale.py --small    # what CI runs: an 8-layer tiny model on 8 teaching chips
+    python benchmarks/scale.py --many     # hundreds of chips: models given more layers, one a chip
     python benchmarks/scale.py --json
 
 Each case runs in a fresh process, so its peak RSS is its own.
@@ -16,9 +17,19 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import re
 import resource
 import sys
 import time
+
+# Hundreds of chips: a model given N layers ("<model>-<N>L"), a stage a chip. Its stages are
+# of two shapes, so this measures what grows with the chips: the pipeline's assembly,
+# instruction fetch, and simulating every chip (the engine runs identical chips once).
+MANY = [  # (model, hardware, weights, context)
+    ("tiny-llama-256L", "teaching", "native", 64),
+    ("llama2-7b-128L", "groq-tsp-v1", "int8", 64),
+    ("llama2-7b-256L", "groq-tsp-v1", "int8", 64),
+]
 
 CASES = [  # (model, weights, context)
     ("llama2-7b", "int8", 64),
@@ -31,18 +42,22 @@ CASES = [  # (model, weights, context)
 
 
 def _config(name: str):
+    """A model by name; "<model>-<N>L" (and "tiny-llama-8") is the model with N layers."""
     from models import get_config
 
     if name == "tiny-llama-8":
         return dataclasses.replace(get_config("tiny-llama"), name=name, n_layers=8)
+    m = re.fullmatch(r"(.+)-(\d+)L", name)
+    if m:
+        return dataclasses.replace(get_config(m.group(1)), name=name, n_layers=int(m.group(2)))
     return get_config(name)
 
 
-def _fewest_pipeline(cfg, hw, context: int, weights: str):
-    """The fewest pipeline stages whose every chip holds its share, or None."""
+def _fewest_pipeline(cfg, hw, context: int, weights: str, least: int = 1):
+    """The fewest pipeline stages (from `least`) whose every chip holds its share, or None."""
     from compiler.passes.partition import Mapping, fit
 
-    for pp in range(1, cfg.n_layers + 2):
+    for pp in range(least, cfg.n_layers + 2):
         if fit(Mapping(pp=pp), cfg, hw, context, weights).fits:
             return pp
     return None
@@ -61,7 +76,9 @@ def measure(model: str, hw_name: str, weights: str, context: int, simulate_it: b
         row.update(auto_chips=plan.mapping.chips, auto_mapping=str(plan.mapping), why=str(plan))
     except Exception as e:  # no mapping holds it: say why
         row.update(auto_chips=None, auto_mapping="-", why=str(e).split(";")[0])
-    pp = _fewest_pipeline(cfg, hw, context, weights)
+    # a model given many layers: a stage a layer (or the head's chip), as a large model would be
+    least = cfg.n_layers if re.fullmatch(r".+-\d+L", model) else 1
+    pp = _fewest_pipeline(cfg, hw, context, weights, least)
     row["pp_chips"] = pp
     if pp is None or not simulate_it:
         row["note"] = "no pipeline-only mapping holds it" if pp is None else "not simulated"
@@ -71,13 +88,14 @@ def measure(model: str, hw_name: str, weights: str, context: int, simulate_it: b
     t1 = time.perf_counter()
     r = simulate(program, mode="timing")
     t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # compile and simulate
     stages = program.meta["stages"]
     on_chip = sum(s["cycles"] for s in stages)
     b = bounds(program, program.predicted)
     row.update(
         compile_s=t1 - t0,
         simulate_s=t2 - t1,
-        rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        rss_gib=rss,
         cycles=r.cycles,
         predicted_equal=r.cycles == program.predicted_cycles,
         tokens_per_s=hw.clock_hz / r.cycles,
@@ -88,6 +106,7 @@ def measure(model: str, hw_name: str, weights: str, context: int, simulate_it: b
         instructions=len(program.instrs),
         events=r.vector_ops,
         shared_programs=program.meta["shared_programs"],
+        chips_simulated=getattr(r, "chips_simulated", None),
     )
     return row
 
@@ -99,10 +118,11 @@ def _run(args) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="the tiny case only (CI)")
+    ap.add_argument("--many", action="store_true", help="hundreds of chips (synthetic models)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-simulate", action="store_true", help="chip counts only")
     args = ap.parse_args(argv)
-    cases = [("tiny-llama-8", "teaching", "native", 8)] if args.small else [
+    cases = [("tiny-llama-8", "teaching", "native", 8)] if args.small else MANY if args.many else [
         (m, "groq-tsp-v1", w, c) for m, w, c in CASES
     ]  # fmt: skip
     ctx = mp.get_context("spawn")
@@ -113,23 +133,26 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
-    print(f"{'model':<14}{'weights':>8}{'ctx':>6}{'auto':>6}{'pp':>5}{'compile s':>10}"
-          f"{'sim s':>7}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>10}{'c2c':>8}  binds")  # fmt: skip
+    print(f"{'model':<16}{'weights':>8}{'ctx':>6}{'auto':>6}{'pp':>5}{'compile s':>10}"
+          f"{'sim s':>7}{'ran':>5}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>11}{'c2c':>9}  binds")  # fmt: skip
     for r in rows:
         if "cycles" in r:
             print(
-                f"{r['model']:<14}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6}"
+                f"{r['model']:<16}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6}"
                 f"{r['pp_chips']:>5}{r['compile_s']:>10.1f}{r['simulate_s']:>7.1f}"
-                f"{r['rss_gib']:>8.2f}{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>10,}"
-                f"{r['c2c_cycles']:>8,}  {r['stage_binds']}"
+                f"{r['chips_simulated'] or r['pp_chips']:>5}{r['rss_gib']:>8.2f}"
+                f"{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>11,}{r['c2c_cycles']:>9,}"
+                f"  {r['stage_binds']}"
             )
         else:
             print(
-                f"{r['model']:<14}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6}"
+                f"{r['model']:<16}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6}"
                 f"{r['pp_chips'] or '-':>5}  {r['note']}"
             )
     print("\nauto: the fewest chips of any mapping (compiler.passes.partition.auto_mapping); pp: "
-          "the fewest pipeline stages alone that hold it, the mapping that compiles today.")  # fmt: skip
+          "the fewest pipeline stages alone that hold it, the mapping that compiles today; ran: "
+          "the chips the engine simulated (identical chips once, sim/engine/share.py); RSS: the "
+          "peak of compiling and simulating.")  # fmt: skip
     for r in rows:
         print(f"  {r['model']} ({r['weights']}, context {r['context']}): {r['why']}")
     return 0
