@@ -184,7 +184,7 @@ def encode(ins: np.ndarray, cycles: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     if not len(ins):
         return ins.copy(), cycles.copy()
     order, delay = encoding(ins["chip"], ins["queue"], cycles)
-    ins, cycles = ins[order], cycles[order]
+    ins, cycles = np.take(ins, order), cycles[order]  # take: NumPy indexes records slowly
     ins["delay"] = delay
     return ins, cycles
 

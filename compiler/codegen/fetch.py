@@ -87,7 +87,7 @@ def fetch_and_encode(
             extra_cycles = extra_cycles + (first - first0)
         else:
             extra, extra_cycles, image_top = _plan_chip(
-                hw, ins[index], cycles[index], ch, words, src
+                hw, np.take(ins, index), cycles[index], ch, words, src
             )
             if not len(extra_cycles) or extra_cycles.min() >= first:
                 shapes[shape] = extra, extra_cycles, first, image_top
@@ -120,8 +120,9 @@ def fetch_and_encode(
                 heads = np.unique(queue, return_index=True)[1]  # each queue's first place
                 encodings[shape] = order, delays, heads, first
         own = order < len(index)  # the chip's instructions, then its IFETCHes
-        out[where[own]] = ins[index[order[own]]]
-        out[where[~own]] = extra[order[~own] - len(index)]
+        # (take and put: NumPy's indexing of records is many times slower)
+        np.put(out, where[own], np.take(ins, index[order[own]]))
+        np.put(out, where[~own], np.take(extra, order[~own] - len(index)))
         out["delay"][where] = delays
         out_cycles[where] = timing[order]
     return out, out_cycles, words if top is None else max(words, top)

@@ -45,23 +45,25 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         by_pair.setdefault((min(a, b), max(a, b)), []).append(i)
     book = _Book(hw)
     parts, cycles, syms, consts, tables, sources = [], [], [], {}, [], []
-    seen: dict[int, tuple[int, int]] = {}  # a shared stage Program's tables and sources, once
+    # A shared stage Program's instructions (IFETCHes planned again over each chip's queues),
+    # predictions, tables and sources, once.
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     start = end = 0
     stage_meta = []
     for s, prog in enumerate(stages):
         if id(prog) not in seen:
-            seen[id(prog)] = (sum(len(t) for t in tables), len(sources))
+            keep = prog.instrs["op"] != int(Op.IFETCH)
+            ins = np.compress(keep, prog.instrs)  # a copy (faster than indexing records)
+            ins["table"][ins["op"] == int(Op.PERMUTE)] += sum(len(t) for t in tables)
+            ins["src"][ins["src"] >= 0] += len(sources)
+            seen[id(prog)] = ins, prog.predicted[keep]
             tables.append(prog.tables)
             sources += prog.sources
-        table_base, src_base = seen[id(prog)]
-        keep = prog.instrs["op"] != int(Op.IFETCH)  # planned again over the whole chip's queues
-        ins = prog.instrs[keep].copy()
+        ins, predicted = seen[id(prog)]
+        ins = ins.copy()
         ins["chip"] = s
-        permute = ins["op"] == int(Op.PERMUTE)
-        ins["table"][permute] += table_base
-        ins["src"][ins["src"] >= 0] += src_base
         parts.append(ins)
-        cycles.append(prog.predicted[keep] + start)
+        cycles.append(predicted + start)
         for sym in prog.symbols:
             named = _global_symbol(sym, s, first_layers[s], last=s == len(stages) - 1)
             if named is None:
@@ -80,6 +82,7 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
             cycles.append(np.array([r["cycle"] for r in recs], np.int64))
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
+    parts.clear()  # (the chips' copies: one fewer held while fetches are planned)
     data_words = max(_data_words(p) for p in stages)
     ins, cyc, words = fetch_and_encode(hw, ins, cyc, data_words, _fetch_source(stages[0]))
     return Program(

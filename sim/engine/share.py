@@ -96,7 +96,7 @@ def run_shared(program: Program, cycles: np.ndarray, stats: np.ndarray) -> RawRe
 
 def _local(program: Program, index: np.ndarray, links_used: np.ndarray) -> np.ndarray:
     """A chip's instructions as chip 0's, each SEND/RECV naming its link's local number."""
-    ins = program.instrs[index]
+    ins = np.take(program.instrs, index)  # NumPy indexes records much faster by take
     ins["chip"] = 0
     c2c = (ins["op"] == SEND) | (ins["op"] == RECV)
     ins["table"][c2c] = _numbers(links_used, ins["table"][c2c])
