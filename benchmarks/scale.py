@@ -27,8 +27,8 @@ import time
 # instruction fetch, and simulating every chip (the engine runs identical chips once).
 MANY = [  # (model, hardware, weights, context)
     ("tiny-llama-256L", "teaching", "native", 64),
+    ("llama2-7b-64L", "groq-tsp-v1", "int8", 64),
     ("llama2-7b-128L", "groq-tsp-v1", "int8", 64),
-    ("llama2-7b-256L", "groq-tsp-v1", "int8", 64),
 ]
 
 CASES = [  # (model, weights, context)
