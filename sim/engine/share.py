@@ -53,6 +53,9 @@ def run_shared(program: Program, cycles: np.ndarray, stats: np.ndarray) -> RawRe
         groups.setdefault(part.key, []).append(part.chip)
     if len(groups) == len(parts):
         return None  # nothing to share
+    outputs: dict[int, list] = {}
+    for sym in program.symbols_of("output"):
+        outputs.setdefault(sym.chip, []).append(sym)
     hops, ways = 0, None
     for members in groups.values():
         part = parts[members[0]]
@@ -69,13 +72,11 @@ def run_shared(program: Program, cycles: np.ndarray, stats: np.ndarray) -> RawRe
         ways = int(prep.g[c.G_WAYS])
         if out[c.O_CODE] != c.OK or (accum >= 0).any():
             return None
-        for chip in members:  # each chip's outputs where its symbols say, as its first's
-            for sym in program.symbols_of("output"):
-                if sym.chip != chip:
-                    continue
-                cell = prep.cell(0, sym.slices.astype(np.int64), sym.addrs.astype(np.int64))
-                if (mem_vid[cell] != sym.vids).any():
-                    return None
+        for sym in (s for chip in members for s in outputs.get(chip, ())):
+            # each chip's outputs where its symbols say, in its group's first chip's memory
+            cell = prep.cell(0, sym.slices.astype(np.int64), sym.addrs.astype(np.int64))
+            if (mem_vid[cell] != sym.vids).any():
+                return None
         hops += int(out[c.O_HOPS]) * len(members)
     hw, ins = program.hw, program.instrs
     counts = dict.fromkeys(COUNT_KEYS, 0)
