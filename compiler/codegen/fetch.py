@@ -136,7 +136,7 @@ SHAPE_FIELDS = ("queue", "op", "slice", "dtype", "repeat", "period")
 def _shape(fields: list[np.ndarray], cycles: np.ndarray) -> bytes:
     h = hashlib.sha256()
     for f in fields:
-        h.update(f.tobytes())
+        h.update(f)  # (fresh arrays: their buffers, no copies)
     h.update(np.ascontiguousarray(cycles, np.int64).tobytes())
     return h.digest()
 

@@ -194,7 +194,7 @@ def _parts(program: Program, cycles: np.ndarray) -> list[_Part] | None:
         h = hashlib.sha256()
         local = _local(program, index, links_used)
         local["delay"] = 0  # the dispatch cycles say when
-        h.update(local.tobytes())
+        h.update(local)  # (its buffer: no copy)
         h.update((cycles[index] - first).tobytes())
         h.update(ends_a.tobytes())
         shifted = external.copy()
