@@ -357,10 +357,9 @@ def _land(arrivals, arrival_val, heads, tails, mask, cap, upto, slot_vid, slot_v
         heads[k // cap] += 1
         cell = arrivals[k, A_SLOT]
         if slot_vid[cell] != EMPTY:
-            e = arrivals[k, A_EVENT]
-            _fail(
-                out, E_C2C_OVERWRITE, e, ev_t[e], arrivals[k, A_VID], cell % slots, slot_vid[cell]
-            )
+            e = arrivals[k, A_EVENT]  # -1: another chip's SEND (FIFO_EXTERNAL), at its landing
+            at = ev_t[e] if e >= 0 else arrivals[k, A_AT]
+            _fail(out, E_C2C_OVERWRITE, e, at, arrivals[k, A_VID], cell % slots, slot_vid[cell])
             out[O_D] = arrivals[k, A_AT]
             return True
         slot_vid[cell] = arrivals[k, A_VID]
