@@ -134,7 +134,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows, default=str))
         return 0
     print(f"{'model':<16}{'weights':>8}{'ctx':>6}{'auto':>6}{'pp':>5}{'compile s':>10}"
-          f"{'sim s':>7}{'ran':>5}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>11}{'c2c':>9}  binds")  # fmt: skip
+          f"{'sim s':>7}{'ran':>5}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>11}"
+          f"{'c2c':>9}  binds")  # fmt: skip
     for r in rows:
         if "cycles" in r:
             print(

@@ -12,8 +12,9 @@ unit, cycle, instruction index, wording) as `sim.reference.run_reference`. In th
     report   outputs, counts, trace; or the exception, worded as the reference does  violations.py
 
 A timing run of several chips simulates each group of identical chips once (share.py; the
-result's `chip_groups` names them), unless `share=False`. With the compile flags in flags.py, the array layouts in schema.py, and rounding to the element
-types (float16, bfloat16, int8, float8_e4m3fn) by bit manipulation in rounding.py.
+result's `chip_groups` names them), unless `share=False`. With the compile flags in flags.py,
+the array layouts in schema.py, and rounding to the element types (float16, bfloat16, int8,
+float8_e4m3fn) by bit manipulation in rounding.py.
 
 Where the reference would crash or misbehave rather than report, the engine refuses up front with
 a ValueError: an instruction whose op or dtype is no valid code, a symbol with a negative slice or
