@@ -8,6 +8,7 @@ token's time goes (on chip, chip to chip, and of that the tensor-parallel all-re
     python benchmarks/scale.py --case llama2-70b:int8:1024:tp=8,pp=72:8
                                           # model:weights:context:mapping[:layers]; layers cuts
                                           # the model to its first N layers (pp scaled alike)
+    python benchmarks/scale.py --many     # hundreds of chips: models given more layers, one a chip
     python benchmarks/scale.py --json
 
 Each case runs in a fresh process, so its peak RSS is its own. A case's mapping is the one given,
@@ -20,9 +21,19 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import re
 import resource
 import sys
 import time
+
+# Hundreds of chips: a model given N layers ("<model>-<N>L"), a stage a chip. Its stages are
+# of two shapes, so this measures what grows with the chips: the pipeline's assembly,
+# instruction fetch, and simulating every chip (the engine runs identical chips once).
+MANY = [  # (model, hardware, weights, context, mapping, layers)
+    ("tiny-llama-256L", "teaching", "native", 64, None, None),
+    ("llama2-7b-64L", "groq-tsp-v1", "int8", 64, None, None),
+    ("llama2-7b-128L", "groq-tsp-v1", "int8", 64, None, None),
+]
 
 CASES = [  # (model, weights, context, mapping: None for the fewest chips, layers: None for all)
     ("llama2-7b", "int8", 64, None, None),
@@ -35,18 +46,22 @@ CASES = [  # (model, weights, context, mapping: None for the fewest chips, layer
 
 
 def _config(name: str):
+    """A model by name; "<model>-<N>L" (and "tiny-llama-8") is the model with N layers."""
     from models import get_config
 
     if name == "tiny-llama-8":
         return dataclasses.replace(get_config("tiny-llama"), name=name, n_layers=8)
+    m = re.fullmatch(r"(.+)-(\d+)L", name)
+    if m:
+        return dataclasses.replace(get_config(m.group(1)), name=name, n_layers=int(m.group(2)))
     return get_config(name)
 
 
-def _fewest_pipeline(cfg, hw, context: int, weights: str):
-    """The fewest pipeline stages whose every chip holds its share, or None."""
+def _fewest_pipeline(cfg, hw, context: int, weights: str, least: int = 1):
+    """The fewest pipeline stages (from `least`) whose every chip holds its share, or None."""
     from compiler.passes.partition import Mapping, fit
 
-    for pp in range(1, cfg.n_layers + 2):
+    for pp in range(least, cfg.n_layers + 2):
         if fit(Mapping(pp=pp), cfg, hw, context, weights).fits:
             return pp
     return None
@@ -71,9 +86,12 @@ def measure(
         row.update(auto_chips=plan.mapping.chips, auto_mapping=str(plan.mapping), why=str(plan))
     except LpuError as e:  # no mapping holds it: say why
         row.update(auto_chips=None, auto_mapping="-", why=str(e).split(";")[0])
-    pp = _fewest_pipeline(cfg, hw, context, weights)
+    # a model given many layers: a stage a layer (or the head's chip), as a large model would be
+    many = re.fullmatch(r".+-\d+L", model) is not None
+    pp = _fewest_pipeline(cfg, hw, context, weights, cfg.n_layers if many else 1)
     if mapping is None:
-        mapping = row["auto_mapping"] if row["auto_chips"] else pp and f"pp={pp}"
+        auto = row["auto_mapping"] if row["auto_chips"] and not many else None
+        mapping = auto or (pp and f"pp={pp}")
     row["mapping"] = mapping or "-"
     if not mapping or not simulate_it:
         row["note"] = "no mapping holds it" if not mapping else "not simulated"
@@ -88,6 +106,7 @@ def measure(
     t1 = time.perf_counter()
     r = simulate(program, mode="timing")
     t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # compile and simulate
     stages = program.meta["stages"]
     t = time_breakdown(program, r.cycles)
     b = bounds(program, program.predicted)
@@ -95,7 +114,7 @@ def measure(
         chips=m.chips,
         compile_s=t1 - t0,
         simulate_s=t2 - t1,
-        rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        rss_gib=rss,
         cycles=r.cycles,
         predicted_equal=r.cycles == program.predicted_cycles,
         tokens_per_s=hw.clock_hz / r.cycles,
@@ -107,6 +126,7 @@ def measure(
         instructions=len(program.instrs),
         events=r.vector_ops,
         shared_programs=program.meta["shared_programs"],
+        chips_simulated=getattr(r, "chips_simulated", None),
     )
     return row
 
@@ -127,11 +147,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", action="store_true", help="the tiny case only (CI)")
     ap.add_argument("--case", action="append", default=[], help="model:weights:context:mapping")
+    ap.add_argument("--many", action="store_true", help="hundreds of chips (synthetic models)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-simulate", action="store_true", help="chip counts only")
     args = ap.parse_args(argv)
     if args.small:
         cases = [("tiny-llama-8", "teaching", "native", 8, "tp=2,pp=4", None)]
+    elif args.many:
+        cases = MANY
     elif args.case:
         cases = [(m, "groq-tsp-v1", w, c, mp_, n) for m, w, c, mp_, n in map(_case, args.case)]
     else:
@@ -145,8 +168,8 @@ def main(argv=None) -> int:
         print(json.dumps(rows, default=str))
         return 0
     print(f"{'model':<18}{'weights':>8}{'ctx':>6}{'auto':>6} {'mapping':<12}{'chips':>6}"
-          f"{'compile s':>10}{'sim s':>7}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>10}{'c2c':>9}"
-          f"{'all-red':>9}  binds")  # fmt: skip
+          f"{'compile s':>10}{'sim s':>7}{'ran':>5}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>10}"
+          f"{'c2c':>9}{'all-red':>9}  binds")  # fmt: skip
     for r in rows:
         head = (
             f"{r['model']:<18}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6} "
@@ -155,14 +178,16 @@ def main(argv=None) -> int:
         if "cycles" in r:
             print(
                 f"{head}{r['chips']:>6}{r['compile_s']:>10.1f}{r['simulate_s']:>7.1f}"
-                f"{r['rss_gib']:>8.2f}{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>10,}"
-                f"{r['c2c_cycles']:>9,}{r['allreduce_cycles']:>9,}  {r['stage_binds']}"
+                f"{r['chips_simulated'] or r['chips']:>5}{r['rss_gib']:>8.2f}"
+                f"{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>10,}{r['c2c_cycles']:>9,}"
+                f"{r['allreduce_cycles']:>9,}  {r['stage_binds']}"
             )
         else:
             print(f"{head}  {r['note']}")
-    print("\nauto: the fewest chips of any mapping (compiler.passes.partition.auto_mapping); c2c: "
-          "chip-to-chip cycles along a token's path, all-red: of which tensor-parallel "
-          "all-reduces.")  # fmt: skip
+    print("\nauto: the fewest chips of any mapping (compiler.passes.partition.auto_mapping); ran: "
+          "the chips the engine simulated (identical chips once, sim/engine/share.py); RSS: the "
+          "peak of compiling and simulating; c2c: chip-to-chip cycles along a token's path, "
+          "all-red: of which tensor-parallel all-reduces.")  # fmt: skip
     for r in rows:
         print(f"  {r['model']} ({r['weights']}, context {r['context']}): {r['why']}")
     return 0

@@ -19,9 +19,12 @@ def simulate(
     mode: str = "functional",
     engine: str = "numba",
     trace: bool = False,
+    share: bool = True,
 ) -> SimResult:
     """Execute `program`. Functional mode computes every vector (all inputs required) and
-    returns the outputs; timing mode only times and checks the schedule."""
+    returns the outputs; timing mode only times and checks the schedule. On the numba engine,
+    a timing run of several chips simulates identical chips once (`share=False`: each on its
+    own); the result's `chip_groups` says which it shared."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; valid modes: {', '.join(MODES)}")
     if engine not in ENGINES:
@@ -32,7 +35,7 @@ def simulate(
     else:
         from sim.engine import run_engine
 
-        raw = run_engine(program, inputs, functional=functional, trace=trace)
+        raw = run_engine(program, inputs, functional=functional, trace=trace, share=share)
     return SimResult(
         hw=program.hw,
         cycles=raw.cycles,
@@ -48,4 +51,5 @@ def simulate(
         trace=raw.trace,
         link_bytes=raw.link_bytes,
         chips=program.chips,
+        chip_groups=raw.chip_groups,
     )

@@ -180,19 +180,31 @@ def encode(ins: np.ndarray, cycles: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """(instrs, cycles) with each queue's instructions in cycle order (stable) at the array
     positions that queue held, and `delay` set so that each dispatches at its cycle. SYNCs are
     encoded like any instruction (their barrier must be released by then)."""
-    ins, cycles = ins.copy(), np.asarray(cycles, np.int64).copy()
+    cycles = np.asarray(cycles, np.int64)
     if not len(ins):
-        return ins, cycles
-    key = ins["chip"].astype(np.int64) * (1 << 20) + ins["queue"].astype(np.int64)
-    by_queue = np.lexsort((np.arange(len(ins)), key))  # positions of each queue, in array order
-    timed = np.lexsort((np.arange(len(ins)), cycles, key))  # each queue's instructions by cycle
-    ins[by_queue], cycles[by_queue] = ins[timed], cycles[timed]
-    k, t = key[by_queue], cycles[by_queue]
+        return ins.copy(), cycles.copy()
+    order, delay = encoding(ins["chip"], ins["queue"], cycles)
+    ins, cycles = np.take(ins, order), cycles[order]  # take: NumPy indexes records slowly
+    ins["delay"] = delay
+    return ins, cycles
+
+
+def encoding(chip: np.ndarray, queue: np.ndarray, cycles: np.ndarray):
+    """`encode` as (order, delays): the encoded instructions are the given ones in `order`, with
+    `delay` set to `delays`."""
+    n = len(cycles)
+    key = chip.astype(np.int64) * (1 << 20) + queue.astype(np.int64)
+    by_queue = np.lexsort((np.arange(n), key))  # positions of each queue, in array order
+    timed = np.lexsort((np.arange(n), cycles, key))  # each queue's instructions by cycle
+    order = np.empty(n, np.int64)
+    order[by_queue] = timed
+    k, t = key[timed], cycles[timed]
     delay = np.diff(t, prepend=0)
     first = np.r_[True, k[1:] != k[:-1]]
     delay[first] = t[first]
-    ins["delay"][by_queue] = delay
-    return ins, cycles
+    delays = np.empty(n, np.int64)
+    delays[by_queue] = delay
+    return order, delays
 
 
 def cycles_of(program) -> np.ndarray:

@@ -110,6 +110,9 @@ class RawResult:
     trace: list[tuple[int, int, int]] = field(default_factory=list)  # (cycle, instr, rep)
     # (links, 2) int64 bytes sent over each link's channels a -> b and b -> a
     link_bytes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    # Groups of identical chips each simulated once (by its first), every chip in one; empty
+    # when every chip was simulated (sim/engine/share.py)
+    chip_groups: tuple[tuple[int, ...], ...] = ()
 
 
 COUNT_KEYS = (

@@ -40,6 +40,14 @@ class SimResult:
     # (links, 2) int64: bytes sent over each link a -> b and b -> a (Program.links)
     link_bytes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     chips: int = 1  # whose units `busy` counts together
+    # Groups of identical chips the engine simulated once each (by the group's first chip), every
+    # chip in one group; empty when every chip was simulated on its own (sim/engine/share.py).
+    chip_groups: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def chips_simulated(self) -> int | None:
+        """How many chips' runs the engine made when it shared them (None: every chip's)."""
+        return len(self.chip_groups) if self.chip_groups else None
 
     @property
     def seconds(self) -> float:
@@ -79,4 +87,5 @@ class SimResult:
             "bytes_written": self.bytes_written,
             "unit_utilisation": self.utilisation,
             "link_bytes": self.link_bytes.tolist(),
+            "chips_simulated": self.chips_simulated,
         }

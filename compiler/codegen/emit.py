@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.codegen.fetch import plan_fetches
+from compiler.codegen.fetch import fetch_and_encode
 from compiler.ir.vector import VProgram
 from compiler.passes.place import ModelTooLarge
 from compiler.schedule.listsched import Schedule
 from sim.hardware import HardwareConfig
-from sim.icu import encode
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
@@ -109,8 +108,7 @@ def finish(hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray, words: in
     offset, words in use with the instruction image, sources with ICU_SOURCES)."""
     first = len(sources)
     instrs, cycles, offset = start_barrier(hw, instrs, cycles, first)
-    instrs, cycles, words = plan_fetches(hw, instrs, cycles, words, first + 1)
-    instrs, cycles = encode(instrs, cycles)
+    instrs, cycles, words = fetch_and_encode(hw, instrs, cycles, words, first + 1)
     return instrs, cycles, offset, words, (*sources, *ICU_SOURCES)
 
 

@@ -19,16 +19,14 @@ every other resource.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from dataclasses import replace
 
 import numpy as np
 
-from compiler.codegen.fetch import plan_fetches
+from compiler.codegen.fetch import fetch_and_encode
 from sim.hardware import HardwareConfig
-from sim.icu import encode
 from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
 from sim.program import Program, Symbol
 from sim.system import System
@@ -53,25 +51,27 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         by_pair.setdefault((min(a, b), max(a, b)), []).append(i)
     book = _Book(hw)
     parts, cycles, syms, consts, tables, sources = [], [], [], {}, [], []
-    seen: dict[int, tuple[int, int]] = {}  # a shared stage Program's tables and sources, once
+    # A shared stage Program's instructions (IFETCHes planned again over each chip's queues),
+    # predictions, tables and sources, once.
+    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     start = end = 0
     stage_meta = []
     for s, prog in enumerate(stages):
         if id(prog) not in seen:
-            seen[id(prog)] = (sum(len(t) for t in tables), len(sources))
+            keep = prog.instrs["op"] != int(Op.IFETCH)
+            ins = np.compress(keep, prog.instrs)  # a copy (faster than indexing records)
+            ins["table"][ins["op"] == int(Op.PERMUTE)] += sum(len(t) for t in tables)
+            ins["src"][ins["src"] >= 0] += len(sources)
+            seen[id(prog)] = ins, prog.predicted[keep]
             tables.append(prog.tables)
             sources += prog.sources
-        table_base, src_base = seen[id(prog)]
-        keep = prog.instrs["op"] != int(Op.IFETCH)  # planned again over the whole chip's queues
-        ins = prog.instrs[keep].copy()
+        ins, predicted = seen[id(prog)]
+        ins = ins.copy()
         ins["chip"] += s * tp
         if tp > 1:
             _relink(ins, prog.links, s * tp, by_pair)
-        permute = ins["op"] == int(Op.PERMUTE)
-        ins["table"][permute] += table_base
-        ins["src"][ins["src"] >= 0] += src_base
         parts.append(ins)
-        cycles.append(prog.predicted[keep] + start)
+        cycles.append(predicted + start)
         for sym in prog.symbols:
             named = _global_symbol(
                 sym, s * tp + sym.chip, first_layers[s], first=s == 0, last=s == len(stages) - 1
@@ -109,9 +109,9 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
                         landed = max(landed, at)
             start = landed
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
+    parts.clear()  # (the chips' copies: one fewer held while fetches are planned)
     data_words = max(_data_words(p) for p in stages)
-    ins, cyc, words = _plan_fetches_once(hw, ins, cyc, data_words, _fetch_source(stages[0]))
-    ins, cyc = encode(ins, cyc)
+    ins, cyc, words = fetch_and_encode(hw, ins, cyc, data_words, _fetch_source(stages[0]))
     return Program(
         hw=hw,
         instrs=ins,
@@ -142,36 +142,6 @@ def _part(sym: Symbol, vectors: np.ndarray) -> Symbol:
     return replace(
         sym, slices=sym.slices[vectors], addrs=sym.addrs[vectors], vids=sym.vids[vectors]
     )
-
-
-def _plan_fetches_once(hw: HardwareConfig, ins: np.ndarray, cyc: np.ndarray, words: int, src):
-    """plan_fetches, once for each set of chips whose instructions are alike but for their chip
-    and links (a tensor-parallel group's ranks), its IFETCHes copied to the others: fetches are
-    planned chip by chip, from a chip's own queues and read ports."""
-    chips = ins["chip"]
-    groups: dict[bytes, list[int]] = {}
-    for c in np.unique(chips).tolist():
-        mine = ins[chips == c].copy()
-        mine["chip"] = 0
-        mine["table"][np.isin(mine["op"], (int(Op.SEND), int(Op.RECV)))] = 0
-        key = hashlib.sha256(mine.tobytes() + cyc[chips == c].tobytes()).digest()
-        groups.setdefault(key, []).append(c)
-    if len(groups) == len(np.unique(chips)):  # no two alike: every chip on its own
-        return plan_fetches(hw, ins, cyc, words, src)
-    parts, cycles, top = [], [], words
-    for members in groups.values():
-        rep = chips == members[0]
-        planned, at, w = plan_fetches(hw, ins[rep], cyc[rep], words, src)
-        top = max(top, w)
-        parts.append(planned)
-        cycles.append(at)
-        fetch = planned["op"] == int(Op.IFETCH)
-        for c in members[1:]:
-            copy = planned[fetch].copy()
-            copy["chip"] = c
-            parts += [ins[chips == c], copy]
-            cycles += [cyc[chips == c], at[fetch]]
-    return np.concatenate(parts), np.concatenate(cycles), top
 
 
 def _x(prog: Program, kind: str) -> Symbol:

@@ -1,6 +1,6 @@
 """The Numba cycle-level engine: the reference interpreter's semantics (sim/reference.py), fast.
 
-    run_engine(program, inputs=None, *, functional=True, trace=False) -> RawResult
+    run_engine(program, inputs=None, *, functional=True, trace=False, share=True) -> RawResult
 
 Same cycles, counts, bytes, trace, outputs (bit for bit), and the same ScheduleViolation (chip,
 unit, cycle, instruction index, wording) as `sim.reference.run_reference`. In three steps:
@@ -11,8 +11,10 @@ unit, cycle, instruction index, wording) as `sim.reference.run_reference`. In th
              few integers; `functional=False` compiles it without any arithmetic  kernel.py
     report   outputs, counts, trace; or the exception, worded as the reference does  violations.py
 
-with the compile flags in flags.py, the array layouts in schema.py, and rounding to the element
-types (float16, bfloat16, int8, float8_e4m3fn) by bit manipulation in rounding.py.
+A timing run of several chips simulates each group of identical chips once (share.py; the
+result's `chip_groups` names them), unless `share=False`. With the compile flags in flags.py,
+the array layouts in schema.py, and rounding to the element types (float16, bfloat16, int8,
+float8_e4m3fn) by bit manipulation in rounding.py.
 
 Where the reference would crash or misbehave rather than report, the engine refuses up front with
 a ValueError: an instruction whose op or dtype is no valid code, a symbol with a negative slice or
@@ -24,9 +26,12 @@ from __future__ import annotations
 import numpy as np
 
 from sim.engine import schema as c
+from sim.engine.icu import dispatch_cycles
 from sim.engine.kernel import make_kernel
-from sim.engine.prepare import Prepared, preload, prepare_program
+from sim.engine.prepare import Prepared, preload, prepare_program, scan
+from sim.engine.share import run_shared
 from sim.engine.violations import leftover_partial, missing_output, raise_failure
+from sim.icu import check_predicted, raise_problem
 from sim.isa import periods
 from sim.program import Program, unpack_tensor
 from sim.reference import COUNT_KEYS, RawResult
@@ -40,11 +45,24 @@ def run_engine(
     *,
     functional: bool = True,
     trace: bool = False,
+    share: bool = True,
 ) -> RawResult:
     """Execute `program`; functional mode computes every vector (all inputs required) and returns
-    the outputs, timing mode only times and checks the schedule."""
+    the outputs, timing mode only times and checks the schedule (with `share`, each group of
+    identical chips once)."""
     lanes = program.hw.lanes
-    prep = prepare_program(program)
+    cycles = None
+    if share and not functional and not trace and program.chips > 1:
+        cycles, problem = dispatch_cycles(program.hw, program.instrs)
+        raise_problem(program, problem)
+        check_predicted(program, cycles)
+        stats = scan(program, cycles)
+        for _ in program.resident(inputs or {}, functional):  # the host's inputs, checked
+            pass
+        shared = run_shared(program, cycles, stats)
+        if shared is not None:
+            return shared
+    prep = prepare_program(program, cycles)
     while True:  # once, unless a diagonal carries more vectors than the ring has ways for
         mem_vid, mem_val = preload(program, prep, inputs or {}, functional)
         out, installed, accum = _run(program, prep, mem_vid, mem_val, functional)
@@ -103,8 +121,9 @@ def _run(program: Program, prep: Prepared, mem_vid, mem_val, functional: bool):
     slots = 2 * len(prep.links) * hw.c2c_buffer_vectors  # receive slots of every channel
     slot_vid = np.full(slots, c.EMPTY, np.int64)
     slot_val = np.zeros((slots if functional else 0, lanes), np.float32)
-    arrivals = np.zeros((3 * prep.arrivals, c.N_ARRIVAL), np.int64)  # a FIFO per vector width
-    arrival_val = np.zeros((3 * prep.arrivals if functional else 0, lanes), np.float32)
+    arrivals = np.zeros((c.N_FIFOS * prep.arrivals, c.N_ARRIVAL), np.int64)  # schema: arrivals
+    arrivals[c.FIFO_EXTERNAL * prep.arrivals :][: len(prep.external)] = prep.external
+    arrival_val = np.zeros((c.N_FIFOS * prep.arrivals if functional else 0, lanes), np.float32)
     out = np.zeros(c.N_OUT, np.int64)
 
     kernel = make_kernel(bool(functional))

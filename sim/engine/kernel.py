@@ -20,7 +20,8 @@ builds the tables and the geometry `g`). State, all NumPy arrays (layouts in sch
   write of each register lands (schema.NEVER: none), for the too-early check of both modes
 - busy[G_BASE_LINK + channel]: the cycle each link channel is free again; slot_vid[channel *
   slots + slot], slot_val[...]: the C2C receive slots; arrivals[...], arrival_val[...]: SENDs in
-  flight, a FIFO per vector width (each lands in order), merged by (arrival, issue order)
+  flight, a FIFO per vector width (each lands in order) and one of other chips' SENDs given up
+  front, merged by (arrival, issue order)
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from sim.engine.schema import (
     E_WAYS,
     E_WRONG_VECTOR,
     EMPTY,
+    FIFO_EXTERNAL,
     G_ACC_ROWS,
     G_ARRIVAL_MASK,
     G_BASE_COMPUTE,
@@ -86,6 +88,7 @@ from sim.engine.schema import (
     G_CHIP_LO,
     G_DIR_LO,
     G_DIRS,
+    G_EXTERNAL,
     G_FIRST_SXM_QUEUE,
     G_FP16_CYCLES,
     G_HEMI_LO,
@@ -112,6 +115,7 @@ from sim.engine.schema import (
     G_WORDS_PER_SLICE,
     G_WRITE_PORTS,
     KEY_PAD,
+    N_FIFOS,
     NEVER,
     O_A,
     O_B,
@@ -322,7 +326,7 @@ def _earliest(arrivals, heads, tails, mask, cap, cell):
     """Row of the SEND in flight that lands first (ties: the first issued), over all of them
     (cell < 0) or those to one receive slot; -1 if none."""
     best = -1
-    for f in range(3):
+    for f in range(N_FIFOS):
         for n in range(heads[f], tails[f]):
             k = f * cap + (n & mask)
             if cell >= 0 and arrivals[k, A_SLOT] != cell:
@@ -353,10 +357,9 @@ def _land(arrivals, arrival_val, heads, tails, mask, cap, upto, slot_vid, slot_v
         heads[k // cap] += 1
         cell = arrivals[k, A_SLOT]
         if slot_vid[cell] != EMPTY:
-            e = arrivals[k, A_EVENT]
-            _fail(
-                out, E_C2C_OVERWRITE, e, ev_t[e], arrivals[k, A_VID], cell % slots, slot_vid[cell]
-            )
+            e = arrivals[k, A_EVENT]  # -1: another chip's SEND (FIFO_EXTERNAL), at its landing
+            at = ev_t[e] if e >= 0 else arrivals[k, A_AT]
+            _fail(out, E_C2C_OVERWRITE, e, at, arrivals[k, A_VID], cell % slots, slot_vid[cell])
             out[O_D] = arrivals[k, A_AT]
             return True
         slot_vid[cell] = arrivals[k, A_VID]
@@ -484,8 +487,11 @@ def make_kernel(functional: bool):
         slots = g[G_C2C_SLOTS]
         amask = g[G_ARRIVAL_MASK]
         acap = amask + 1
-        a_head = np.zeros(3, np.int64)  # the arrivals FIFOs, one per vector width (1, 2, 4 words)
-        a_tail = np.zeros(3, np.int64)
+        # The arrivals FIFOs: one per vector width (1, 2, 4 words), and one of the vectors other
+        # chips send this one (a chip simulated alone, sim/engine/share.py), filled up front.
+        a_head = np.zeros(N_FIFOS, np.int64)
+        a_tail = np.zeros(N_FIFOS, np.int64)
+        a_tail[FIFO_EXTERNAL] = g[G_EXTERNAL]
         for e in range(ev_t.size):
             t = ev_t[e]
             i = ev_i[e]

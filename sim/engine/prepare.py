@@ -235,6 +235,7 @@ class Prepared:
     counts: dict  # events per resource kind, except stream hops (counted by the kernel)
     links: np.ndarray  # (links, 2) int64 the chips each link joins
     arrivals: int  # capacity of each arrivals FIFO (SENDs in flight)
+    external: np.ndarray  # (arrivals, N_ARRIVAL) int64 other chips' SENDs to this program's
     link_bytes: np.ndarray  # (links, 2) int64 bytes each channel carries (if the run completes)
 
     def cell(self, chip: int, slice_: np.ndarray, addr: np.ndarray) -> np.ndarray:
@@ -246,16 +247,12 @@ class Prepared:
         )
 
 
-def prepare_program(program: Program) -> Prepared:
-    hw = program.hw
-    ins = program.instrs
-    lanes, S = hw.lanes, hw.streams_per_direction
-    lat_lut = latency_lut(hw)
+def scan(program: Program, cycles: np.ndarray) -> np.ndarray:
+    """The pre-pass's statistics (schema S_*) of a program dispatched at `cycles`; a ValueError
+    for an instruction no executor can run."""
+    hw, ins = program.hw, program.instrs
     stats = np.zeros(c.N_STATS, np.int64)
-    cycles, problem = dispatch_cycles(hw, ins)  # the queues' timing, from delays and barriers
-    raise_problem(program, problem)
-    check_predicted(program, cycles)
-    _scan(ins, lat_lut, queue_sxm(hw, 0), stats, cycles)
+    _scan(ins, latency_lut(hw), queue_sxm(hw, 0), stats, cycles)
     if stats[c.S_BAD_OP] >= 0:
         i, field = int(stats[c.S_BAD_OP]), ("op", "dtype")[int(stats[c.S_BAD_FIELD])]
         valid = {"op": sorted(map(int, Op)), "dtype": sorted(map(int, DType))}
@@ -263,6 +260,37 @@ def prepare_program(program: Program) -> Prepared:
             f"instruction #{i} has {field} {int(ins[field][i])}, which no executor can run "
             f"(valid: {valid[field]})"
         )
+    return stats
+
+
+def counts_of(stats: np.ndarray) -> dict:
+    """Events per resource kind the pre-pass counted (all but stream hops)."""
+    return dict(
+        zip(
+            ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul"),
+            (int(x) for x in stats[c.S_MEM_READ : c.S_MATMUL + 1]),
+            strict=True,
+        ),
+        c2c_send=int(stats[c.S_C2C_SEND]),
+    )
+
+
+def prepare_program(
+    program: Program, cycles: np.ndarray | None = None, external: np.ndarray | None = None
+) -> Prepared:
+    """`cycles`: the queues' dispatch cycles, already derived and checked (a chip of a larger
+    program, sim/engine/share.py); `external`: (arrivals, N_ARRIVAL) int64 vectors other chips
+    send to this program's, by arrival (A_EVENT -1), for FIFO_EXTERNAL."""
+    hw = program.hw
+    ins = program.instrs
+    lanes, S = hw.lanes, hw.streams_per_direction
+    lat_lut = latency_lut(hw)
+    if cycles is None:
+        cycles, problem = dispatch_cycles(hw, ins)  # the queues' timing, from delays and barriers
+        raise_problem(program, problem)
+        check_predicted(program, cycles)
+    external = np.zeros((0, c.N_ARRIVAL), np.int64) if external is None else external
+    stats = scan(program, cycles)
     n = len(ins)
 
     def span(lo, hi):  # (first, count) of a range the pre-pass found, (0, 1) if it found none
@@ -360,21 +388,16 @@ def prepare_program(program: Program) -> Prepared:
     # channel sends at most one vector per link_cycles(1): so few per channel, and never more
     # than the program has.
     in_flight = (hw.c2c_latency_cycles + link_cycles(hw, 4)) // link_cycles(hw, 1) + 1
-    arrivals = _pow2_at_least(min(channels * in_flight, int(stats[c.S_C2C_SEND])) + 1)
+    arrivals = _pow2_at_least(
+        max(min(channels * in_flight, int(stats[c.S_C2C_SEND])), len(external)) + 1
+    )
     g[c.G_ARRIVAL_MASK] = arrivals - 1
+    g[c.G_EXTERNAL] = len(external)
 
     ev_t, ev_i = _events(ins, cycles, bool(stats[c.S_IN_ORDER]))
     sel_first = np.full(chips * SELECT_REGISTERS, c.NEVER, np.int64)
     if stats[c.S_TOPK]:  # one more pass over the records, only for programs that select
         _first_select_writes(hw, ins, cycles, chip_lo, sel_first)
-    counts = dict(
-        zip(
-            ("mem_read", "mem_write", "vxm", "sxm", "mxm_install", "mxm_matmul"),
-            (int(x) for x in stats[c.S_MEM_READ : c.S_MATMUL + 1]),
-            strict=True,
-        ),
-        c2c_send=int(stats[c.S_C2C_SEND]),
-    )
     return Prepared(
         ev_t=ev_t,
         ev_i=ev_i,
@@ -395,14 +418,15 @@ def prepare_program(program: Program) -> Prepared:
         sel_first=sel_first,
         sel_pending=sel_pending,
         cycles=max(0, int(stats[c.S_END])),
-        counts=counts,
+        counts=counts_of(stats),
         links=links,
         arrivals=arrivals,
-        link_bytes=_link_bytes(hw, ins, links) if stats[c.S_C2C_SEND] else np.zeros_like(links),
+        external=external,
+        link_bytes=link_bytes(hw, ins, links) if stats[c.S_C2C_SEND] else np.zeros_like(links),
     )
 
 
-def _link_bytes(hw: HardwareConfig, ins: np.ndarray, links: np.ndarray) -> np.ndarray:
+def link_bytes(hw: HardwareConfig, ins: np.ndarray, links: np.ndarray) -> np.ndarray:
     """Bytes the SENDs put on each (link, direction), counted from the instructions alone (a
     run that completes runs every SEND, each on a link that exists and ends at its chip)."""
     out = np.zeros_like(links)

@@ -17,8 +17,9 @@ Plain module-level ints, so Numba folds them into the kernels as constants. Gram
     links   (links, 2)             the chips each link joins (Program.links)
     slot_vid (channels * slots,)   vector each C2C receive slot holds (EMPTY: none); channel 2L is
                                    link L's a -> b, 2L + 1 its b -> a
-    arrivals (3 * capacity, A_*)   SENDs in flight: a FIFO per vector width (1, 2, 4 words), each
-                                   in arrival order (arrival = issue + a constant per width)
+    arrivals (N_FIFOS * capacity, A_*)  SENDs in flight: a FIFO per vector width (1, 2, 4 words),
+                                   each in arrival order (arrival = issue + a constant per width),
+                                   and FIFO_EXTERNAL: other chips' SENDs, given in arrival order
     out     (O_*,)                 status, where the kernel stopped and why, stream hop count
 """
 
@@ -63,7 +64,8 @@ G_C2C_SLOTS = 39  # receive slots per channel (hw.c2c_buffer_vectors)
 G_C2C_LATENCY = 40
 G_ARRIVAL_MASK = 41  # entries per arrivals FIFO, minus one (a power of two)
 G_BASE_LINK = 42  # resource index of channel 0 in busy
-N_GEOMETRY = 43
+G_EXTERNAL = 43  # arrivals given up front in FIFO_EXTERNAL (a chip simulated alone: share.py)
+N_GEOMETRY = 44
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.
@@ -138,6 +140,8 @@ A_EVENT = 1  # the SEND's event (its issue order)
 A_SLOT = 2  # channel * slots + slot
 A_VID = 3
 N_ARRIVAL = 4
+N_FIFOS = 4  # FIFO f < 3 holds the SENDs of 2**f-word vectors
+FIFO_EXTERNAL = 3  # the vectors other chips send to a chip simulated alone (A_EVENT -1)
 
 # --- out ------------------------------------------------------------------------------------------
 O_CODE = 0
