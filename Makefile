@@ -28,7 +28,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest tests/sim -k "engine or select or icu"
 	$(BIN)/python benchmarks/sim_speed.py --small
 	$(BIN)/python benchmarks/calibrate_gpu.py --small

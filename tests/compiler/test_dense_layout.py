@@ -43,7 +43,7 @@ def _unpacked(monkeypatch):
     monkeypatch.setattr(fm, "cache_row_width", lambda cfg, lanes, kv=None: cfg.head_dim)
 
 
-def test_cache_symbols_are_packed_and_the_host_layout_is_the_models():
+def test_cache_symbols_are_packed_and_the_host_layout_is_the_models(tmp_path):
     prog = compile(PACKED, "teaching", context=CONTEXT, pos=POS)
     assert fm.cache_row_width(PACKED, prog.hw.lanes) == 12
     caches = [s for s in prog.symbols if s.name.startswith("cache/")]
@@ -52,7 +52,7 @@ def test_cache_symbols_are_packed_and_the_host_layout_is_the_models():
         assert s.shape == (2, CONTEXT, 12) and s.host == (3, CONTEXT, 6)
         assert len(s.vids) == 2 * CONTEXT  # one vector a row: 2 rows, not 3
     # The host shape survives a save and a load.
-    path = "/tmp/lpusim-dense-layout.lpu"
+    path = tmp_path / "dense-layout.lpu"
     prog.save(path)
     assert Program.load(path).symbol("cache/k/0").host == (3, CONTEXT, 6)
 
