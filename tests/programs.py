@@ -26,3 +26,14 @@ def softmax_matmul_args(m=3, k=20, n=37, seed=0):
 @functools.cache
 def softmax_matmul_program(hw="teaching", m=3, k=20, n=37):
     return compile(softmax_matmul, hw, args=softmax_matmul_args(m, k, n), params=("w",))
+
+
+def random_inputs(prog, seed=0) -> dict:
+    """Uniform values in [-1, 1) for every parameter and input of a Program, in the host's
+    shapes."""
+    rng = np.random.default_rng(seed)
+    return {
+        s.name: rng.uniform(-1, 1, size=s.host).astype(s.dtype)
+        for s in prog.symbols
+        if s.kind in ("param", "input")
+    }

@@ -90,6 +90,21 @@ class Layout:
         return int(self.floor.max())
 
 
+def _top(hw: HardwareConfig, layers: int, band_lo: int, band_words: int, what: str) -> int:
+    """The first word above the bands of `layers` layers, or ModelTooLarge saying how far it
+    is past a slice."""
+    top = band_lo + layers * band_words
+    if top > hw.words_per_slice:
+        need = top * hw.lanes * hw.mem_slices
+        raise ModelTooLarge(
+            f"{layers} layers need {band_words} words per slice each for {what}, above "
+            f"{band_lo} shared words: {top} words of the {hw.words_per_slice} per slice of "
+            f"{hw.name} (about {need:,} bytes of {hw.sram_bytes:,}); it needs at least "
+            f"{-(-top // hw.words_per_slice)} times the chips (a larger pp or tp)"
+        )
+    return top
+
+
 def layout_blocks(
     vp_layer: VProgram, vp_head: VProgram | None, hw: HardwareConfig, layers: int
 ) -> Layout:
@@ -118,15 +133,7 @@ def layout_blocks(
     if layers:
         band = place_static(vp_layer, hw, band_names, next_addr, cursor).segments
     band_words = int(next_addr.max()) - band_lo
-    top = band_lo + layers * band_words
-    if top > hw.words_per_slice:
-        need = top * hw.lanes * hw.mem_slices
-        raise ModelTooLarge(
-            f"{layers} layers need {band_words} words per slice each for weights and KV cache, "
-            f"above {band_lo} shared words: {top} words of the {hw.words_per_slice} per slice "
-            f"of {hw.name} (about {need:,} bytes of {hw.sram_bytes:,}); "
-            f"it needs at least {-(-top // hw.words_per_slice)} chips"
-        )
+    top = _top(hw, layers, band_lo, band_words, "weights and KV cache")
     floor = np.full(hw.mem_slices, top, np.int64)
     return Layout(
         hw, vp_layer, vp_head, layers, shared, head_static, band, band_lo, band_words, floor
@@ -219,14 +226,6 @@ def layout_tensor(vps: dict[str, VProgram], hw: HardwareConfig, layers: int) -> 
         names = {s.name for s in vps[b].symbols if s.kind in ("param", "input") and s.name != "x"}
         band[b] = place_static(vps[b], hw, names, next_addr, cursor).segments
     band_words = int(next_addr.max()) - band_lo
-    top = band_lo + layers * band_words
-    if top > hw.words_per_slice:
-        need = top * hw.lanes * hw.mem_slices
-        raise ModelTooLarge(
-            f"{layers} layers need {band_words} words per slice each for a tensor-parallel "
-            f"rank's weights and KV cache, above {band_lo} shared words: {top} words of the "
-            f"{hw.words_per_slice} per slice of {hw.name} (about {need:,} bytes of "
-            f"{hw.sram_bytes:,}); a larger pp or tp splits it further"
-        )
+    top = _top(hw, layers, band_lo, band_words, "a tensor-parallel rank's weights and KV cache")
     floor = np.full(hw.mem_slices, top, np.int64)
     return TensorLayout(hw, vps, layers, static, band, x_at, parts_at, band_lo, band_words, floor)

@@ -17,6 +17,7 @@ from sim import ScheduleViolation, preset, simulate
 from sim.icu import moved
 from sim.isa import Op, queue_c2c
 from sim.system import System
+from tests.programs import random_inputs
 from tests.sim.test_engine import assert_agree
 
 HW = preset("teaching")
@@ -35,20 +36,11 @@ def four_chips():
     return compile(TINY8, HW, chips=4, context=8)
 
 
-def _inputs(prog, seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        s.name: rng.uniform(-1, 1, size=s.shape).astype(s.dtype)
-        for s in prog.symbols
-        if s.kind in ("param", "input")
-    }
-
-
 def test_executors_agree_on_a_pipelined_program(four_chips):
     prog = four_chips
     assert prog.chips == 4 and len(prog.links) == 6  # fully connected: each chip 3 of its 4 links
     for functional in (True, False):
-        result = assert_agree(prog, _inputs(prog), functional)
+        result = assert_agree(prog, random_inputs(prog), functional)
         assert not isinstance(result, str), result
     r = simulate(prog, mode="timing")
     sent = int(r.link_bytes.sum())
@@ -79,7 +71,7 @@ def test_a_relay_chip_forwards_when_stages_are_not_neighbours():
     ops = relay["op"][relay["queue"] == queue_c2c(HW)]
     assert (ops == Op.RECV).sum() == (ops == Op.SEND).sum() > 0
     for functional in (True, False):
-        result = assert_agree(prog, _inputs(prog), functional)
+        result = assert_agree(prog, random_inputs(prog), functional)
         assert not isinstance(result, str), result
 
 

@@ -21,6 +21,7 @@ from sim.errors import LpuError
 from sim.icu import moved
 from sim.isa import Op
 from sim.system import System
+from tests.programs import random_inputs
 from tests.sim.test_engine import assert_agree
 
 HW = preset("teaching")
@@ -54,20 +55,11 @@ def tp2pp2():
     return compile(TINY, HW, chips=4, mapping="tp=2,pp=2", context=8)
 
 
-def _inputs(prog, seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        s.name: rng.uniform(-1, 1, size=s.shape).astype(s.dtype)
-        for s in prog.symbols
-        if s.kind in ("param", "input")
-    }
-
-
 def test_executors_agree_on_a_tensor_parallel_program(tp2pp2):
     prog = tp2pp2
     assert prog.chips == 4 and prog.meta["tp"] == 2
     for functional in (True, False):
-        result = assert_agree(prog, _inputs(prog), functional)
+        result = assert_agree(prog, random_inputs(prog), functional)
         assert not isinstance(result, str), result
 
 
