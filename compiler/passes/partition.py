@@ -176,7 +176,6 @@ class _ModelBytes:
 
     dense: tuple[int, ...]  # per layer: weights other than experts
     experts: tuple[int, ...]  # per layer: expert weights (0 for a dense MLP)
-    kv: tuple[int, ...]  # per layer: K and V caches at this context
     kv_rank: dict[int, int]  # tp -> a layer's K and V caches of KV/tp heads, as a rank packs them
     head: int  # final norm and LM head
     total: int  # everything, the input vector included
@@ -193,17 +192,15 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
 
     layers = specs["params"]["layers"]
     experts = tuple(size(layer.get("experts", {})) for layer in layers)
-    cache = specs["cache"]
+    dtype, heads = np.dtype(cfg.np_dtype).name, cfg.n_kv_heads
     kv_rank = {  # a rank packs its own heads' rows (compiler.frontend.model.cache_shape)
-        t: 2 * stored_bytes(cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // t), dt, hw)
-        for t in range(1, cfg.n_kv_heads + 1)
-        if cfg.n_kv_heads % t == 0
-        for dt in [np.dtype(cfg.np_dtype).name]
+        t: 2 * stored_bytes(cache_shape(cfg, context, hw.lanes, heads // t), dtype, hw)
+        for t in range(1, heads + 1)
+        if heads % t == 0
     }
     return _ModelBytes(
         dense=tuple(size(layer) - e for layer, e in zip(layers, experts, strict=True)),
         experts=experts,
-        kv=tuple(size(k) + size(v) for k, v in zip(cache["k"], cache["v"], strict=True)),
         kv_rank=kv_rank,
         head=size({k: v for k, v in specs["params"].items() if k != "layers"}),
         total=size(specs),
@@ -213,8 +210,8 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
 def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int]]:
     """(weights, KV cache) bytes on one chip of each block: the layers, then the head."""
     layers = [
-        (-(-dense // tp) + -(-experts // (tp * ep)), b.kv_rank.get(tp, -(-kv // tp)))
-        for dense, experts, kv in zip(b.dense, b.experts, b.kv, strict=True)
+        (-(-dense // tp) + -(-experts // (tp * ep)), b.kv_rank[tp])  # tp divides KV heads
+        for dense, experts in zip(b.dense, b.experts, strict=True)
     ]
     return [*layers, (-(-b.head // tp), 0)]
 
@@ -259,8 +256,8 @@ def _runs(sizes: Sequence[int], bound: int) -> int:
 # instruction image, and what placing whole tensors in slice groups leaves uneven. Measured on a
 # llama2-7b int8 layer at context 64 on groq-tsp-v1 (compile(..., layers=1): the fullest slice's
 # static data ends 59 words above an even share, computed vectors take 63 words above that and
-# the instruction image 35 more, 157 of 8,192 words: 1.9%); at context 1024 the same layer holds
-# 98.3% of the chip in weights and cache, and its compile runs out of words.
+# the instruction image 35 more, 157 of 8,192 words: 1.9%). With its KV cache in rows of whole
+# heads, the same layer at context 1024 held 98.3% of the chip and its compile ran out of words.
 WORKING_SHARE = 0.02
 
 

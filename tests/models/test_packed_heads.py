@@ -67,7 +67,7 @@ def test_layer_step_packed_equals_layer_step(cfg, width):
     )
     # The same products; the other heads' places add exact zeros, so only the order the sums are
     # taken in may differ, and a straddling head's score is two partial sums added (measured:
-    # 4.8e-7 at most, in the float32 model; 0 in float16 with whole heads a row).
+    # 6.0e-7 at most, in the float32 model; 0 in the float16 ones).
     np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want[0]), rtol=1e-6, atol=1e-6)
     for g, w in zip(got[1:], want[1:], strict=True):
         np.testing.assert_array_equal(unpack_heads(np.asarray(g), shape), np.asarray(w))
