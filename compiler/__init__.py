@@ -249,23 +249,24 @@ def _host_caches(program: Program, cfg, context: int, kv: int | None = None) -> 
     return replace(program, symbols=symbols)
 
 
-def compile_tensor_stage(
+def compile_tensor_stages(
     cfg,
     hw: HardwareConfig,
     tp: int,
+    shapes: list[tuple[int, bool]],
     *,
     pos: int | None,
     context: int | None,
     weights: str = "native",
-    layers: int,
-    head: bool,
     chaining: bool = True,
     accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
-) -> Program:
-    """One decode step's `layers` layers (and the head) on a tensor-parallel group of tp chips:
-    rank 0's attention, MLP, reduce and head blocks scheduled once, linked per layer with the
-    all-reduces between them, run by every rank (compiler/codegen/tensor.py)."""
+) -> dict[tuple[int, bool], Program]:
+    """One decode step's stages on tensor-parallel groups of tp chips, a Program for each stage
+    shape (layers, head): rank 0's attention, MLP, reduce and head blocks scheduled once for all
+    of them (one SRAM layout: the most layers any stage has, the head above its own stage's),
+    linked per layer with the all-reduces between them, run by every rank
+    (compiler/codegen/tensor.py)."""
     from compiler.codegen.tensor import allreduce_block, replicate, tensor_instances
     from compiler.frontend import model as fm
     from compiler.frontend import shard
@@ -274,6 +275,8 @@ def compile_tensor_stage(
     report = progress or (lambda stage, fraction: None)
     shard.check_tp(cfg, tp)
     pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
+    most = max(layers for layers, _ in shapes)
+    head_layers = [layers for layers, head in shapes if head]
     report("trace", 0.0)
     targets = {
         "attention": shard.attention_target(
@@ -282,15 +285,18 @@ def compile_tensor_stage(
         "mlp": shard.mlp_target(cfg, tp, weights=weights),
         "reduce": shard.reduce_target(cfg, tp),
     }
-    if head:
+    if head_layers:
         targets["head"] = shard.head_target(cfg, tp, weights=weights)
     acc = _accumulators(hw, accumulate)
     vps = {b: tile(lower(fn, args, frozenset({"params"})), hw.lanes, acc)
            for b, (fn, args) in targets.items()}  # fmt: skip
     report("trace", 1.0)
-    lay = layout_tensor(vps, hw, layers)  # SRAM: shared (x, the partials' slots), bands, dynamic
+    # SRAM: shared (x, the partials' slots), bands, the head, dynamic
+    lay = layout_tensor(vps, hw, most, head_layers[0] if head_layers else 0)
     blocks = {}
     for b, vp in vps.items():
+        if b != "head" and not most:
+            continue  # (the head alone)
         sched = list_schedule(
             vp,
             hw,
@@ -301,16 +307,19 @@ def compile_tensor_stage(
         )
         blocks[b] = make_block(b, vp, sched, hw, lay.floor)
     blocks["all-reduce"] = allreduce_block(hw, tp, lay)  # rank 0's transfers, for every rank
-    report("link", 0.0)
-    meta = {
-        "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
-        "weights": weights, "layers": layers, "head": head, "replay": True,
-    }  # fmt: skip
     words = max([lay.words()] + [b.words for b in blocks.values()])
-    local = link(hw, tensor_instances(lay, blocks, head), meta, words)
+    programs = {}
+    for k, (layers, head) in enumerate(shapes):
+        report("link", k / len(shapes))
+        meta = {
+            "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
+            "weights": weights, "layers": layers, "head": head, "replay": True,
+        }  # fmt: skip
+        local = link(hw, tensor_instances(lay, blocks, layers, head), meta, words)
+        local = _host_caches(local, cfg, context, cfg.n_kv_heads // tp)
+        programs[(layers, head)] = replicate(local, tp, {"vocab": cfg.vocab_size})
     report("link", 1.0)
-    local = _host_caches(local, cfg, context, cfg.n_kv_heads // tp)
-    return replicate(local, tp, {"vocab": cfg.vocab_size})
+    return programs
 
 
 def compile_mapped(
@@ -342,19 +351,15 @@ def compile_mapped(
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
     check_groups(mapping, system)  # a tp group's chips are linked pairwise
-    shapes: dict[tuple[int, bool], Program] = {}
-    stages = []
-    for st in plan.stages:
-        key = (len(st.layers), st.head)
-        if key not in shapes and mapping.tp > 1:
-            shapes[key] = compile_tensor_stage(
-                cfg, hw, mapping.tp, layers=key[0], head=key[1], progress=progress, **kw
-            )
-        elif key not in shapes:
-            shapes[key] = compile_model(
-                cfg, hw, layers=key[0], head=key[1], progress=progress, **kw
-            )
-        stages.append(shapes[key])
+    keys = [(len(st.layers), st.head) for st in plan.stages]
+    if mapping.tp > 1:  # every shape's blocks scheduled once
+        shapes = compile_tensor_stages(
+            cfg, hw, mapping.tp, sorted(set(keys)), progress=progress, **kw
+        )
+    else:
+        shapes = {key: compile_model(cfg, hw, layers=key[0], head=key[1], progress=progress, **kw)
+                  for key in sorted(set(keys))}  # fmt: skip
+    stages = [shapes[key] for key in keys]
     meta = {**stages[-1].meta, "layers": cfg.n_layers, "mapping": str(mapping),
             "stage_layers": [len(st.layers) for st in plan.stages],
             "shared_programs": len(shapes)}  # fmt: skip

@@ -118,9 +118,11 @@ def allreduce_block(hw: HardwareConfig, tp: int, lay: TensorLayout) -> Block:
     return Block(ALLREDUCE, None, instrs, timing, [], {}, end, 0, lo, hi, end, sources)
 
 
-def tensor_instances(lay: TensorLayout, blocks: dict[str, Block], head: bool) -> list[Instance]:
-    """Every layer's attention, all-reduce, reduce, MLP, all-reduce, reduce, then the head, with
-    the lookup tables that chain x and the partials from block to block."""
+def tensor_instances(
+    lay: TensorLayout, blocks: dict[str, Block], layers: int, head: bool
+) -> list[Instance]:
+    """Each of `layers` layers' attention, all-reduce, reduce, MLP, all-reduce, reduce, then the
+    head, with the lookup tables that chain x and the partials from block to block."""
     vps = lay.vps
     instances: list[Instance] = []
     base = aux = 0
@@ -168,7 +170,7 @@ def tensor_instances(lay: TensorLayout, blocks: dict[str, Block], head: bool) ->
 
     n = len(lay.parts_at[0][0])
     tp = len(lay.parts_at)
-    for l in range(lay.layers):
+    for l in range(layers):
         for part in ("attention", "mlp"):
             links = [] if x_now is None else [(sym(part, "input", "x"), x_now)]
             lut = add(part, f"layer {l} {part}", links, l * lay.band_words,
@@ -181,7 +183,7 @@ def tensor_instances(lay: TensorLayout, blocks: dict[str, Block], head: bool) ->
                 (sym("reduce", "input", f"parts/{j}"), lut_x[j * n + np.arange(n)])
                 for j in range(1, tp)
             ]
-            last = not head and l == lay.layers - 1 and part == "mlp"
+            last = not head and l == layers - 1 and part == "mlp"
             rename = renames("reduce", l, l == 0 and part == "attention")
             if last:
                 rename[("x", "output")] = "x"

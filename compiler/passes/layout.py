@@ -150,9 +150,10 @@ class TensorLayout:
     """SRAM of one tp rank, as Layout for a layer of four blocks:
 
         shared   x, the all-reduce's slots (parts/0 is this rank's partial, parts/j rank r^j's),
-                 every block's constants, the head's weights
+                 every block's constants
         bands    layer l's attention weights and KV cache, then its MLP weights
-        dynamic  from `floor` up
+        head     the head's weights, above the bands of the stage that has it
+        dynamic  from `floor` up (above every stage's bands and the head)
 
     The attention and the MLP write their partial y into parts/0, the reduce its x over x."""
 
@@ -199,7 +200,13 @@ def _alias(vids: np.ndarray, at: tuple[np.ndarray, np.ndarray]) -> list[Segment]
     return [Segment(int(v), 1, int(g), int(a)) for v, g, a in zip(vids, *at, strict=True)]
 
 
-def layout_tensor(vps: dict[str, VProgram], hw: HardwareConfig, layers: int) -> TensorLayout:
+def layout_tensor(
+    vps: dict[str, VProgram], hw: HardwareConfig, layers: int, head_layers: int = 0
+) -> TensorLayout:
+    """The rank's SRAM for stages of up to `layers` layers, the one with the head having
+    `head_layers`: the head's weights sit above that stage's bands (where the stages without the
+    head have further bands), so every stage's blocks see the same addresses and are scheduled
+    once."""
     next_addr = np.zeros(hw.mem_slices, np.int64)
     cursor: dict = {}
     red = vps["reduce"]
@@ -213,12 +220,9 @@ def layout_tensor(vps: dict[str, VProgram], hw: HardwareConfig, layers: int) -> 
     x_at = _locate(static["reduce"], red.symbol("x", "input").vids)
     parts_at = [_locate(static["reduce"], red.symbol(p, "input").vids) for p in parts]
     for b in ("attention", "mlp", "head"):
-        if b not in vps:
-            continue
-        names = consts[b] | ({s.name for s in vps[b].symbols if s.kind == "param"} if b ==
-                             "head" else set())  # fmt: skip
-        placed = place_static(vps[b], hw, names, next_addr, cursor).segments
-        static[b] = placed + _alias(vps[b].symbol("x", "input").vids, x_at)
+        if b in vps:
+            placed = place_static(vps[b], hw, consts[b], next_addr, cursor).segments
+            static[b] = placed + _alias(vps[b].symbol("x", "input").vids, x_at)
     band_lo = int(next_addr.max())
     next_addr[:] = band_lo
     band = {}
@@ -227,5 +231,19 @@ def layout_tensor(vps: dict[str, VProgram], hw: HardwareConfig, layers: int) -> 
         band[b] = place_static(vps[b], hw, names, next_addr, cursor).segments
     band_words = int(next_addr.max()) - band_lo
     top = _top(hw, layers, band_lo, band_words, "a tensor-parallel rank's weights and KV cache")
+    if "head" in vps:
+        top_head = _top(hw, head_layers, band_lo, band_words, "the head's stage's layers")
+        next_addr[:] = top_head
+        names = {s.name for s in vps["head"].symbols if s.kind == "param"}
+        static["head"] += place_static(vps["head"], hw, names, next_addr, cursor).segments
+        head_top = int(next_addr.max())
+        if head_top > hw.words_per_slice:
+            raise ModelTooLarge(
+                f"the head's weights need {head_top - top_head} words per slice above the "
+                f"{top_head} of its stage's {head_layers} layers: {head_top} words of the "
+                f"{hw.words_per_slice} per slice of {hw.name}; give the head's stage fewer layers "
+                "(a larger pp) or a larger tp"
+            )
+        top = max(top, head_top)
     floor = np.full(hw.mem_slices, top, np.int64)
     return TensorLayout(hw, vps, layers, static, band, x_at, parts_at, band_lo, band_words, floor)

@@ -39,6 +39,7 @@ HW8 = dataclasses.replace(HW, c2c_links=8, name="teaching-8-links")
     [
         (TINY, HW, 2, "tp=2"),
         (TINY, HW, 4, "tp=2,pp=2"),
+        (TINY, HW, 6, "tp=2,pp=3"),  # the last stage holds the head alone
         (WIDE, HW, 4, "tp=4"),
         (TINY8, HW, 8, "tp=2,pp=4"),
         (H8, HW8, 8, "tp=8"),
@@ -78,6 +79,20 @@ def test_the_ranks_run_one_program_and_sum_alike(tp2pp2):
     between_stages = 2  # each rank's share of x to its rank of the next stage, then to all
     sent = allreduces * 2 * bytes_per_x + between_stages * bytes_per_x
     assert int(r.link_bytes.sum()) == sent
+
+
+def test_every_stage_shape_runs_blocks_scheduled_once(monkeypatch):
+    """The attention, MLP, reduce and head blocks are scheduled once for all stage shapes (here
+    a layer alone, and the head alone): one SRAM layout serves them all."""
+    import compiler
+
+    calls = []
+    schedule = compiler.list_schedule
+    monkeypatch.setattr(compiler, "list_schedule", lambda vp, *a, **k: calls.append(vp) or
+                        schedule(vp, *a, **k))  # fmt: skip
+    prog = compile(TINY, HW, chips=6, mapping="tp=2,pp=3", context=8)
+    assert prog.meta["stage_layers"] == [1, 1, 0] and prog.meta["shared_programs"] == 2
+    assert len(calls) == 4
 
 
 def _without_links(ins):
