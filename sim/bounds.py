@@ -87,6 +87,7 @@ def matmul_cycles(ins: np.ndarray) -> int:
 
 def resource_bounds(program: Program) -> dict[str, int]:
     """Each unit kind's work over its units, on the busiest chip (every chip has its own)."""
+    program = program.expand()  # bodies written out on their chips
     chips = program.instrs["chip"]
     per_chip = [_chip_bounds(program.hw, program.instrs[chips == c]) for c in np.unique(chips)]
     return {k: max(b[k] for b in per_chip) for k in per_chip[0]} if per_chip else {}
@@ -144,10 +145,27 @@ class _Puts:
         return at[p0], p0
 
 
+def _expanded(program: Program, cycles: np.ndarray | None):
+    """The program with its bodies written out on their chips, and `cycles` for it (given for
+    either: the written-out program's, or the placed program's predictions)."""
+    if not program.placed:
+        return program, cycles
+    whole = program.expand()
+    if cycles is None or len(cycles) == len(whole.instrs):
+        return whole, cycles
+    if cycles is program.predicted:
+        return whole, whole.predicted
+    raise ValueError(
+        f"{len(cycles)} cycles for a program of {len(whole.instrs)} instructions with its bodies "
+        "written out"
+    )
+
+
 def _dataflow(program: Program, cycles: np.ndarray | None = None) -> tuple[int, int]:
     """(dependency, streams): the Program's dataflow with every resource free, each instruction
     at the earliest cycle its operands could reach it (a run of n vectors keeps its pace), and
     the busiest stream cut."""
+    program, cycles = _expanded(program, cycles)
     hw, ins = program.hw, program.instrs
     S = hw.streams_per_direction
     lat = {o: latency(hw, o) for o in Op}
@@ -248,11 +266,13 @@ def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
     its operands could reach it. Producers are found as the simulator finds them (the vector on
     the operand's stream at its diagonal, put nearest upstream); a run of n vectors keeps its
     one-per-cycle pace."""
+    program, cycles = _expanded(program, cycles)
     return _dataflow(program, cycles)[0]
 
 
 def bounds(program: Program, cycles: np.ndarray | None = None) -> Bounds:
     """`cycles`: each instruction's dispatch cycle, if known (else the queues are run again)."""
+    program, cycles = _expanded(program, cycles)
     terms = resource_bounds(program)
     terms["dependency"], terms["streams"] = _dataflow(program, cycles)
     binding = max(terms, key=terms.get)

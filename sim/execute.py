@@ -31,6 +31,8 @@ def simulate(
         raise ValueError(f"engine={engine!r}; valid engines: {', '.join(ENGINES)}")
     functional = mode == "functional"
     if engine == "reference":
+        program = program.expand()  # bodies written out on their chips
+    if engine == "reference":
         raw = run_reference(program, inputs, functional=functional, trace=trace)
     else:
         from sim.engine import run_engine

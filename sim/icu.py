@@ -210,6 +210,7 @@ def encoding(chip: np.ndarray, queue: np.ndarray, cycles: np.ndarray):
 def cycles_of(program) -> np.ndarray:
     """Each instruction's dispatch cycle as the queues derive it (raising on a queue problem),
     with the compiled ICU; for listings and analyses, which need no prediction check."""
+    program = program.expand()  # bodies written out on their chips
     from sim.engine.icu import dispatch_cycles  # the engine builds on this module
 
     cycles, problem = dispatch_cycles(program.hw, program.instrs)
@@ -222,6 +223,7 @@ def moved(program, cycles: dict[int, int]):
     where its queue dispatched it), each queue re-encoded in cycle order at its own array
     positions; the prediction moves along, so only the executors' own checks can catch what the
     move breaks (fault injection)."""
+    program = program.expand()  # bodies written out on their chips
     from dataclasses import replace
 
     timing = cycles_of(program).copy()

@@ -3,7 +3,24 @@
     Program := hw, instructions (one structured array; a view per chip and queue),
                permute tables, symbols (where each input/param/const/output vector lives, on
                which chip), constant values, source descriptions, predicted cycles, metadata,
-               links (the chip pairs SEND and RECV name: link L joins chips links[L])
+               links (the chip pairs SEND and RECV name: link L joins chips links[L]),
+               bodies and their placements (below)
+
+Bodies: the chips of a large system run the same instructions many times over (a pipeline
+stage's layers, on every chip of every stage of one shape), each chip with a few of its own
+around them (the transfers that bring its input and take its output). A Body holds such
+instructions once, as chip 0's, dispatched from cycle 0 by their own delays and IFETCHes, naming
+local links 0..links-1; a placement puts it on a chip:
+
+    placement p = (chip, body, shift): the chip runs the body `shift` cycles later, each SEND and
+                  RECV on the program's link place_links[p, local link]; on queue q the body's
+                  instructions come after the chip's first place_at[p, q] instructions of
+                  `instrs` (its own), the first of them with delay place_heads[p, q]
+
+so `instrs` holds what is each chip's own. `expand()` writes every placement out: the same
+Program as one instruction array, which is what it means. A body whose queue fetches
+instructions delivers one past its end there (its last IFETCH brings the chip's next own
+instruction), so a chip has an own instruction after the body on each such queue.
 
 Tensor layout on chip (the machine's convention, shared by compiler and host): a tensor of shape
 (..., n) is rows = prod(...) rows of ceil(n / lanes) vectors, row-major; element (r, c) is lane
@@ -16,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +56,11 @@ FORMAT_MAGIC = "lpusim-program"
 # 3: the instruction field `period` (cycles between repetitions);
 # 4: no cycles: each queue's `delay` (NOP) fields, SYNC/NOTIFY, and the scheduler's predictions;
 # 5: chip-to-chip links (the `links` array, SEND/RECV) and each symbol's chip;
-# 6: a symbol's host shape where it differs (a KV cache with heads packed side by side).
-FORMAT_VERSION = 6
+# 6: a symbol's host shape where it differs (a KV cache with heads packed side by side);
+# 7: bodies and their placements, symbols' arrays stored once however many share them.
+FORMAT_VERSION = 7
+# A placement of a body: the chip that runs it, which body, and how many cycles later.
+PLACE_DTYPE = np.dtype([("chip", np.int32), ("body", np.int32), ("shift", np.int64)])
 
 
 # --- tensor layout --------------------------------------------------------------------------------
@@ -84,6 +104,22 @@ def _covered(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
     reach = np.maximum.accumulate(keys * span + hi)  # the furthest end so far, key by key
     before = np.r_[-1, reach[:-1]] - keys * span  # of the intervals before, in the same key
     return int(np.maximum(hi - np.maximum(lo, before), 0).sum())
+
+
+def _rank_in_group(key: np.ndarray) -> np.ndarray:
+    """Each element's place among the earlier elements with its key (0 for the first)."""
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    start = np.r_[0, np.flatnonzero(k[1:] != k[:-1]) + 1] if len(k) else np.zeros(0, np.int64)
+    first = np.repeat(start, np.diff(np.r_[start, len(k)]))
+    rank = np.empty(len(key), np.int64)
+    rank[order] = np.arange(len(key)) - first
+    return rank
+
+
+def _queue_sizes(ins: np.ndarray, queues: int) -> np.ndarray:
+    """(queues,) instructions on each queue."""
+    return np.bincount(ins["queue"].astype(np.int64), minlength=queues)[:queues]
 
 
 def pack_heads(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -140,6 +176,17 @@ class Symbol:
 
 
 @dataclass(frozen=True)
+class Body:
+    """Instructions several chips run alike: chip 0's, dispatched from cycle 0 by their own
+    delays and IFETCHes, SENDs and RECVs on local links 0..links-1; with the scheduler's cycle
+    of each (None: nothing to check)."""
+
+    instrs: np.ndarray
+    predicted: np.ndarray | None
+    links: int = 0
+
+
+@dataclass(frozen=True)
 class Program:
     hw: HardwareConfig
     instrs: np.ndarray  # INSTR_DTYPE; each queue's instructions in dispatch order
@@ -156,6 +203,13 @@ class Program:
     predicted: np.ndarray | None = None
     # (links, 2) int32: the two chips each C2C link joins (sim/isa.py, "Chip-to-chip links").
     links: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+    # Bodies and where they are placed (the module's docstring): PLACE_DTYPE (placements,);
+    # (placements, most links of a body) int32; (placements, queues) int32 and int64.
+    bodies: tuple[Body, ...] = ()
+    placements: np.ndarray = field(default_factory=lambda: np.zeros(0, PLACE_DTYPE))
+    place_links: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    place_at: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    place_heads: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     def __post_init__(self) -> None:
         links = np.asarray(self.links)
@@ -176,12 +230,106 @@ class Program:
                 f"of the program's 0..{self.chips - 1}"
             )
         object.__setattr__(self, "links", links)
+        self._check_placements()
         for sym in self.symbols:
             if not 0 <= sym.chip < self.chips:
                 raise ValueError(
                     f"symbol {sym.name!r} is on chip {sym.chip}; the program's chips are "
                     f"0..{self.chips - 1}"
                 )
+
+    def _check_placements(self) -> None:
+        pl = np.asarray(self.placements)
+        if pl.dtype != PLACE_DTYPE or pl.ndim != 1:
+            raise ValueError(f"placements must be a 1-D array of {PLACE_DTYPE}, not {pl.dtype}")
+        n, queues = len(pl), n_queues(self.hw)
+        if not n:
+            return
+        most = max((b.links for b in self.bodies), default=0)
+        for name, shape in (("place_links", (n, most)), ("place_at", (n, queues)),
+                            ("place_heads", (n, queues))):  # fmt: skip
+            if tuple(np.shape(getattr(self, name))) != shape:
+                raise ValueError(
+                    f"{name} has shape {np.shape(getattr(self, name))}; {n} placements need {shape}"
+                )
+        bad = np.flatnonzero((pl["chip"] < 0) | (pl["chip"] >= self.chips))
+        if len(bad):
+            raise ValueError(
+                f"placement {int(bad[0])} is on chip {int(pl['chip'][bad[0]])}; the program's "
+                f"chips are 0..{self.chips - 1}"
+            )
+        bad = np.flatnonzero((pl["body"] < 0) | (pl["body"] >= len(self.bodies)))
+        if len(bad):
+            raise ValueError(
+                f"placement {int(bad[0])} places body {int(pl['body'][bad[0]])}; the program has "
+                f"{len(self.bodies)} bodies"
+            )
+        if len(np.unique(pl["chip"])) != n:
+            raise ValueError("a chip has more than one placement; place one body a chip")
+        for p in range(n):
+            ln = self.place_links[p, : self.bodies[int(pl["body"][p])].links]
+            if ((ln < 0) | (ln >= len(self.links))).any():
+                raise ValueError(
+                    f"placement {p} maps a body's links onto {ln.tolist()}; the program's links "
+                    f"are 0..{len(self.links) - 1}"
+                )
+
+    @property
+    def placed(self) -> bool:
+        """Whether some of its instructions are bodies placed on chips (see `expand`)."""
+        return len(self.placements) > 0
+
+    def instruction_count(self) -> int:
+        """Instructions of every chip, a placed body's counted on each of its chips."""
+        body = np.array([len(b.instrs) for b in self.bodies] or [0], np.int64)
+        return len(self.instrs) + int(body[self.placements["body"]].sum())
+
+    def expand(self) -> Program:
+        """The same program with every placement written out on its chip: one instruction
+        array (chip by chip, queue by queue, in each queue's order), no bodies."""
+        if not self.placed:
+            return self
+        own, queues = self.instrs, n_queues(self.hw)
+        key = own["chip"].astype(np.int64) * queues + own["queue"].astype(np.int64)
+        rank = _rank_in_group(key)  # each own instruction's place in its queue
+        place_of = np.full(self.chips, -1, np.int64)
+        place_of[self.placements["chip"]] = np.arange(len(self.placements))
+        p_own = place_of[own["chip"].astype(np.int64)]
+        mine = np.flatnonzero(p_own >= 0)
+        if len(mine):  # those after a body's place in their queue move past its instructions
+            pp, qq = p_own[mine], own["queue"][mine].astype(np.int64)
+            sizes = np.stack([_queue_sizes(b.instrs, queues) for b in self.bodies])
+            n_body = sizes[self.placements["body"][pp].astype(np.int64), qq]
+            after = rank[mine] >= self.place_at[pp, qq]
+            rank[mine[after]] += n_body[after]
+        parts, keys, ranks, preds = [own], [key], [rank], [self.predicted]
+        for p, (chip, b, shift) in enumerate(self.placements.tolist()):
+            body = self.bodies[b]
+            ins = body.instrs.copy()
+            ins["chip"] = chip
+            c2c = (ins["op"] == int(Op.SEND)) | (ins["op"] == int(Op.RECV))
+            ins["table"][c2c] = self.place_links[p][ins["table"][c2c].astype(np.int64)]
+            q = ins["queue"].astype(np.int64)
+            r = _rank_in_group(q)
+            ins["delay"][r == 0] = self.place_heads[p][q[r == 0]]
+            parts.append(ins)
+            keys.append(chip * queues + q)
+            ranks.append(r + self.place_at[p][q])
+            preds.append(None if body.predicted is None else body.predicted + shift)
+        order = np.lexsort((np.concatenate(ranks), np.concatenate(keys)))
+        predicted = None
+        if all(x is not None for x in preds):
+            predicted = np.concatenate(preds)[order]
+        return replace(
+            self,
+            instrs=np.take(np.concatenate(parts), order),
+            predicted=predicted,
+            bodies=(),
+            placements=np.zeros(0, PLACE_DTYPE),
+            place_links=np.zeros((0, 0), np.int32),
+            place_at=np.zeros((0, 0), np.int32),
+            place_heads=np.zeros((0, 0), np.int64),
+        )
 
     def symbol(self, name: str) -> Symbol:
         for s in self.symbols:
@@ -217,12 +365,16 @@ class Program:
 
     def queue(self, chip: int, q: int) -> np.ndarray:
         """The instruction queue of one functional unit, in issue order."""
+        if self.placed:
+            return self.expand().queue(chip, q)
         sel = (self.instrs["chip"] == chip) & (self.instrs["queue"] == q)
         return self.instrs[sel]
 
     def sram_bytes_used(self) -> int:
         """Bytes of SRAM the program uses: every word a symbol holds or an instruction reads,
         writes or fetches from (each word a slice's `lanes` bytes), counted once per chip."""
+        if self.placed:
+            return self.expand().sram_bytes_used()
         ins, lanes = self.instrs, self.hw.lanes
         mem = np.isin(ins["op"], [int(Op.READ), int(Op.WRITE), int(Op.IFETCH)])
         r = ins[mem & (ins["repeat"] > 0)]
@@ -265,6 +417,13 @@ class Program:
         h.update(self.tables.tobytes())
         if len(self.links):  # a one-chip program hashes as before links existed
             h.update(b"links" + self.links.tobytes())
+        for b in self.bodies:
+            h.update(b"body%d" % b.links + b.instrs.tobytes())
+            if b.predicted is not None:
+                h.update(b.predicted.tobytes())
+        if self.placed:
+            for a in (self.placements, self.place_links, self.place_at, self.place_heads):
+                h.update(np.ascontiguousarray(a).tobytes())
         for s in self.symbols:
             on = f"@{s.chip}" if s.chip else ""
             host = "" if s.host_shape is None else f"<-{s.host_shape}"
@@ -275,7 +434,10 @@ class Program:
     # --- listing -----------------------------------------------------------------------------
 
     def disassemble(self, limit: int | None = None) -> str:
-        """Readable listing: one line per instruction, grouped by chip and queue."""
+        """Readable listing: one line per instruction, grouped by chip and queue (bodies written
+        out on their chips)."""
+        if self.placed:
+            return self.expand().disassemble(limit)
         hw = self.hw
         lines = [
             f"; program {self.content_hash} for {hw.name} (hw {hw.hash}), {self.chips} chip(s)",
@@ -326,7 +488,11 @@ class Program:
 
     def save(self, path: str | Path) -> None:
         """One compressed NumPy archive: a JSON header and the arrays. The header's `digest`
-        covers every header field and every array, so an edited or corrupted file is refused."""
+        covers every header field and every array, so an edited or corrupted file is refused.
+        Symbols that share their arrays (a tensor's copies on many chips) store them once."""
+        data: dict[tuple, int] = {}  # (ids of a symbol's arrays) -> where they are stored
+        for s in self.symbols:
+            data.setdefault((id(s.slices), id(s.addrs), id(s.vids)), len(data))
         header = {
             "magic": FORMAT_MAGIC,
             "version": FORMAT_VERSION,
@@ -345,17 +511,29 @@ class Program:
                     "dtype": s.dtype,
                     "chip": s.chip,
                     "host_shape": None if s.host_shape is None else list(s.host_shape),
+                    "data": data[(id(s.slices), id(s.addrs), id(s.vids))],
                 }
                 for s in self.symbols
             ],
             "content_hash": self.content_hash,
+            "bodies": [
+                {"links": b.links, "predicted": b.predicted is not None} for b in self.bodies
+            ],
         }
         arrays = {"instrs": self.instrs, "tables": self.tables, "links": self.links}
+        for i, b in enumerate(self.bodies):
+            arrays[f"body{i}_instrs"] = b.instrs
+            if b.predicted is not None:
+                arrays[f"body{i}_predicted"] = b.predicted
+        if self.placed:
+            arrays.update(placements=self.placements, place_links=self.place_links,
+                          place_at=self.place_at, place_heads=self.place_heads)  # fmt: skip
         if self.predicted is not None:
             arrays["predicted"] = self.predicted
         for i, s in enumerate(self.symbols):
-            arrays[f"sym{i}_slices"], arrays[f"sym{i}_addrs"] = s.slices, s.addrs
-            arrays[f"sym{i}_vids"] = s.vids
+            k = data[(id(s.slices), id(s.addrs), id(s.vids))]
+            arrays[f"sym{k}_slices"], arrays[f"sym{k}_addrs"] = s.slices, s.addrs
+            arrays[f"sym{k}_vids"] = s.vids
             if s.kind == "const":
                 arrays[f"const{i}"] = self.consts[s.name]
         header["digest"] = _file_digest(header, arrays)
@@ -438,6 +616,7 @@ HEADER_FIELDS = {
     "meta": dict,
     "symbols": list,
     "content_hash": str,
+    "bodies": list,
 }
 SYMBOL_KINDS = ("param", "input", "const", "output")
 # Each symbol's arrays: (name suffix, dtype).
@@ -515,6 +694,8 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
             and all(isinstance(d, int) and d >= 0 for d in s["shape"])
             and isinstance(s.get("chip"), int)
             and not isinstance(s["chip"], bool)
+            and isinstance(s.get("data"), int)
+            and not isinstance(s["data"], bool)
             and (
                 s.get("host_shape") is None
                 or isinstance(s["host_shape"], list)
@@ -522,7 +703,8 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
             )
         ):
             raise ProgramFormatError(f"has a malformed symbol #{i}: {s!r:.80}")
-        parts = [array(f"sym{i}_{suffix}", dtype, 1) for suffix, dtype in SYMBOL_ARRAYS]
+        k = s["data"]
+        parts = [array(f"sym{k}_{suffix}", dtype, 1) for suffix, dtype in SYMBOL_ARRAYS]
         if len({len(a) for a in parts}) != 1:
             raise ProgramFormatError(f"has symbol {s['name']!r} with arrays of unequal lengths")
         symbols.append(
@@ -540,7 +722,31 @@ def _from_parts(cls, header: dict, arrays: dict[str, np.ndarray]) -> Program:
             if f"const{i}" not in arrays:
                 raise ProgramFormatError(f"lacks the array 'const{i}' (constant {s['name']!r})")
             consts[s["name"]] = arrays[f"const{i}"]
+    bodies = []
+    for i, b in enumerate(header["bodies"]):
+        if not (isinstance(b, dict) and isinstance(b.get("links"), int) and b["links"] >= 0):
+            raise ProgramFormatError(f"has a malformed body #{i}: {b!r:.80}")
+        ins = arrays.get(f"body{i}_instrs")
+        if ins is None or ins.dtype != INSTR_DTYPE or ins.ndim != 1:
+            raise ProgramFormatError(f"lacks body {i}'s instructions (or they have another layout)")
+        pred = array(f"body{i}_predicted", np.int64, 1) if b.get("predicted") else None
+        if pred is not None and len(pred) != len(ins):
+            raise ProgramFormatError(f"has {len(pred)} predicted cycles for body {i}'s {len(ins)}")
+        bodies.append(Body(ins, pred, b["links"]))
+    placed = {}
+    if "placements" in arrays:
+        pl = arrays["placements"]
+        if pl.dtype != PLACE_DTYPE or pl.ndim != 1:
+            raise ProgramFormatError("has placements of an unknown layout")
+        placed = dict(
+            placements=pl,
+            place_links=array("place_links", np.int32, 2),
+            place_at=array("place_at", np.int32, 2),
+            place_heads=array("place_heads", np.int64, 2),
+        )
     return cls(
+        bodies=tuple(bodies),
+        **placed,
         hw=file_hw,
         instrs=instrs,
         tables=tables,

@@ -196,6 +196,7 @@ def run_reference(
     functional: bool = True,
     trace: bool = False,
 ) -> RawResult:
+    program = program.expand()  # bodies written out on their chips
     hw = program.hw
     lanes, S = hw.lanes, hw.streams_per_direction
     ins = program.instrs

@@ -86,6 +86,7 @@ def schedule_table(program: Program) -> pd.DataFrame:
     (issue + latency), vid (the logical vector it writes or expects), source (the graph op it came
     from), queue (queue index), instr (index into `program.instrs`), rep (repetition j).
     """
+    program = program.expand()  # bodies written out on their chips
     hw, ins = program.hw, program.instrs
     instr, rep = repetitions(ins)  # (events,)
     op = ins["op"][instr].astype(np.int64)
@@ -158,6 +159,7 @@ def gantt(program: Program, ax=None, *, cycles: tuple[int, int] | None = None, u
     cycles: (first, last) window of cycles to show; units: queue names (e.g. "VXM", "MEMW0") or
     queue indices to keep. Returns the matplotlib Axes.
     """
+    program = program.expand()  # bodies written out on their chips
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch
@@ -236,6 +238,7 @@ def perfetto_trace(program: Program) -> dict:
     the overflow goes to tid = queue + k * n_queues (k = 1, 2, ...), named "<queue> +k" and sorted
     next to it. Metadata ("M") events name each chip (process) and track (thread).
     """
+    program = program.expand()  # bodies written out on their chips
     hw = program.hw
     table = schedule_table(program)
     lane = _pack_lanes(table)

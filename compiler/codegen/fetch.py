@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_right
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from sim.isa import (
     Op,
     issue_width,
     make_instrs,
+    n_queues,
     periods,
     queue_name,
     repetitions,
@@ -224,3 +226,276 @@ def _free_cycle(
             return t
         t += 1
     return -1
+
+
+# --- bodies placed on many chips (compiler/codegen/pipeline.py) ---------------------------------
+#
+# A body (sim/program.py) is planned once, as a chip of its own from cycle 0; a chip that runs it
+# `shift` cycles later has its own instructions before and after it on some queues. The body's
+# fetches must then find each queue as they would alone, so each chip's own plan:
+#
+# - before the body (on a queue where it has own instructions first): *bridges*, IFETCHes after
+#   its own that bring the body's instructions the preload no longer reaches (the own ones took
+#   their places), so that at the body's first instruction the queue holds exactly what it
+#   would alone;
+# - after the body: a body queue that fetches delivers one place past its end (its last IFETCH
+#   brings the chip's next instruction: a tail), and the chip's instructions there are fetched
+#   on from that; a chip with none there ends the queue with a NOTIFY of a barrier no SYNC
+#   waits on, which the tail brings.
+
+TAIL_BARRIER = 1 << 20  # a tail NOTIFY's barrier: this plus its queue
+
+
+@dataclass
+class PlannedBody:
+    """A body's instructions with their fetches, encoded from cycle 0, and what a chip's plan
+    around it needs: per queue its first and last dispatch cycle and size, whether it fetches
+    (and delivers a tail, landing at tail_at), and the read ports it holds."""
+
+    instrs: np.ndarray
+    cycles: np.ndarray
+    top: int | None  # the top of its instruction image (None: it fetches nothing)
+    first: np.ndarray
+    last: np.ndarray
+    size: np.ndarray
+    fetches: np.ndarray
+    tail_at: np.ndarray
+    at_last: np.ndarray  # its instructions dispatched at its last cycle, per queue
+    busy: np.ndarray  # (slices, cycles) read ports its READs and IFETCHes hold
+    plain: np.ndarray  # its own instructions without fetches, and their cycles (a chip that
+    plain_cycles: np.ndarray  # cannot place it plans them anew)
+
+
+def plan_body(
+    hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, words: int, src: int
+) -> PlannedBody:
+    """Fetches and delays for a body (chip 0's instructions, dispatched at `cycles`)."""
+    queues, cap = n_queues(hw), hw.icu_queue_instructions
+    q = ins["queue"].astype(np.int64)
+    size = np.bincount(q, minlength=queues)[:queues]
+    last = np.full(queues, -1, np.int64)
+    np.maximum.at(last, q, cycles)
+    tails = np.flatnonzero(size >= cap)  # these fetch: one more place, for the tail
+    virtual = make_instrs(
+        [dict(op=Op.NOTIFY, queue=int(t), table=TAIL_BARRIER + int(t)) for t in tails]
+    )
+    extra, extra_cycles, top = _plan_chip(
+        hw, np.concatenate([ins, virtual]), np.concatenate([cycles, last[tails] + 1]), 0, words,
+        src,
+    )  # fmt: skip
+    every = np.concatenate([ins, extra])
+    timing = np.concatenate([cycles, extra_cycles])
+    order, delays = encoding(np.zeros(len(every), np.int64), every["queue"], timing)
+    body = np.take(every, order)
+    body["delay"] = delays
+    timing = timing[order]
+    q = body["queue"].astype(np.int64)
+    first = np.full(queues, np.iinfo(np.int64).max)
+    np.minimum.at(first, q, timing)
+    last[:] = -1
+    np.maximum.at(last, q, timing)
+    fetch = body["op"] == int(Op.IFETCH)
+    fetches = np.zeros(queues, bool)
+    fetches[q[fetch]] = True
+    tail_at = np.full(queues, -1, np.int64)
+    np.maximum.at(tail_at, q[fetch], timing[fetch] + hw.mem_read_latency_cycles)
+    at_last = np.bincount(q[timing == last[q]], minlength=queues)[:queues]
+    busy = _read_ports(hw, body, timing, 0).astype(np.int32)
+    np.add.at(busy, (body["slice"][fetch].astype(np.int64), timing[fetch]), 1)
+    return PlannedBody(
+        body, timing, top, first, last, np.bincount(q, minlength=queues)[:queues], fetches,
+        tail_at, at_last, busy, ins, cycles,
+    )  # fmt: skip
+
+
+def plan_placed(
+    hw: HardwareConfig,
+    body: PlannedBody,
+    shift: int,
+    own: np.ndarray,
+    cycles: np.ndarray,
+    chip: int,
+    words: int,
+    src: int,
+):
+    """A chip's own instructions (`own` at `cycles`) around `body` placed `shift` cycles later:
+    (its instructions in queue order with their delays, their cycles, place_at, place_heads,
+    the top of its instruction image), or None where the body cannot be placed so (an own
+    instruction among the body's on a queue, or no cycle for a fetch it needs)."""
+    queues, cap, most = n_queues(hw), hw.icu_queue_instructions, fetch_width(hw)
+    rl, ports = hw.mem_read_latency_cycles, hw.mem_read_ports_per_slice
+    span = body.busy.shape[1]
+    own_busy: dict[int, np.ndarray] = {}  # cycle -> read ports the chip's own hold per slice
+    r = own[own["op"] == int(Op.READ)]
+    i, j = repetitions(r)
+    t_read = cycles[own["op"] == int(Op.READ)][i] + j * periods(r)[i]
+    for k, t in zip(i.tolist(), t_read.tolist(), strict=True):
+        held = own_busy.setdefault(t, np.zeros(hw.mem_slices, np.int64))
+        g = int(r["slice"][k])
+        held[g : g + int(DTYPE_WIDTHS[r["dtype"][k]])] += 1
+    image = np.full(hw.mem_slices, words if body.top is None else body.top, np.int64)
+    top = None
+
+    def free_slice(t: int) -> int:
+        """A slice with a read port idle at t (the lowest image first), or -1."""
+        held = own_busy.get(t, np.zeros(hw.mem_slices, np.int64))
+        if 0 <= t - shift < span:
+            held = held + body.busy[:, t - shift]
+        free = held < ports
+        if not free.any():
+            return -1
+        return int(np.argmin(np.where(free, image, np.iinfo(np.int64).max)))
+
+    def fetch(q: int, t: int, count: int, records: list, used: Counter) -> None:
+        nonlocal top
+        s = free_slice(t)
+        own_busy.setdefault(t, np.zeros(hw.mem_slices, np.int64))[s] += 1
+        used[t] += 1
+        records.append(dict(op=Op.IFETCH, chip=chip, queue=q, slice=s, addr=int(image[s]),
+                            count=count, cycle=t, src=src))  # fmt: skip
+        image[s] += 1
+        top = int(image.max())
+
+    out, out_cycles, delays = [], [], []
+    at = np.zeros(queues, np.int32)
+    heads = np.zeros(queues, np.int64)
+    q_own = own["queue"].astype(np.int64)
+    for q in sorted(set(q_own.tolist()) | set(np.flatnonzero(body.size).tolist())):
+        sel = np.flatnonzero(q_own == q)
+        sel = sel[np.lexsort((sel, cycles[sel]))]
+        width = issue_width(hw, q)
+        used = Counter(cycles[sel].tolist())
+        n = int(body.size[q])
+        if not n:  # a queue of the chip's own alone
+            records = []
+            if len(sel) > cap and _fetch_run(
+                hw, cycles[sel], 0, cap, 0, -1, width, q, records, used, fetch, free_slice
+            ) < 0:  # fmt: skip
+                return None
+            part = list(_timed(own, cycles, sel, records))
+            _queue(part, 0, out, out_cycles, delays)
+            continue
+        b0, b1 = shift + int(body.first[q]), shift + int(body.last[q])
+        used[b1] += int(body.at_last[q])  # (the body's last dispatches)
+        t_own = cycles[sel]
+        before, after = sel[t_own < b0], sel[t_own > b1]
+        if len(before) + len(after) != len(sel):
+            return None  # an own instruction among the body's
+        tail = []
+        if body.fetches[q] and not len(after):
+            tail = [dict(op=Op.NOTIFY, chip=chip, queue=q, table=TAIL_BARRIER + q, cycle=b1 + 1,
+                         src=src)]  # fmt: skip
+            used[b1 + 1] += 1
+        p, s = len(before), len(after) + len(tail)
+        # bridges: at the body's first instruction, the places it would hold alone delivered
+        bridges = []
+        if p and (body.fetches[q] or p + n + s > cap):
+            want = cap if body.fetches[q] else n + (1 if s else 0)
+            counts = _bridge_counts(p, want, cap, most)
+            if counts is None:
+                return None
+            t = int(t_own[t_own < b0].max())
+            for count in counts:
+                while t <= b0 - rl and (used[t] >= width or free_slice(t) < 0):
+                    t += 1
+                if t > b0 - rl:
+                    return None
+                fetch(q, t, count, bridges, used)
+        # after the body: from the tail (or what the bridges or the preload brought)
+        records = []
+        if s:
+            o = p + len(bridges) + n
+            total = o + s
+            if body.fetches[q]:
+                delivered, land = o + 1, shift + int(body.tail_at[q])
+            elif bridges:
+                delivered, land = max(cap, o + 1), bridges[-1]["cycle"] + rl
+            else:
+                delivered, land = min(total, cap) if total > cap else total, 0
+            c_after = np.concatenate([t_own[t_own > b1], [r["cycle"] for r in tail]])
+            if _fetch_run(
+                hw, c_after.astype(np.int64), o, delivered, land, b1, width, q, records, used,
+                fetch, free_slice,
+            ) < 0:  # fmt: skip
+                return None
+        first_part = list(_timed(own, cycles, before, bridges))
+        at[q] = len(first_part)
+        last_before = first_part[-1][1] if first_part else 0
+        heads[q] = b0 - last_before
+        _queue(first_part, 0, out, out_cycles, delays)
+        second = list(_timed(own, cycles, after, records + tail))
+        _queue(second, b1, out, out_cycles, delays)
+    ins = np.concatenate(out) if out else np.zeros(0, INSTR_DTYPE)
+    ins["delay"] = np.array(delays, np.int64)
+    return ins, np.array(out_cycles, np.int64), at, heads, top
+
+
+def _timed(own: np.ndarray, cycles: np.ndarray, sel: np.ndarray, records: list):
+    """(one instruction, its cycle) of own[sel] and of `records`, in cycle order (own first
+    within a cycle)."""
+    items = [(own[i : i + 1], int(cycles[i]), 0, k) for k, i in enumerate(sel.tolist())]
+    if records:
+        extra = make_instrs(records)
+        items += [(extra[k : k + 1], int(r["cycle"]), 1, k) for k, r in enumerate(records)]
+    items.sort(key=lambda x: (x[1], x[2], x[3]))
+    return [(x[0], x[1]) for x in items]
+
+
+def _queue(part: list, since: int, out: list, out_cycles: list, delays: list) -> None:
+    """Append a run of a queue's instructions, each's delay counted from the one before (the
+    first's from `since`)."""
+    prev = since
+    for ins, t in part:
+        out.append(ins)
+        out_cycles.append(t)
+        delays.append(t - prev)
+        prev = t
+
+
+def _bridge_counts(p: int, want: int, cap: int, most: int) -> list[int] | None:
+    """The counts of the fewest IFETCHes, after p instructions at a queue's head, that deliver
+    the places up to p + (their number) + want, each landing into room, or None."""
+    for b in range(0, cap - p):
+        need = max(0, want - (cap - p - b))
+        counts, got = [], 0
+        for i in range(b):
+            c = min(most, p + i + 1 - got, need - got)
+            if c < 1:
+                break
+            counts.append(c)
+            got += c
+        if got == need and len(counts) == b:
+            return counts
+    return None
+
+
+def _fetch_run(hw, c, o, delivered, land, prev, width, q, records, used, fetch, free) -> int:
+    """IFETCHes for a run of a queue's instructions at cycles `c`, the first at place o of the
+    queue, `delivered` places delivered before it (the last of them landing at `land`), the
+    queue's previous dispatch at `prev`: _plan_chip's walk, from that state. The number placed,
+    or -1 where an instruction would not have arrived."""
+    cap, most, rl = hw.icu_queue_instructions, fetch_width(hw), hw.mem_read_latency_cycles
+    n = len(c)
+    loaded, fetches, pos = delivered - o, 0, 0  # places of the run delivered, IFETCHes, placed
+    landed = ([land], [loaded])
+    for r in range(n):
+        d = int(c[r])
+        t = max(prev, 0)
+        while loaded - fetches < n and t <= d:
+            count = min(most, n - (loaded - fetches - 1))
+            if loaded + count - (pos + 1) > cap:
+                break  # no room for a word yet
+            first = loaded - fetches - 1
+            latest = min(d - 1, int(c[first]) - rl) if first < n else d - 1
+            while t <= latest and not (used[t] < width and _there(landed, pos, t) and free(t) >= 0):
+                t += 1
+            if t > latest:
+                break
+            fetch(q, t, count, records, used)
+            fetches, pos, loaded = fetches + 1, pos + 1, loaded + count
+            landed[0].append(t + rl)
+            landed[1].append(loaded)
+        if not _there(landed, pos, d):
+            return -1
+        pos, prev = pos + 1, d
+    return fetches

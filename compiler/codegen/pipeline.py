@@ -25,10 +25,21 @@ from dataclasses import replace
 
 import numpy as np
 
-from compiler.codegen.fetch import fetch_and_encode
+from compiler.codegen.fetch import fetch_and_encode, plan_body, plan_placed
+from sim.engine.prepare import latency_lut
 from sim.hardware import HardwareConfig
-from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
-from sim.program import Program, Symbol
+from sim.isa import (
+    DTYPE_BY_NAME,
+    DTYPE_BYTES,
+    INSTR_DTYPE,
+    Op,
+    link_cycles,
+    make_instrs,
+    n_queues,
+    periods,
+    queue_c2c,
+)
+from sim.program import PLACE_DTYPE, Body, Program, Symbol
 from sim.system import System
 
 LAYER_NAME = re.compile(r"^(params/layers/|cache/[kv]/)(\d+)(.*)$")
@@ -37,7 +48,8 @@ LAYER_NAME = re.compile(r"^(params/layers/|cache/[kv]/)(\d+)(.*)$")
 def pipeline(system: System, stages: list[Program], first_layers: list[int], meta: dict):
     """One Program for stage s's Program on chips s*T..s*T+T-1 (its layers numbered from
     first_layers[s]), T its chips: 1, or a tensor-parallel group's (whose links among its chips
-    become the system's links between the same ranks of the stage's chips)."""
+    become the system's links between the same ranks of the stage's chips). Each stage Program
+    is a body (sim/program.py) placed on each of its chips, the transfers of x each chip's own."""
     hw = system.hw
     tp = stages[0].chips
     paths = [
@@ -51,27 +63,40 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         by_pair.setdefault((min(a, b), max(a, b)), []).append(i)
     book = _Book(hw)
     parts, cycles, syms, consts, tables, sources = [], [], [], {}, [], []
-    # A shared stage Program's instructions (IFETCHes planned again over each chip's queues),
-    # predictions, tables and sources, once.
-    seen: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    # A stage Program's rank-0 instructions (no IFETCH: they are planned again), once, as a
+    # body; and for each rank, its link for each of rank 0's.
+    seen: dict[int, int] = {}
+    bodies, rank_links = [], []
+    placements = []  # (chip, body, shift, the system's link for each of the body's)
     start = end = 0
     stage_meta = []
     for s, prog in enumerate(stages):
         if id(prog) not in seen:
-            keep = prog.instrs["op"] != int(Op.IFETCH)
-            ins = np.compress(keep, prog.instrs)  # a copy (faster than indexing records)
-            ins["table"][ins["op"] == int(Op.PERMUTE)] += sum(len(t) for t in tables)
-            ins["src"][ins["src"] >= 0] += len(sources)
-            seen[id(prog)] = ins, prog.predicted[keep]
+            seen[id(prog)] = len(bodies)
+            ins = prog.instrs
+            c2c = (ins["op"] == int(Op.SEND)) | (ins["op"] == int(Op.RECV))
+            keep = ins["op"] != int(Op.IFETCH)
+            rank0 = keep & (ins["chip"] == 0)
+            body = np.compress(rank0, ins)  # a copy (faster than indexing records)
+            body["table"][body["op"] == int(Op.PERMUTE)] += sum(len(t) for t in tables)
+            body["src"][body["src"] >= 0] += len(sources)
+            bodies.append((body, prog.predicted[rank0]))
             tables.append(prog.tables)
             sources += prog.sources
-        ins, predicted = seen[id(prog)]
-        ins = ins.copy()
-        ins["chip"] += s * tp
-        if tp > 1:
-            _relink(ins, prog.links, s * tp, by_pair)
-        parts.append(ins)
-        cycles.append(predicted + start)
+            # rank r runs rank 0's instructions in order (compiler/codegen/tensor.py replicate)
+            local = ins["table"][rank0 & c2c].astype(np.int64)
+            per_rank = []
+            for r in range(tp):
+                mine = ins["table"][keep & c2c & (ins["chip"] == r)].astype(np.int64)
+                ranks = np.full(max(tp - 1, 0), -1, np.int64)
+                ranks[local] = mine
+                per_rank.append(ranks)
+            rank_links.append(per_rank)
+        k = seen[id(prog)]
+        for r in range(tp):
+            pairs = prog.links[rank_links[k][r]] if tp > 1 else np.zeros((0, 2), np.int64)
+            glob = [by_pair[(s * tp + int(a), s * tp + int(b))][0] for a, b in pairs]
+            placements.append((s * tp + r, k, start, glob))
         for sym in prog.symbols:
             named = _global_symbol(
                 sym, s * tp + sym.chip, first_layers[s], first=s == 0, last=s == len(stages) - 1
@@ -108,10 +133,19 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
                                            parts, cycles)  # fmt: skip
                         landed = max(landed, at)
             start = landed
-    ins, cyc = np.concatenate(parts), np.concatenate(cycles)
-    parts.clear()  # (the chips' copies: one fewer held while fetches are planned)
+    own = np.concatenate(parts) if parts else np.zeros(0, INSTR_DTYPE)
+    own_cycles = np.concatenate(cycles) if cycles else np.zeros(0, np.int64)
+    parts.clear()
     data_words = max(_data_words(p) for p in stages)
-    ins, cyc, words = fetch_and_encode(hw, ins, cyc, data_words, _fetch_source(stages[0]))
+    src = _fetch_source(stages[0])
+    planned = [plan_body(hw, ins, pred, data_words, src) for ins, pred in bodies]
+    placed = _place(hw, planned, placements, own, own_cycles, chips, data_words, src)
+    ins, cyc, words, rows = placed
+    n_links = tp - 1 if tp > 1 else 0
+    pl = np.zeros(len(rows), PLACE_DTYPE)
+    pl["chip"], pl["body"], pl["shift"] = ([r[0] for r in rows], [r[1] for r in rows],
+                                           [r[2] for r in rows])  # fmt: skip
+    end = max(end, _last_effect(hw, ins, cyc))  # (a queue's closing NOTIFY)
     return Program(
         hw=hw,
         instrs=ins,
@@ -121,11 +155,74 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         consts=consts,
         sources=tuple(sources),
         predicted_cycles=int(end),
-        words_used=words,
+        words_used=max([words] + [b.top or 0 for b in planned]),
         chips=chips,
         links=links,
         meta={**meta, "stages": stage_meta, "topology": system.describe()},
+        bodies=tuple(Body(b.instrs, b.cycles, n_links) for b in planned),
+        placements=pl,
+        place_links=np.array([r[3] for r in rows], np.int32).reshape(len(rows), n_links),
+        place_at=np.array([r[4] for r in rows], np.int32).reshape(len(rows), n_queues(hw)),
+        place_heads=np.array([r[5] for r in rows], np.int64).reshape(len(rows), n_queues(hw)),
     )
+
+
+def _place(hw, planned, placements, own, own_cycles, chips, words, src):
+    """Each chip's own instructions planned around its body (plan_placed), or, where the body
+    cannot be placed on a chip (or it has none), all its instructions planned as one chip's:
+    (instructions, cycles, words used, placement rows (chip, body, shift, links, at, heads))."""
+    chip_of = own["chip"].astype(np.int64)
+    by_chip = np.argsort(chip_of, kind="stable")
+    bounds = np.searchsorted(chip_of[by_chip], np.arange(chips + 1))
+    body_of = {c: (k, shift, glob) for c, k, shift, glob in placements}
+    out, out_cycles, rows, alone, alone_cycles = [], [], [], [], []
+    words_used = words
+    for chip in range(chips):
+        idx = by_chip[bounds[chip] : bounds[chip + 1]]
+        mine, t = np.take(own, idx), own_cycles[idx]
+        if chip in body_of:
+            k, shift, glob = body_of[chip]
+            done = plan_placed(hw, planned[k], shift, mine, t, chip, words, src)
+            if done is not None:
+                ins, cyc, at, heads, top = done
+                out.append(ins)
+                out_cycles.append(cyc)
+                rows.append((chip, k, shift, glob, at, heads))
+                words_used = max(words_used, top or 0)
+                continue
+            body = planned[k].plain.copy()  # its own instructions after all
+            body["chip"] = chip
+            c2c = (body["op"] == int(Op.SEND)) | (body["op"] == int(Op.RECV))
+            body["table"][c2c] = np.asarray(glob, np.int64)[body["table"][c2c].astype(np.int64)]
+            mine, t = (
+                np.concatenate([mine, body]),
+                np.concatenate([t, planned[k].plain_cycles + shift]),
+            )
+        alone.append(mine)
+        alone_cycles.append(t)
+    if alone:
+        ins, cyc, top = fetch_and_encode(
+            hw, np.concatenate(alone), np.concatenate(alone_cycles), words, src
+        )
+        out.append(ins)
+        out_cycles.append(cyc)
+        words_used = max(words_used, top)
+    ins = np.concatenate(out) if out else np.zeros(0, INSTR_DTYPE)
+    return (
+        ins,
+        np.concatenate(out_cycles) if out_cycles else np.zeros(0, np.int64),
+        words_used,
+        rows,
+    )
+
+
+def _last_effect(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray) -> int:
+    """The cycle the last of `ins` (dispatched at `cycles`) has taken effect."""
+    if not len(ins):
+        return 0
+    lat = latency_lut(hw)[ins["op"]]
+    reps = np.maximum(ins["repeat"].astype(np.int64), 1)
+    return int((cycles + (reps - 1) * periods(ins) + lat).max())
 
 
 def _send(book, path, by_pair, src: Symbol, dst: Symbol, t0: int, parts, cycles) -> int:
@@ -147,14 +244,6 @@ def _part(sym: Symbol, vectors: np.ndarray) -> Symbol:
 def _x(prog: Program, kind: str) -> Symbol:
     """x on the stage's first chip (a tensor-parallel group's ranks hold it at the same place)."""
     return next(s for s in prog.symbols if s.name == "x" and s.kind == kind and s.chip == 0)
-
-
-def _relink(ins: np.ndarray, local: np.ndarray, base: int, by_pair: dict) -> None:
-    """A group Program's SENDs and RECVs on the system's links: its link (a, b) becomes the
-    first of the system's between chips base + a and base + b."""
-    c2c = np.isin(ins["op"], (int(Op.SEND), int(Op.RECV)))
-    glob = np.array([by_pair[(base + int(a), base + int(b))][0] for a, b in local.tolist()])
-    ins["table"][c2c] = glob[ins["table"][c2c].astype(np.int64)]
 
 
 def _links(system: System, chips: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from sim.engine import schema as c
 from sim.engine.icu import dispatch_cycles
 from sim.engine.kernel import make_kernel
 from sim.engine.prepare import Prepared, preload, prepare_program, scan
+from sim.engine.segments import run_placed
 from sim.engine.share import run_shared
 from sim.engine.violations import leftover_partial, missing_output, raise_failure
 from sim.icu import check_predicted, raise_problem
@@ -52,6 +53,11 @@ def run_engine(
     identical chips once)."""
     lanes = program.hw.lanes
     cycles = None
+    if program.placed and share and not functional and not trace:
+        placed = run_placed(program, inputs)  # each body once for the chips alike
+        if placed is not None:
+            return placed
+    program = program.expand()  # bodies written out on their chips
     if share and not functional and not trace and program.chips > 1:
         cycles, problem = dispatch_cycles(program.hw, program.instrs)
         raise_problem(program, problem)

@@ -75,6 +75,7 @@ from sim.engine.schema import (
     EMPTY,
     FIFO_EXTERNAL,
     G_ACC_ROWS,
+    G_ALONE,
     G_ARRIVAL_MASK,
     G_BASE_COMPUTE,
     G_BASE_INSTALL,
@@ -347,15 +348,18 @@ def _earliest(arrivals, heads, tails, mask, cap, cell):
 
 @njit_inline
 def _land(arrivals, arrival_val, heads, tails, mask, cap, upto, slot_vid, slot_val, slots, ev_t,
-          functional, out):  # fmt: skip
+          functional, out, alone):  # fmt: skip
     """The SENDs in flight that land by cycle `upto`, in arrival order, into their receive slots;
-    True (with `out` filled, at the SEND) when one lands on a vector no RECV took."""
+    True (with `out` filled, at the SEND) when one lands on a vector no RECV took. `alone`: chip
+    0 runs alone, and what it sends lands on the chips that stand for others (schema.G_ALONE)."""
     while True:
         k = _earliest(arrivals, heads, tails, mask, cap, -1)
         if k < 0 or arrivals[k, A_AT] > upto:
             return False
         heads[k // cap] += 1
         cell = arrivals[k, A_SLOT]
+        if alone and arrivals[k, A_EVENT] >= 0:
+            continue  # chip 0's own SEND: it lands on a chip simulated on its own
         if slot_vid[cell] != EMPTY:
             e = arrivals[k, A_EVENT]  # -1: another chip's SEND (FIFO_EXTERNAL), at its landing
             at = ev_t[e] if e >= 0 else arrivals[k, A_AT]
@@ -484,6 +488,7 @@ def make_kernel(functional: bool):
         acc = np.zeros(lanes, np.float64)
         keys = np.zeros(lanes, np.int64)
         c2c = g[G_LINKS] > 0
+        alone = g[G_ALONE] == 1
         slots = g[G_C2C_SLOTS]
         amask = g[G_ARRIVAL_MASK]
         acap = amask + 1
@@ -507,7 +512,7 @@ def make_kernel(functional: bool):
                     sel_head += 1
             if c2c and _land(
                 arrivals, arrival_val, a_head, a_tail, amask, acap, t, slot_vid, slot_val, slots,
-                ev_t, functional, out,
+                ev_t, functional, out, alone,
             ):  # fmt: skip
                 return
 
@@ -855,7 +860,7 @@ def make_kernel(functional: bool):
             head += 1
         if c2c and _land(
             arrivals, arrival_val, a_head, a_tail, amask, acap, LAST, slot_vid, slot_val, slots,
-            ev_t, functional, out,
+            ev_t, functional, out, alone,
         ):  # fmt: skip
             return
         out[O_CODE] = OK

@@ -280,7 +280,9 @@ def prepare_program(
 ) -> Prepared:
     """`cycles`: the queues' dispatch cycles, already derived and checked (a chip of a larger
     program, sim/engine/share.py); `external`: (arrivals, N_ARRIVAL) int64 vectors other chips
-    send to this program's, by arrival (A_EVENT -1), for FIFO_EXTERNAL."""
+    send to this program's, by arrival (A_EVENT -1), for FIFO_EXTERNAL: chip 0 then runs alone
+    (schema.G_ALONE)."""
+    alone = external is not None
     hw = program.hw
     ins = program.instrs
     lanes, S = hw.lanes, hw.streams_per_direction
@@ -393,6 +395,7 @@ def prepare_program(
     )
     g[c.G_ARRIVAL_MASK] = arrivals - 1
     g[c.G_EXTERNAL] = len(external)
+    g[c.G_ALONE] = int(alone)
 
     ev_t, ev_i = _events(ins, cycles, bool(stats[c.S_IN_ORDER]))
     sel_first = np.full(chips * SELECT_REGISTERS, c.NEVER, np.int64)

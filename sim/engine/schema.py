@@ -65,7 +65,10 @@ G_C2C_LATENCY = 40
 G_ARRIVAL_MASK = 41  # entries per arrivals FIFO, minus one (a power of two)
 G_BASE_LINK = 42  # resource index of channel 0 in busy
 G_EXTERNAL = 43  # arrivals given up front in FIFO_EXTERNAL (a chip simulated alone: share.py)
-N_GEOMETRY = 44
+G_ALONE = 44  # 1: chip 0 runs alone (share.py, segments.py), its links' other end (chip 1) stands
+# for the chips simulated on their own, whose RECVs take what chip 0 sends them there: vectors
+# sent to it land nowhere here
+N_GEOMETRY = 45
 
 # Stream keys of one (chip, direction): S streams and a pad, so the torn-group check of the last
 # streams looks at keys that are never written instead of at the next direction's.

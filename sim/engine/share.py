@@ -208,10 +208,14 @@ def _parts(program: Program, cycles: np.ndarray) -> list[_Part] | None:
 
 
 def _sent(program: Program, cycles: np.ndarray, links: np.ndarray):
+    """`sent` of a whole program's instructions."""
+    return sent(program.hw, program.instrs, cycles, links)
+
+
+def sent(hw, ins: np.ndarray, cycles: np.ndarray, links: np.ndarray):
     """Every SEND repetition's landing, in the order the whole program's run lands them (cycle,
     then issue order): (receiving chip, cycle, link, 1 if sent from the link's end b, receive
     slot, vector id); None when a slot is outside the channel's."""
-    hw, ins = program.hw, program.instrs
     sends = np.flatnonzero(ins["op"] == SEND)
     r = ins[sends]
     i, j = repetitions(r)

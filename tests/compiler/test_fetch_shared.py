@@ -1,6 +1,9 @@
-"""Instruction fetch and encoding chip by chip (compiler/codegen/fetch.py): a chip whose queues
-and cycles are another's shifted in time takes that chip's plan shifted. That must give the
-very Program planning every chip on its own gives."""
+"""Instruction fetch and encoding chip by chip (compiler/codegen/fetch.py).
+
+A pipeline's stages are bodies placed on their chips (sim/program.py): a body's fetches are
+planned once, and each chip plans only its own instructions around it (bridges before it, a tail
+after it), so every chip of a stage shape runs the body's plan shifted. Chips planned as a whole
+(fetch_and_encode) take the plan of a chip alike shifted: the very Program planning each gives."""
 
 from __future__ import annotations
 
@@ -20,26 +23,37 @@ HW = dataclasses.replace(preset("teaching"), icu_queue_instructions=32)
 TINY6 = dataclasses.replace(get_config("tiny-llama"), name="tiny-llama-6", n_layers=6)
 
 
-def _planned(monkeypatch) -> list:
-    """The chips fetch_and_encode plans (the others take a plan shifted)."""
+def test_a_body_is_fetched_alike_on_every_chip_it_is_placed_on():
+    prog = compile(TINY6, HW, chips=6, context=8)
+    pl = prog.placements
+    assert len(pl) == 6 and len(prog.bodies) == prog.meta["shared_programs"] == 2
+    assert all((b.instrs["op"] == Op.IFETCH).any() for b in prog.bodies)  # planned once each
+    assert (prog.instrs["op"] == Op.IFETCH).any()  # the chips' own: bridges and tails
+    assert pl["shift"].tolist() == [s["first_cycle"] for s in prog.meta["stages"]]
+    whole = prog.expand()
+    for c in (2, 3):  # the body's fetches on each chip it is placed on, shifted
+        body = prog.bodies[int(pl["body"][c])]
+        ifetch = (whole.instrs["chip"] == c) & (whole.instrs["op"] == Op.IFETCH)
+        mine = set(whole.predicted[ifetch].tolist())
+        wanted = body.predicted[body.instrs["op"] == Op.IFETCH] + int(pl["shift"][c])
+        assert set(wanted.tolist()) <= mine
+    for engine in ("numba", "reference"):
+        assert simulate(prog, mode="timing", engine=engine).cycles == prog.predicted_cycles
+
+
+def test_chips_planned_as_a_whole_share_a_plan_and_get_the_same_instructions(monkeypatch):
+    whole = compile(TINY6, HW, chips=6, context=8).expand()
+    keep = whole.instrs["op"] != Op.IFETCH
+    ins, cycles = whole.instrs[keep], whole.predicted[keep]
+    words = int(whole.instrs["addr"][~keep].min())
     chips, plan = [], fetch._plan_chip
     monkeypatch.setattr(fetch, "_plan_chip", lambda *a: chips.append(a[3]) or plan(*a))
-    return chips
-
-
-def test_chips_alike_share_their_fetch_plan_and_get_the_same_program(monkeypatch):
-    planned = _planned(monkeypatch)
-    shared = compile(TINY6, HW, chips=6, context=8)
-    shared_plans = len(planned)
-    ifetch = shared.instrs["op"] == Op.IFETCH
-    assert ifetch.any()
-    on = [np.flatnonzero(ifetch & (shared.instrs["chip"] == c)) for c in (2, 3)]
-    shift = shared.meta["stages"][3]["first_cycle"] - shared.meta["stages"][2]["first_cycle"]
-    assert np.array_equal(shared.predicted[on[1]], shared.predicted[on[0]] + shift)
+    shared = fetch.fetch_and_encode(HW, ins, cycles, words)
+    shared_plans = len(chips)
     unique = itertools.count()
     monkeypatch.setattr(fetch, "_shape", lambda fields, cycles: next(unique))  # none alike
-    planned.clear()
-    alone = compile(TINY6, HW, chips=6, context=8)
-    assert alone.content_hash == shared.content_hash
-    assert shared_plans < len(planned)  # stage compiles, and the pipeline's six chips
-    assert simulate(shared, mode="timing").cycles == shared.predicted_cycles
+    chips.clear()
+    alone = fetch.fetch_and_encode(HW, ins, cycles, words)
+    assert shared_plans < len(chips) == 6
+    for a, b in zip(shared, alone, strict=True):
+        assert np.array_equal(a, b)

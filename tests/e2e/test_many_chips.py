@@ -51,7 +51,8 @@ def test_executors_agree_on_a_pipelined_program(four_chips):
 def test_stages_of_one_shape_share_one_program(four_chips):
     assert four_chips.meta["stage_layers"] == [2, 2, 2, 2]
     assert four_chips.meta["shared_programs"] == 2  # three stages alike, and the one with the head
-    per_chip = [np.sort(four_chips.instrs[four_chips.instrs["chip"] == c]["op"]) for c in (1, 2)]
+    ins = four_chips.expand().instrs  # (its stages are bodies placed on their chips)
+    per_chip = [np.sort(ins[ins["chip"] == c]["op"]) for c in (1, 2)]
     assert np.array_equal(*per_chip)  # the middle stages: the same instructions
 
 
@@ -80,7 +81,7 @@ def _first(prog, op):
 
 
 def test_transfers_are_checked(four_chips):
-    prog = four_chips
+    prog = four_chips.expand()  # instructions picked out of every chip's, bodies written out
     cycles = prog.predicted
     recv, send = _first(prog, Op.RECV), _first(prog, Op.SEND)
     # a RECV before its vector lands

@@ -22,7 +22,7 @@ TINY8 = dataclasses.replace(get_config("tiny-llama"), name="tiny-llama-8", n_lay
 
 @pytest.fixture(scope="module")
 def eight_chips():
-    return compile(TINY8, HW, chips=8, context=8)
+    return compile(TINY8, HW, chips=8, context=8).expand()  # (share.py: one array)
 
 
 def _figures(r) -> tuple:

@@ -67,7 +67,7 @@ def test_executors_agree_on_a_tensor_parallel_program(tp2pp2):
 def test_the_ranks_run_one_program_and_sum_alike(tp2pp2):
     """Rank 1 runs rank 0's instructions (SEND/RECV on its own links); one Program per stage
     shape; each all-reduce moves every rank's partial to the other."""
-    ins = tp2pp2.instrs
+    ins = tp2pp2.expand().instrs  # (its stages are bodies placed on their chips)
     for a, b in ((0, 1), (2, 3)):
         on_a, on_b = (_without_links(ins[ins["chip"] == c]) for c in (a, b))
         assert np.array_equal(on_a, on_b)
@@ -138,7 +138,7 @@ def _first(prog, op, chip):
 
 
 def test_all_reduce_transfers_are_checked():
-    prog = compile(TINY, HW, chips=2, mapping="tp=2", context=8)
+    prog = compile(TINY, HW, chips=2, mapping="tp=2", context=8).expand()
     cycles = prog.predicted
     recv, send = _first(prog, Op.RECV, 1), _first(prog, Op.SEND, 0)
     # a RECV before its partial lands
