@@ -4,7 +4,8 @@ Per slice, from address 0 up:
 
     shared   the residual stream x, every block's constants, the head's weights
     bands    layer l's weights and KV cache at band_lo + l * band_words (the same slices and
-             offsets in every band: layer 0's placement, shifted)
+             offsets in every band: layer 0's placement, shifted), levelled so that band_words
+             is close to their words over the slices (compiler/passes/balance.py)
     dynamic  computed vectors, from `floor` up, reused by every block (they run one at a time)
 
 The layer's outputs are written in place: its output x over its input x, and the KV-cache rows it
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.ir.vector import VProgram
+from compiler.passes.balance import balance_band
 from compiler.passes.place import ModelTooLarge, Placement, Segment, place_static
 from sim.hardware import HardwareConfig
 
@@ -132,6 +134,7 @@ def layout_blocks(
     band = []  # no layer (a pipeline stage of the head alone): no band
     if layers:
         band = place_static(vp_layer, hw, band_names, next_addr, cursor).segments
+        (band,) = balance_band([(vp_layer, band)], hw, band_lo, next_addr)  # level its top
     band_words = int(next_addr.max()) - band_lo
     top = _top(hw, layers, band_lo, band_words, "weights and KV cache")
     floor = np.full(hw.mem_slices, top, np.int64)
@@ -229,6 +232,9 @@ def layout_tensor(
     for b in ("attention", "mlp") if layers else ():
         names = {s.name for s in vps[b].symbols if s.kind in ("param", "input") and s.name != "x"}
         band[b] = place_static(vps[b], hw, names, next_addr, cursor).segments
+    if band:  # both blocks' rows levelled together
+        parts = [(vps[b], band[b]) for b in band]
+        band = dict(zip(band, balance_band(parts, hw, band_lo, next_addr), strict=True))
     band_words = int(next_addr.max()) - band_lo
     top = _top(hw, layers, band_lo, band_words, "a tensor-parallel rank's weights and KV cache")
     if "head" in vps:

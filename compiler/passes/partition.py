@@ -18,10 +18,12 @@ The split the partitioning passes build:
 
 Bytes are the compiler's own: `stored_bytes` (padded to whole vectors) of the decode step's
 arguments (`decode_specs`), as the single-chip fit check counts them. A chip's share of a block is
-its bytes divided by tp (and ep for experts), rounded up: as if each tensor were split along a
-leading axis, which divides its padded rows exactly; a split along the last axis pads every shard
-to whole vectors and may take a little more. Activations and instruction buffers are not counted,
-as in the single-chip check: the compiler places them in what is left.
+what a rank stores (compiler.frontend.shard.shard_params): its slice of each matrix's columns or
+rows, padded to whole vectors as stored (a slice of columns pads every row: llama2-7b's 4,096
+query columns take 13 vectors of 320 lanes a row, a rank's 512 at tp=8 take 2, 16 over the 8
+ranks), the norms whole on every rank; the experts' bytes divided by tp x ep, rounded up. Computed
+vectors and instructions are not counted, as in the single-chip check: the compiler places them
+in what is left (WORKING_SHARE).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import jax
 import numpy as np
 
 from compiler.frontend.model import cache_shape, check_weights, decode_specs, resolve_step
+from compiler.frontend.shard import shard_params
 from compiler.passes.place import ModelTooLarge, stored_bytes
 from models import ModelConfig
 from sim.errors import ArgumentError
@@ -172,12 +175,15 @@ def check_groups(mapping: Mapping, system: System) -> None:
 
 @dataclass(frozen=True)
 class _ModelBytes:
-    """Stored bytes of a decode step's arguments, per layer and in total."""
+    """Stored bytes of a decode step's arguments: what a rank holds of a layer and of the head,
+    for every tp the model allows (a divisor of its heads, KV heads and FFN width), and in
+    total."""
 
-    dense: tuple[int, ...]  # per layer: weights other than experts
-    experts: tuple[int, ...]  # per layer: expert weights (0 for a dense MLP)
+    layers: int
+    dense_rank: dict[int, int]  # tp -> a layer's weights other than experts on a rank
+    experts: int  # a layer's expert weights, all of them (0 for a dense MLP)
     kv_rank: dict[int, int]  # tp -> a layer's K and V caches of KV/tp heads, as a rank packs them
-    head: int  # final norm and LM head
+    head_rank: dict[int, int]  # tp -> the final norm and a rank's LM head columns
     total: int  # everything, the input vector included
 
 
@@ -190,30 +196,27 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
         leaves = jax.tree_util.tree_leaves(tree)
         return sum(stored_bytes(np.shape(x), np.dtype(x.dtype).name, hw) for x in leaves)
 
-    layers = specs["params"]["layers"]
-    experts = tuple(size(layer.get("experts", {})) for layer in layers)
-    dtype, heads = np.dtype(cfg.np_dtype).name, cfg.n_kv_heads
-    kv_rank = {  # a rank packs its own heads' rows (compiler.frontend.model.cache_shape)
-        t: 2 * stored_bytes(cache_shape(cfg, context, hw.lanes, heads // t), dtype, hw)
-        for t in range(1, heads + 1)
-        if heads % t == 0
-    }
-    return _ModelBytes(
-        dense=tuple(size(layer) - e for layer, e in zip(layers, experts, strict=True)),
-        experts=experts,
-        kv_rank=kv_rank,
-        head=size({k: v for k, v in specs["params"].items() if k != "layers"}),
-        total=size(specs),
-    )
+    # Every layer is alike (models.decoder._layout): layer 0's shard is every layer's.
+    experts = size(specs["params"]["layers"][0].get("experts", {}))
+    head = {k: v for k, v in specs["params"].items() if k != "layers"}
+    dtype = np.dtype(cfg.np_dtype).name
+    most = math.gcd(cfg.n_heads, cfg.n_kv_heads, cfg.d_ff)  # tp divides all three (`check`)
+    dense_rank, kv_rank, head_rank = {}, {}, {}
+    for t in (t for t in range(1, most + 1) if most % t == 0):
+        shard = shard_params(cfg, t, weights)  # a rank's slices (experts whole)
+        dense_rank[t] = size(shard["layer"]) - experts
+        # the head's other leaves (gpt2's final norm bias) whole on every rank
+        head_rank[t] = size(shard["head"]) + size({k: v for k, v in head.items()
+                                                   if k not in shard["head"]})  # fmt: skip
+        kv = cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // t)  # a rank packs its heads
+        kv_rank[t] = 2 * stored_bytes(kv, dtype, hw)
+    return _ModelBytes(cfg.n_layers, dense_rank, experts, kv_rank, head_rank, size(specs))
 
 
 def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int]]:
     """(weights, KV cache) bytes on one chip of each block: the layers, then the head."""
-    layers = [
-        (-(-dense // tp) + -(-experts // (tp * ep)), b.kv_rank[tp])  # tp divides KV heads
-        for dense, experts in zip(b.dense, b.experts, strict=True)
-    ]
-    return [*layers, (-(-b.head // tp), 0)]
+    layer = (b.dense_rank[tp] + -(-b.experts // (tp * ep)), b.kv_rank[tp])
+    return [layer] * b.layers + [(b.head_rank[tp], 0)]
 
 
 # --- pipeline stages ------------------------------------------------------------------------------
@@ -253,11 +256,13 @@ def _runs(sizes: Sequence[int], bound: int) -> int:
 # --- the fit of a mapping -------------------------------------------------------------------------
 
 # The share of a chip's SRAM a stage keeps free of weights and KV cache: its computed vectors, its
-# instruction image, and what placing whole tensors in slice groups leaves uneven. Measured on a
-# llama2-7b int8 layer at context 64 on groq-tsp-v1 (compile(..., layers=1): the fullest slice's
-# static data ends 59 words above an even share, computed vectors take 63 words above that and
-# the instruction image 35 more, 157 of 8,192 words: 1.9%). With its KV cache in rows of whole
-# heads, the same layer at context 1024 held 98.3% of the chip and its compile ran out of words.
+# instruction image, the shared vectors below the bands and what whole segments leave uneven in
+# them (compiler/passes/balance.py). Measured on groq-tsp-v1 with llama2-7b int8 at context 64:
+# a layer on one chip (compile(..., layers=1)) ends 5 words above an even share of its weights
+# and cache, computed vectors and the instruction image take 95 more, 100 of 8,192 words (1.2%;
+# before the bands were levelled, 157: 1.9%); a tp=8 stage of 7 layers (tp=8,pp=5) ends 27 words
+# above (6 shared, 3 a layer) and 75 more, 102 words. With its KV cache in rows of whole heads,
+# the layer at context 1024 held 98.3% of the chip and its compile ran out of words.
 WORKING_SHARE = 0.02
 
 

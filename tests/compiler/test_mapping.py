@@ -160,14 +160,31 @@ def test_llama2_70b_int8_on_groq():
 
 
 def test_fixed_mapping_fit_grows_with_context():
-    m = Mapping.parse("tp=8,pp=72")
+    m = Mapping.parse("tp=8,pp=80")
     short = fit(m, LLAMA70, TSP, 1024, "int8")
     short.check()
-    assert str(short.stages[0]).startswith("stage 0 (layers 0-1): ")
+    assert str(short.stages[0]).startswith("stage 0 (layer 0): ")
+    assert str(short.stages[-1]).startswith("stage 79 (layer 79 and the head): ")
     long = fit(m, LLAMA70, TSP, 4096, "int8")
     assert long.stages[0].kv_bytes == 4 * short.stages[0].kv_bytes
     with pytest.raises(ModelTooLarge, match=r"on 16 chips .*stage 1 \(layers 40-79 and the head\)"):
         fit(Mapping(tp=8, pp=2), LLAMA70, TSP, 1024, "int8").check()
+
+
+def test_a_rank_holds_its_padded_slices():
+    """A rank stores its slice of a matrix's columns in whole vectors: llama2-70b's 8,192 query
+    columns are 26 vectors of 320 a row, a rank's 1,024 at tp=8 take 4 (32 of the 8 ranks). Two
+    layers a chip (Groq's 576 chips, tp=8,pp=72) then exceed a chip in int8 at context 1024."""
+    f = fit(Mapping.parse("tp=8,pp=72"), LLAMA70, TSP, 1024, "int8")
+    assert not f.fits and f.fullest.layers == range(2)
+    assert f.fullest.total_bytes / f.fullest.capacity_bytes > 1.04
+    # a rank's layer in vectors of 320 lanes: int8 wq (8192, 1024), wk and wv (8192, 128), wo
+    # (1024, 8192), w_gate and w_up (8192, 3584), w_down (3584, 8192); float32 scales of the
+    # output columns (wo's and w_down's whole); the two float16 norms (8192,) whole
+    int8 = 8192 * 4 + 2 * 8192 * 1 + 1024 * 26 + 2 * 8192 * 12 + 3584 * 26
+    scales = 4 + 2 * 1 + 26 + 2 * 12 + 26
+    one = fit(Mapping(tp=8, pp=81), LLAMA70, TSP, 1024, "int8").stages[0]
+    assert one.weights_bytes == (int8 + 4 * scales + 2 * 2 * 26) * TSP.lanes == 117_120_000
 
 
 def test_mixtral_uses_expert_parallelism():
@@ -185,7 +202,7 @@ def test_small_models_take_one_chip():
 
 def test_too_large_for_any_mapping():
     cfg = get_config("llama3.1-405b")
-    with pytest.raises(ModelTooLarge, match="stage 0 .layer 0.: 404,445,120 bytes per chip") as e:
+    with pytest.raises(ModelTooLarge, match="stage 0 .layer 0.: 413,797,120 bytes per chip") as e:
         auto_mapping(cfg, TSP, 1024, "int8")
     assert "\n" not in str(e.value) and "no mapping fits" in str(e.value)
 
