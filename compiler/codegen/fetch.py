@@ -356,24 +356,52 @@ def plan_placed(
         image[s] += 1
         top = int(image.max())
 
-    out, out_cycles, delays = [], [], []
     at = np.zeros(queues, np.int32)
     heads = np.zeros(queues, np.int64)
     q_own = own["queue"].astype(np.int64)
-    for q in sorted(set(q_own.tolist()) | set(np.flatnonzero(body.size).tolist())):
+    mine = np.unique(q_own)
+    # queues of the body's alone: it starts on them at its own cycles, and a queue it fetches
+    # on ends with the closing NOTIFY its tail brings
+    only = np.setdiff1d(np.flatnonzero(body.size), mine)
+    heads[only] = shift + body.first[only]
+    closing = only[body.fetches[only]]
+    close = np.zeros(len(closing), INSTR_DTYPE)
+    close["op"], close["chip"], close["queue"], close["src"] = int(Op.NOTIFY), chip, closing, src
+    close["table"], close["delay"] = TAIL_BARRIER + closing, 1
+    close_cycles = shift + body.last[closing] + 1
+    records: list[dict] = []  # IFETCHes and closing NOTIFYs of the queues with own instructions
+    rows, row_cycles, row_delays = [], [], []  # into [own, records]: each queue in order
+
+    def put(part: list, since: int) -> None:
+        """A run of a queue's instructions, (row, cycle) in order, each's delay counted from the
+        one before (the first's from `since`)."""
+        prev = since
+        for row, t in part:
+            rows.append(row)
+            row_cycles.append(t)
+            row_delays.append(t - prev)
+            prev = t
+
+    def timed(sel: np.ndarray, first: int, last: int) -> list:
+        """(row, cycle) of own[sel] and records[first:last], in cycle order (own first)."""
+        items = [(int(i), int(cycles[i]), 0) for i in sel.tolist()]
+        items += [(len(own) + k, records[k]["cycle"], 1) for k in range(first, last)]
+        items.sort(key=lambda x: (x[1], x[2], x[0]))
+        return [(row, t) for row, t, _ in items]
+
+    for q in mine.tolist():
         sel = np.flatnonzero(q_own == q)
         sel = sel[np.lexsort((sel, cycles[sel]))]
         width = issue_width(hw, q)
         used = Counter(cycles[sel].tolist())
         n = int(body.size[q])
         if not n:  # a queue of the chip's own alone
-            records = []
+            k0 = len(records)
             if len(sel) > cap and _fetch_run(
                 hw, cycles[sel], 0, cap, 0, -1, width, q, records, used, fetch, free_slice
             ) < 0:  # fmt: skip
                 return None
-            part = list(_timed(own, cycles, sel, records))
-            _queue(part, 0, out, out_cycles, delays)
+            put(timed(sel, k0, len(records)), 0)
             continue
         b0, b1 = shift + int(body.first[q]), shift + int(body.last[q])
         used[b1] += int(body.at_last[q])  # (the body's last dispatches)
@@ -381,16 +409,13 @@ def plan_placed(
         before, after = sel[t_own < b0], sel[t_own > b1]
         if len(before) + len(after) != len(sel):
             return None  # an own instruction among the body's
-        tail = []
-        if body.fetches[q] and not len(after):
-            tail = [dict(op=Op.NOTIFY, chip=chip, queue=q, table=TAIL_BARRIER + q, cycle=b1 + 1,
-                         src=src)]  # fmt: skip
-            used[b1 + 1] += 1
-        p, s = len(before), len(after) + len(tail)
+        p = len(before)
         # bridges: at the body's first instruction, the places it would hold alone delivered
-        bridges = []
-        if p and (body.fetches[q] or p + n + s > cap):
-            want = cap if body.fetches[q] else n + (1 if s else 0)
+        k0 = len(records)
+        closes = bool(body.fetches[q] and not len(after))
+        s_count = len(after) + closes
+        if p and (body.fetches[q] or p + n + s_count > cap):
+            want = cap if body.fetches[q] else n + (1 if s_count else 0)
             counts = _bridge_counts(p, want, cap, most)
             if counts is None:
                 return None
@@ -400,56 +425,38 @@ def plan_placed(
                     t += 1
                 if t > b0 - rl:
                     return None
-                fetch(q, t, count, bridges, used)
+                fetch(q, t, count, records, used)
+        k1 = len(records)
+        b = k1 - k0
         # after the body: from the tail (or what the bridges or the preload brought)
-        records = []
-        if s:
-            o = p + len(bridges) + n
-            total = o + s
+        if closes:
+            records.append(dict(op=Op.NOTIFY, chip=chip, queue=q, table=TAIL_BARRIER + q,
+                                cycle=b1 + 1, src=src))  # fmt: skip
+            used[b1 + 1] += 1
+        if s_count:
+            o = p + b + n
+            total = o + s_count
             if body.fetches[q]:
                 delivered, land = o + 1, shift + int(body.tail_at[q])
-            elif bridges:
-                delivered, land = max(cap, o + 1), bridges[-1]["cycle"] + rl
+            elif b:
+                delivered, land = max(cap, o + 1), records[k1 - 1]["cycle"] + rl
             else:
                 delivered, land = min(total, cap) if total > cap else total, 0
-            c_after = np.concatenate([t_own[t_own > b1], [r["cycle"] for r in tail]])
+            c_after = np.concatenate([t_own[t_own > b1], [b1 + 1] * closes]).astype(np.int64)
             if _fetch_run(
-                hw, c_after.astype(np.int64), o, delivered, land, b1, width, q, records, used,
-                fetch, free_slice,
+                hw, c_after, o, delivered, land, b1, width, q, records, used, fetch, free_slice
             ) < 0:  # fmt: skip
                 return None
-        first_part = list(_timed(own, cycles, before, bridges))
+        first_part = timed(before, k0, k1)
         at[q] = len(first_part)
-        last_before = first_part[-1][1] if first_part else 0
-        heads[q] = b0 - last_before
-        _queue(first_part, 0, out, out_cycles, delays)
-        second = list(_timed(own, cycles, after, records + tail))
-        _queue(second, b1, out, out_cycles, delays)
-    ins = np.concatenate(out) if out else np.zeros(0, INSTR_DTYPE)
-    ins["delay"] = np.array(delays, np.int64)
-    return ins, np.array(out_cycles, np.int64), at, heads, top
-
-
-def _timed(own: np.ndarray, cycles: np.ndarray, sel: np.ndarray, records: list):
-    """(one instruction, its cycle) of own[sel] and of `records`, in cycle order (own first
-    within a cycle)."""
-    items = [(own[i : i + 1], int(cycles[i]), 0, k) for k, i in enumerate(sel.tolist())]
-    if records:
-        extra = make_instrs(records)
-        items += [(extra[k : k + 1], int(r["cycle"]), 1, k) for k, r in enumerate(records)]
-    items.sort(key=lambda x: (x[1], x[2], x[3]))
-    return [(x[0], x[1]) for x in items]
-
-
-def _queue(part: list, since: int, out: list, out_cycles: list, delays: list) -> None:
-    """Append a run of a queue's instructions, each's delay counted from the one before (the
-    first's from `since`)."""
-    prev = since
-    for ins, t in part:
-        out.append(ins)
-        out_cycles.append(t)
-        delays.append(t - prev)
-        prev = t
+        heads[q] = b0 - (first_part[-1][1] if first_part else 0)
+        put(first_part, 0)
+        put(timed(after, k1, len(records)), b1)
+    extra = make_instrs(records) if records else np.zeros(0, INSTR_DTYPE)
+    ins = np.take(np.concatenate([own, extra]), np.array(rows, np.int64))
+    ins["delay"] = np.array(row_delays, np.int64)
+    return (np.concatenate([ins, close]), np.concatenate([np.array(row_cycles, np.int64),
+            close_cycles]), at, heads, top)  # fmt: skip
 
 
 def _bridge_counts(p: int, want: int, cap: int, most: int) -> list[int] | None:

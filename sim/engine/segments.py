@@ -27,6 +27,7 @@ reports exactly what it reports.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import replace
 
@@ -80,7 +81,7 @@ def stream_extent(
         return lo, hi
     cycles = cycles[puts]
     lat = latency_lut(hw)
-    pos = np.array([queue_position(hw, q) for q in range(n_queues(hw))], np.int64)
+    pos = _positions(hw)
     t0 = cycles + lat[r["op"]]
     p = pos[r["queue"]]
     sd = r["sd"].astype(np.int64)
@@ -92,6 +93,12 @@ def stream_extent(
         np.minimum.at(lo, sd[sel] + m, d0[sel])
         np.maximum.at(hi, sd[sel] + m, d1[sel])
     return lo, hi
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(hw: HardwareConfig) -> np.ndarray:
+    """The floorplan position of each queue."""
+    return np.array([queue_position(hw, q) for q in range(n_queues(hw))], np.int64)
 
 
 # --- a body alone -------------------------------------------------------------------------------
@@ -182,17 +189,49 @@ def _own_dispatch(program: Program, bodies: list[_Body]) -> np.ndarray | None:
         if problem[0] != 0:
             return None
         cycles[alone] = sub
+    # each barrier notified once on its chip: own NOTIFYs, and the bodies' on their chips
+    notify = ins["op"] == NOTIFY
+    barriers = [chip[notify] * (1 << 32) + ins["table"][notify]]
+    pl = program.placements
+    for ch, k in zip(pl["chip"].tolist(), pl["body"].tolist(), strict=True):
+        b = bodies[k].ins
+        barriers.append(ch * (1 << 32) + b["table"][b["op"] == NOTIFY].astype(np.int64))
+    barriers = np.concatenate(barriers)
+    if len(np.unique(barriers)) != len(barriers):
+        return None
     key = chip * queues + ins["queue"].astype(np.int64)
-    for p, ch in enumerate(program.placements["chip"].tolist()):
-        k, shift = int(program.placements["body"][p]), int(program.placements["shift"][p])
+    order = np.argsort(key, kind="stable")  # each queue's own instructions, in queue order
+    starts = np.searchsorted(key[order], np.arange(program.chips * queues + 1))
+    pl = program.placements
+    for p, ch in enumerate(pl["chip"].tolist()):
+        k, shift = int(pl["body"][p]), int(pl["shift"][p])
         body = bodies[k]
-        mine = np.flatnonzero(chip == ch)
-        for q in range(queues):
-            idx = mine[key[mine] == ch * queues + q]
-            if not len(idx) and not body.size[q]:
-                continue
-            got = _queue(hw, ins, idx, q, body, shift, int(program.place_at[p, q]),
-                         int(program.place_heads[p, q]))  # fmt: skip
+        lo, hi = (
+            starts[ch * queues : ch * queues + queues],
+            starts[ch * queues + 1 : ch * queues + queues + 1],
+        )
+        count = hi - lo
+        at, head = program.place_at[p], program.place_heads[p]
+        # a queue of the body's whose one own instruction is the NOTIFY that closes it, right
+        # after it (brought by its tail): its cycle follows, with nothing to wait for
+        single = (count == 1) & (body.size > 0) & (at == 0)
+        one = order[lo[single]]
+        q1 = np.flatnonzero(single)
+        closing = (
+            (ins["op"][one] == NOTIFY) & (ins["delay"][one] >= 1)
+            & (head[q1] == shift + body.first[q1]) & (body.delivered[q1] > body.size[q1])
+            & (body.tail_at[q1] <= body.last[q1] + ins["delay"][one])
+        )  # fmt: skip
+        cycles[one[closing]] = shift + body.last[q1[closing]] + ins["delay"][one[closing]]
+        # a queue of the body's alone that fetches nothing: it starts there at its own cycle
+        alone = (count == 0) & (body.size > 0) & (body.delivered == body.size)
+        alone &= head == shift + np.where(body.size > 0, body.first, 0)
+        rest = np.flatnonzero(
+            ((count > 0) | (body.size > 0)) & ~alone & ~np.isin(np.arange(queues), q1[closing])
+        )
+        for q in rest.tolist():
+            idx = order[lo[q] : hi[q]]
+            got = _queue(hw, ins, idx, q, body, shift, int(at[q]), int(head[q]))
             if got is None:
                 return None
             cycles[idx] = got
@@ -474,6 +513,9 @@ class _Runner:
         self.program = program
         self.to, self.at, self.via, self.backward, self.slot, self.vid = (
             to, at, via, backward, slot, vid)  # fmt: skip
+        by_chip = np.argsort(to, kind="stable")
+        self.bounds = np.searchsorted(to[by_chip], np.arange(program.chips + 1))
+        self.by_chip = by_chip
         self.runs: dict[bytes, tuple] = {}  # key -> (run, members)
         self.done: dict[bytes, tuple] = {}
         self.takes: list[tuple] = []  # (chip, RECVs on the program's links, arrivals taken)
@@ -481,7 +523,7 @@ class _Runner:
 
     def _arrivals(self, ch, lo, hi, numbers):
         """The vectors sent to chip ch landing in [lo, hi), on its local channels."""
-        sel = np.flatnonzero((self.to == ch) & (self.at >= lo) & (self.at < hi))
+        sel = self._into(ch, lo, hi)
         ext = np.empty((len(sel), c.N_ARRIVAL), np.int64)
         ext[:, c.A_AT] = self.at[sel]
         ext[:, c.A_EVENT] = -1
@@ -489,6 +531,12 @@ class _Runner:
         ext[:, c.A_SLOT] = channel * self.program.hw.c2c_buffer_vectors + self.slot[sel]
         ext[:, c.A_VID] = self.vid[sel]
         return ext, sel
+
+    def _into(self, ch, lo, hi) -> np.ndarray:
+        """The vectors sent to chip ch landing in [lo, hi), in landing order."""
+        mine = self.by_chip[self.bounds[ch] : self.bounds[ch + 1]]
+        t = self.at[mine]
+        return mine[(t >= lo) & (t < hi)]
 
     def _add(self, run, ch, ins_global, sel) -> bytes:
         self.runs.setdefault(run.key, (run, []))[1].append(ch)
@@ -500,8 +548,9 @@ class _Runner:
         program = self.program
         ins = np.take(program.instrs, idx)
         c2c = (ins["op"] == SEND) | (ins["op"] == RECV)
-        into = (self.to == ch) & (self.at >= lo) & (self.at < hi)
-        used = np.concatenate([ins["table"][c2c].astype(np.int64), self.via[into]])
+        used = np.concatenate(
+            [ins["table"][c2c].astype(np.int64), self.via[self._into(ch, lo, hi)]]
+        )
         distinct, first = np.unique(used, return_index=True)
         order = distinct[np.argsort(first, kind="stable")]
         lookup = {int(g): i for i, g in enumerate(order.tolist())}
