@@ -405,8 +405,12 @@ def make_instrs(records: list[dict]) -> np.ndarray:
     its queue dispatches it at instead of a `delay`: the delay is then the cycles since the
     previous record of its (chip, queue), or since cycle 0 for the first."""
     out = np.zeros(len(records), dtype=INSTR_DTYPE)
+    given = set().union(*records) if records else set()
     for name, default in INSTR_DEFAULTS.items():
-        out[name] = [r.get(name, default) for r in records]
+        if name in given:
+            out[name] = [r.get(name, default) for r in records]
+        elif default:
+            out[name] = default
     last: dict[tuple, int] = {}
     for i, r in enumerate(records):
         if "cycle" in r:

@@ -81,7 +81,7 @@ def fetch_and_encode(
     for k, ch in enumerate(chips.tolist()):
         index = by_chip[bounds[k] : bounds[k + 1]]
         first = int(cycles[index].min())
-        shape = _shape([f[index] for f in fields], cycles[index] - first)
+        shape = shape_of([f[index] for f in fields], cycles[index] - first)
         if shape in shapes:
             extra, extra_cycles, first0, image_top = shapes[shape]
             extra = extra.copy()
@@ -135,7 +135,8 @@ def fetch_and_encode(
 SHAPE_FIELDS = ("queue", "op", "slice", "dtype", "repeat", "period")
 
 
-def _shape(fields: list[np.ndarray], cycles: np.ndarray) -> bytes:
+def shape_of(fields: list[np.ndarray], cycles: np.ndarray) -> bytes:
+    """A digest of a chip's instruction fields and cycles (what its fetches depend on)."""
     h = hashlib.sha256()
     for f in fields:
         h.update(f)  # (fresh arrays: their buffers, no copies)
@@ -320,7 +321,8 @@ def plan_placed(
 ):
     """A chip's own instructions (`own` at `cycles`) around `body` placed `shift` cycles later:
     (its instructions in queue order with their delays, their cycles, place_at, place_heads,
-    the top of its instruction image), or None where the body cannot be placed so (an own
+    the top of its instruction image, the index in `own` of each or -1 for those it adds), or
+    None where the body cannot be placed so (an own
     instruction among the body's on a queue, or no cycle for a fetch it needs)."""
     queues, cap, most = n_queues(hw), hw.icu_queue_instructions, fetch_width(hw)
     rl, ports = hw.mem_read_latency_cycles, hw.mem_read_ports_per_slice
@@ -453,10 +455,12 @@ def plan_placed(
         put(first_part, 0)
         put(timed(after, k1, len(records)), b1)
     extra = make_instrs(records) if records else np.zeros(0, INSTR_DTYPE)
-    ins = np.take(np.concatenate([own, extra]), np.array(rows, np.int64))
+    rows = np.array(rows, np.int64)
+    ins = np.take(np.concatenate([own, extra]), rows)
     ins["delay"] = np.array(row_delays, np.int64)
-    return (np.concatenate([ins, close]), np.concatenate([np.array(row_cycles, np.int64),
-            close_cycles]), at, heads, top)  # fmt: skip
+    source = np.concatenate([np.where(rows < len(own), rows, -1), np.full(len(close), -1)])
+    cycles_out = np.concatenate([np.array(row_cycles, np.int64), close_cycles])
+    return np.concatenate([ins, close]), cycles_out, at, heads, top, source
 
 
 def _bridge_counts(p: int, want: int, cap: int, most: int) -> list[int] | None:

@@ -25,7 +25,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from compiler.codegen.fetch import fetch_and_encode, plan_body, plan_placed
+from compiler.codegen.fetch import (
+    SHAPE_FIELDS,
+    fetch_and_encode,
+    plan_body,
+    plan_placed,
+    shape_of,
+)
 from sim.engine.prepare import latency_lut
 from sim.hardware import HardwareConfig
 from sim.isa import (
@@ -177,14 +183,26 @@ def _place(hw, planned, placements, own, own_cycles, chips, words, src):
     body_of = {c: (k, shift, glob) for c, k, shift, glob in placements}
     out, out_cycles, rows, alone, alone_cycles = [], [], [], [], []
     words_used = words
+    # A chip whose own instructions are another's around the same body, shifted alike, takes
+    # that chip's plan shifted (the plan is relative to the body's shift, but for a queue's
+    # first delay, counted from cycle 0, and a body's head on a queue with none of its own
+    # before it), unless that plan fetched on a queue of its own alone (searched from cycle 0).
+    plans: dict[bytes, tuple] = {}
+    fields = [np.ascontiguousarray(own[f]) for f in SHAPE_FIELDS]
     for chip in range(chips):
         idx = by_chip[bounds[chip] : bounds[chip + 1]]
         mine, t = np.take(own, idx), own_cycles[idx]
         if chip in body_of:
             k, shift, glob = body_of[chip]
-            done = plan_placed(hw, planned[k], shift, mine, t, chip, words, src)
+            key = shape_of([f[idx] for f in fields] + [np.array([k])], t - shift)
+            if key in plans:
+                done = _shifted(plans[key], mine, shift, planned[k])
+            else:
+                done = plan_placed(hw, planned[k], shift, mine, t, chip, words, src)
+                if done is not None and not _fetched_alone(done[0], planned[k]):
+                    plans[key] = (*done, shift)
             if done is not None:
-                ins, cyc, at, heads, top = done
+                ins, cyc, at, heads, top, _ = done
                 out.append(ins)
                 out_cycles.append(cyc)
                 rows.append((chip, k, shift, glob, at, heads))
@@ -214,6 +232,31 @@ def _place(hw, planned, placements, own, own_cycles, chips, words, src):
         words_used,
         rows,
     )
+
+
+def _shifted(plan: tuple, mine: np.ndarray, shift: int, body) -> tuple:
+    """Another chip's plan around `body` (plan_placed's, placed at plan[-1]) for a chip's own
+    instructions `mine` (each the one at its place in the other's), placed at `shift`."""
+    ins, cycles, at, heads, top, source, shift0 = plan
+    delta = shift - shift0
+    delay = ins["delay"].copy()
+    ins = ins.copy()
+    ins[source >= 0] = mine[source[source >= 0]]
+    ins["delay"] = delay
+    ins["chip"] = int(mine["chip"][0]) if len(mine) else ins["chip"]
+    q = ins["queue"].astype(np.int64)
+    first = np.unique(q, return_index=True)[1]  # each queue's first
+    fq = q[first]
+    counted = (at[fq] > 0) | (body.size[fq] == 0)  # ... counted from cycle 0 (not the body's end)
+    ins["delay"][first[counted]] += delta
+    heads = heads + np.where((at == 0) & (body.size > 0), delta, 0)
+    return ins, cycles + delta, at, heads, top, source
+
+
+def _fetched_alone(ins: np.ndarray, body) -> bool:
+    """Whether a chip's plan fetches on a queue the body does not use."""
+    fetch = ins["op"] == int(Op.IFETCH)
+    return bool((body.size[ins["queue"][fetch].astype(np.int64)] == 0).any())
 
 
 def _last_effect(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray) -> int:

@@ -21,6 +21,7 @@ from sim.isa import Op
 # A queue of 32 instructions: the tiny model's queues need IFETCHes.
 HW = dataclasses.replace(preset("teaching"), icu_queue_instructions=32)
 TINY6 = dataclasses.replace(get_config("tiny-llama"), name="tiny-llama-6", n_layers=6)
+TINY8_TP = dataclasses.replace(TINY6, name="tiny-llama-8", n_layers=8)
 
 
 def test_a_body_is_fetched_alike_on_every_chip_it_is_placed_on():
@@ -51,9 +52,22 @@ def test_chips_planned_as_a_whole_share_a_plan_and_get_the_same_instructions(mon
     shared = fetch.fetch_and_encode(HW, ins, cycles, words)
     shared_plans = len(chips)
     unique = itertools.count()
-    monkeypatch.setattr(fetch, "_shape", lambda fields, cycles: next(unique))  # none alike
+    monkeypatch.setattr(fetch, "shape_of", lambda fields, cycles: next(unique))  # none alike
     chips.clear()
     alone = fetch.fetch_and_encode(HW, ins, cycles, words)
     assert shared_plans < len(chips) == 6
     for a, b in zip(shared, alone, strict=True):
         assert np.array_equal(a, b)
+
+
+def test_chips_alike_around_a_body_take_one_plan_and_get_the_same_program(monkeypatch):
+    """A chip whose own instructions are another's shifted takes that chip's plan around their
+    body shifted: the very Program planning each on its own gives."""
+    import compiler.codegen.pipeline as pipeline
+
+    shared = compile(TINY8_TP, HW, chips=8, mapping="tp=2,pp=4", context=8)
+    unique = itertools.count()
+    monkeypatch.setattr(pipeline, "shape_of", lambda fields, cycles: next(unique))  # none alike
+    alone = compile(TINY8_TP, HW, chips=8, mapping="tp=2,pp=4", context=8)
+    assert alone.content_hash == shared.content_hash
+    assert simulate(shared, mode="timing").cycles == shared.predicted_cycles
