@@ -185,7 +185,7 @@ def run_case(name: str, repeats: int) -> dict:
             compile_s=compile_s,
             sim_s=sim_s,
             instrs=len(program.instrs),
-            vector_instrs=int(program.instrs["repeat"].sum()),
+            vector_instrs=program.vector_instruction_count(),
             cycles=int(result.cycles),
             predicted=int(program.predicted_cycles),
         )

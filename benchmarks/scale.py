@@ -5,7 +5,7 @@ token's time goes (on chip, chip to chip, and of that the tensor-parallel all-re
 
     python benchmarks/scale.py            # the models of issue 8 on groq-tsp-v1
     python benchmarks/scale.py --small    # what CI runs: an 8-layer tiny model on 8 teaching chips
-    python benchmarks/scale.py --case llama2-70b:int8:1024:tp=8,pp=72:8
+    python benchmarks/scale.py --case llama2-70b:int8:1024:tp=8,pp=81:8
                                           # model:weights:context:mapping[:layers]; layers cuts
                                           # the model to its first N layers (pp scaled alike)
     python benchmarks/scale.py --many     # hundreds of chips: models given more layers, one a chip
@@ -39,7 +39,8 @@ CASES = [  # (model, weights, context, mapping: None for the fewest chips, layer
     ("llama2-7b", "int8", 64, None, None),
     ("llama2-7b", "int8", 1024, None, None),
     ("llama3-8b", "int8", 64, "tp=8,pp=5", None),
-    ("llama2-70b", "int8", 1024, "tp=8,pp=72", None),
+    ("llama2-70b", "int8", 1024, None, None),  # the fewest chips: tp=4,pp=81
+    ("llama2-70b", "int8", 1024, "tp=8,pp=81", None),  # a layer a chip over a GroqNode's 8
     ("mixtral-8x7b", "int8", 1024, None, None),
     ("llama3.1-405b", "int8", 1024, None, None),
 ]

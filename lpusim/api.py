@@ -215,7 +215,7 @@ def estimate(
         bytes_read=result.bytes_read,
         bytes_written=result.bytes_written,
         instructions=result.instructions,
-        vector_instructions=int(program.instrs["repeat"].sum()),
+        vector_instructions=program.vector_instruction_count(),
         vector_ops=result.vector_ops,
         sram_high_water_bytes=program.words_used * hw.lanes * hw.mem_slices,
         sram_bytes_used=program.sram_bytes_used(),

@@ -271,9 +271,36 @@ def dependency_bound(program: Program, cycles: np.ndarray | None = None) -> int:
 
 
 def bounds(program: Program, cycles: np.ndarray | None = None) -> Bounds:
-    """`cycles`: each instruction's dispatch cycle, if known (else the queues are run again)."""
+    """`cycles`: each instruction's dispatch cycle, if known (else the queues are run again).
+
+    A program of placed bodies (a pipeline's stages) is bound stage by stage: the chips placed
+    at one cycle run their bodies side by side, and those placed later wait for them (a token
+    crosses the stages in turn), so each term is the sum, over the placements' cycles, of the
+    largest of that term among the bodies placed there, each body bound alone (at the
+    scheduler's cycles). The chips' own transfers between stages are not in it."""
+    if program.placed:
+        return _placed_bounds(program)
     program, cycles = _expanded(program, cycles)
     terms = resource_bounds(program)
     terms["dependency"], terms["streams"] = _dataflow(program, cycles)
     binding = max(terms, key=terms.get)
     return Bounds(terms[binding], binding, terms)
+
+
+def _placed_bounds(program: Program) -> Bounds:
+    alone = []
+    for body in program.bodies:
+        part = Program(hw=program.hw, instrs=body.instrs, tables=program.tables, symbols=(),
+                       consts={}, sources=(), predicted_cycles=0, words_used=program.words_used,
+                       predicted=body.predicted)  # fmt: skip
+        terms = resource_bounds(part)
+        terms["dependency"], terms["streams"] = _dataflow(part, body.predicted)
+        alone.append(terms)
+    pl = program.placements
+    total: dict[str, int] = dict.fromkeys(alone[0], 0) if alone else {}
+    for shift in np.unique(pl["shift"]).tolist():
+        here = [alone[k] for k in np.unique(pl["body"][pl["shift"] == shift]).tolist()]
+        for name in total:
+            total[name] += max(t[name] for t in here)
+    binding = max(total, key=total.get)
+    return Bounds(total[binding], binding, total)

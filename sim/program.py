@@ -96,6 +96,52 @@ def unpack_tensor(vectors: np.ndarray, shape: tuple[int, ...], lanes: int) -> np
     return vectors.reshape(rows, tiles * lanes)[:, :n].reshape(shape)
 
 
+def _intervals(ins: np.ndarray, symbols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, lo, hi): the words [lo, hi) of key = chip * 65536 + slice that `ins` read, write
+    or fetch from, and `symbols` hold."""
+    mem = np.isin(ins["op"], [int(Op.READ), int(Op.WRITE), int(Op.IFETCH)])
+    r = ins[mem & (ins["repeat"] > 0)]
+    width = np.where(r["op"] == int(Op.IFETCH), 1, DTYPE_WIDTHS[r["dtype"]])
+    # A run of consecutive words (stride 1, or a single repetition) is one interval; any other
+    # stride is taken word by word.
+    run = (r["stride"] == 1) | (r["repeat"] == 1)
+    parts = [(r["chip"][run], r["slice"][run], r["addr"][run], r["repeat"][run], width[run])]
+    i, j = repetitions(r[~run])
+    other = r[~run]
+    addrs = other["addr"].astype(np.int64)[i] + j * other["stride"].astype(np.int64)[i]
+    parts.append((other["chip"][i], other["slice"][i], addrs, np.ones(len(i)), width[~run][i]))
+    for sym in symbols:
+        w = DTYPE_WIDTHS[DTYPE_BY_NAME[sym.dtype]]
+        n = len(sym.addrs)
+        parts.append((np.full(n, sym.chip), sym.slices, sym.addrs, np.ones(n), np.full(n, w)))
+    keys, lo, hi = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for chip, slices, addrs, length, width in parts:
+        chip, slices = np.asarray(chip, np.int64), np.asarray(slices, np.int64)
+        addrs, length = np.asarray(addrs, np.int64), np.asarray(length, np.int64)
+        for m in range(int(width.max()) if len(width) else 0):
+            k = m < width
+            keys.append(chip[k] * 65536 + slices[k] + m)
+            lo.append(addrs[k])
+            hi.append(addrs[k] + length[k])
+    return np.concatenate(keys), np.concatenate(lo), np.concatenate(hi)
+
+
+def _merge(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """The union of the intervals [lo, hi) of each key as disjoint ones, sorted by (key, lo)."""
+    order = np.lexsort((lo, keys))
+    keys, lo, hi = keys[order], lo[order], hi[order]
+    if not len(keys):
+        return keys, lo, hi
+    span = int(hi.max()) + 1
+    reach = np.maximum.accumulate(keys * span + hi)  # the furthest end so far, key by key
+    before = np.r_[-1, reach[:-1]]
+    new = keys * span + lo > before  # starts past everything before it: a new interval
+    group = np.cumsum(new) - 1
+    end = np.zeros(int(group[-1]) + 1, np.int64)
+    np.maximum.at(end, group, keys * span + hi)
+    return keys[new], lo[new], end - keys[new] * span
+
+
 def _covered(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
     """Words in the union of the intervals [lo, hi) of each key (a chip's slice)."""
     order = np.lexsort((lo, keys))
@@ -284,6 +330,12 @@ class Program:
         body = np.array([len(b.instrs) for b in self.bodies] or [0], np.int64)
         return len(self.instrs) + int(body[self.placements["body"]].sum())
 
+    def vector_instruction_count(self) -> int:
+        """Instructions counted once per repetition, of every chip."""
+        reps = [int(np.maximum(b.instrs["repeat"], 0).sum()) for b in self.bodies] or [0]
+        placed = int(np.asarray(reps, np.int64)[self.placements["body"]].sum())
+        return int(np.maximum(self.instrs["repeat"], 0).sum()) + placed
+
     def expand(self) -> Program:
         """The same program with every placement written out on its chip: one instruction
         array (chip by chip, queue by queue, in each queue's order), no bodies."""
@@ -374,35 +426,51 @@ class Program:
         """Bytes of SRAM the program uses: every word a symbol holds or an instruction reads,
         writes or fetches from (each word a slice's `lanes` bytes), counted once per chip."""
         if self.placed:
-            return self.expand().sram_bytes_used()
-        ins, lanes = self.instrs, self.hw.lanes
-        mem = np.isin(ins["op"], [int(Op.READ), int(Op.WRITE), int(Op.IFETCH)])
-        r = ins[mem & (ins["repeat"] > 0)]
-        width = np.where(r["op"] == int(Op.IFETCH), 1, DTYPE_WIDTHS[r["dtype"]])
-        # A run of consecutive words (stride 1, or a single repetition) is one interval; any
-        # other stride is taken word by word.
-        run = (r["stride"] == 1) | (r["repeat"] == 1)
-        parts = [(r["chip"][run], r["slice"][run], r["addr"][run], r["repeat"][run], width[run])]
-        i, j = repetitions(r[~run])
-        other = r[~run]
-        addrs = other["addr"].astype(np.int64)[i] + j * other["stride"].astype(np.int64)[i]
-        parts.append((other["chip"][i], other["slice"][i], addrs, np.ones(len(i)), width[~run][i]))
+            return self._placed_sram_words() * self.hw.lanes
+        keys, lo, hi = _intervals(self.instrs, self.symbols)
+        return _covered(keys, lo, hi) * self.hw.lanes if len(keys) else 0
+
+    def _placed_sram_words(self) -> int:
+        """sram_bytes_used's words without writing the bodies out: each chip's body's and
+        symbols' words (once for the chips that have the same, by identity), and the words of
+        its own instructions that they do not hold."""
+        pl, own = self.placements, self.instrs
+        place_of = {int(ch): p for p, ch in enumerate(pl["chip"].tolist())}
+        by_chip: dict[int, list] = {}
         for sym in self.symbols:
-            w = DTYPE_WIDTHS[DTYPE_BY_NAME[sym.dtype]]
-            n = len(sym.addrs)
-            parts.append((np.full(n, sym.chip), sym.slices, sym.addrs, np.ones(n), np.full(n, w)))
-        keys, lo, hi = [], [], []
-        for chip, slices, addrs, length, width in parts:
-            chip, slices = np.asarray(chip, np.int64), np.asarray(slices, np.int64)
-            addrs, length = np.asarray(addrs, np.int64), np.asarray(length, np.int64)
-            for m in range(int(width.max()) if len(width) else 0):
-                k = m < width
-                keys.append(chip[k] * 65536 + slices[k] + m)
-                lo.append(addrs[k])
-                hi.append(addrs[k] + length[k])
-        if not keys:
-            return 0
-        return _covered(np.concatenate(keys), np.concatenate(lo), np.concatenate(hi)) * lanes
+            by_chip.setdefault(sym.chip, []).append(sym)
+        chip = own["chip"].astype(np.int64)
+        alone = [c for c in range(self.chips) if c not in place_of]
+        words = 0
+        if alone:
+            sel = np.isin(chip, alone)
+            syms = [s for c in alone for s in by_chip.get(c, ())]
+            keys, lo, hi = _intervals(own[sel], syms)
+            words += _covered(keys, lo, hi) if len(keys) else 0
+        bodies = [_intervals(b.instrs, ()) for b in self.bodies]
+        merged: dict[tuple, tuple] = {}
+        for c, p in place_of.items():
+            syms = by_chip.get(c, [])
+            k = int(pl["body"][p])
+            group = (k, *sorted((id(s.slices), id(s.addrs), id(s.dtype), s.dtype) for s in syms))
+            if group not in merged:
+                here = [replace(s, chip=0) for s in syms]
+                sk, slo, shi = _intervals(np.zeros(0, INSTR_DTYPE), here)
+                bk, blo, bhi = bodies[k]
+                merged[group] = _merge(np.r_[bk, sk], np.r_[blo, slo], np.r_[bhi, shi])
+            mk, mlo, mhi = merged[group]
+            words += int((mhi - mlo).sum())
+            mine = own[chip == c].copy()
+            mine["chip"] = 0
+            ok, olo, ohi = _intervals(mine, ())
+            cells = np.unique(np.concatenate(
+                [k * (1 << 32) + np.arange(a, z) for k, a, z in zip(ok, olo, ohi, strict=True)]
+                or [np.zeros(0, np.int64)]))  # fmt: skip
+            start = mk * (1 << 32) + mlo
+            i = np.searchsorted(start, cells, "right") - 1
+            held = (i >= 0) & (cells < start[np.maximum(i, 0)] + (mhi - mlo)[np.maximum(i, 0)])
+            words += int((~held).sum())
+        return words
 
     def source(self, src: int) -> str:
         return self.sources[src] if 0 <= src < len(self.sources) else "?"

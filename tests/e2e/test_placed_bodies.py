@@ -48,7 +48,10 @@ def placed(request):
 
 def test_bodies_run_once_with_every_figure_unchanged(placed):
     name, prog = placed
-    assert prog.placed and prog.instruction_count() == len(prog.expand().instrs)
+    whole = prog.expand()
+    assert prog.placed and prog.instruction_count() == len(whole.instrs)
+    assert prog.vector_instruction_count() == int(whole.instrs["repeat"].sum())
+    assert prog.sram_bytes_used() == whole.sram_bytes_used()
     shared = simulate(prog, mode="timing")
     assert segments.gave_up is None, f"{name}: the placed run gave up at check {segments.gave_up}"
     alone = simulate(prog.expand(), mode="timing", share=False)
