@@ -18,6 +18,8 @@ def test_notebook_runs(name, monkeypatch):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     # The kernel then picks its own inline backend: figures render to PNG, headless.
     monkeypatch.delenv("MPLBACKEND", raising=False)
+    # Notebooks that simulate real models at full size run them smaller here (02's part 4).
+    monkeypatch.setenv("LPUSIM_NOTEBOOK_SMALL", "1")
     client = NotebookClient(
         nb,
         timeout=600,  # seconds per cell
