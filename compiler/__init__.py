@@ -142,9 +142,10 @@ def compile(
 
     Several chips (a model only): `mapping` (a Mapping or "pp=4"; default pp=chips) says how its
     layers are split, `system` (a sim.system.System; default: `default_system`) how the chips
-    are linked. Pipeline parallelism (compiler/codegen/pipeline.py) and tensor parallelism
-    (compiler/codegen/tensor.py; llama-family models, tp a power of two whose chips are linked
-    pairwise) compile; expert parallelism is refused.
+    are linked. Pipeline parallelism (compiler/codegen/pipeline.py), tensor parallelism
+    (compiler/codegen/tensor.py; llama and mixtral families) and expert parallelism (mixtral:
+    ep groups of tp chips, each holding 1/ep of the experts) compile, where a stage's tp x ep
+    chips are a power of two, linked pairwise.
     """
     hw = load_hardware(hw)
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
@@ -262,26 +263,35 @@ def compile_tensor_stage(
     chaining: bool = True,
     accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
+    ep: int = 1,
 ) -> Program:
-    """One decode step's `layers` layers (and the head) on a tensor-parallel group of tp chips:
-    rank 0's attention, MLP, reduce and head blocks scheduled once, linked per layer with the
-    all-reduces between them, run by every rank (compiler/codegen/tensor.py)."""
-    from compiler.codegen.tensor import allreduce_block, replicate, tensor_instances
+    """One decode step's `layers` layers (and the head) on a tensor-parallel group of tp chips,
+    or ep such groups splitting the experts (compiler/frontend/shard.py): chip 0's attention,
+    MLP, reduce and head blocks scheduled once, linked per layer with the all-reduces between
+    them, run by every chip (compiler/codegen/tensor.py)."""
+    from compiler.codegen.tensor import (
+        ALLREDUCE_ATTENTION,
+        allreduce_block,
+        replicate,
+        tensor_instances,
+    )
     from compiler.frontend import model as fm
     from compiler.frontend import shard
     from compiler.passes.layout import layout_tensor
 
     report = progress or (lambda stage, fraction: None)
-    shard.check_tp(cfg, tp)
+    shard.check_tp(cfg, tp, ep)
     pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
     report("trace", 0.0)
     targets = {
         "attention": shard.attention_target(
             cfg, tp, pos=pos, context=context, weights=weights, lanes=hw.lanes
         ),
-        "mlp": shard.mlp_target(cfg, tp, weights=weights),
-        "reduce": shard.reduce_target(cfg, tp),
+        "mlp": shard.mlp_target(cfg, tp, weights=weights, ep=ep),
+        "reduce": shard.reduce_target(cfg, tp * ep),  # the MLP's partials: every chip's
     }
+    if ep > 1:  # the attention's partials: its ep group's tp chips
+        targets["reduce-attention"] = shard.reduce_target(cfg, tp)
     if head:
         targets["head"] = shard.head_target(cfg, tp, weights=weights)
     acc = _accumulators(hw, accumulate)
@@ -300,7 +310,10 @@ def compile_tensor_stage(
             chaining,
         )
         blocks[b] = make_block(b, vp, sched, hw, lay.floor)
-    blocks["all-reduce"] = allreduce_block(hw, tp, lay)  # rank 0's transfers, for every rank
+    if tp * ep > 1:  # chip 0's transfers, for every chip
+        blocks["all-reduce"] = allreduce_block(hw, tp * ep, lay)
+    if ep > 1 and tp > 1:
+        blocks[ALLREDUCE_ATTENTION] = allreduce_block(hw, tp, lay)
     report("link", 0.0)
     meta = {
         "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
@@ -310,15 +323,16 @@ def compile_tensor_stage(
     local = link(hw, tensor_instances(lay, blocks, head), meta, words)
     report("link", 1.0)
     local = _host_caches(local, cfg, context, cfg.n_kv_heads // tp)
-    return replicate(local, tp, {"vocab": cfg.vocab_size})
+    return replicate(local, tp, {"vocab": cfg.vocab_size}, ep)
 
 
 def compile_mapped(
     cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
 ) -> Program:
-    """One decode step on several chips: pipeline stages, each a chip or a tensor-parallel group
-    of tp chips, as partition.fit splits the layers and the head by their bytes; stages of one
-    shape (layers, head) share one compiled Program."""
+    """One decode step on several chips: pipeline stages, each a chip or a group of tp x ep
+    chips (tensor parallel, and expert parallel for mixture-of-experts models), as
+    partition.fit splits the layers and the head by their bytes; stages of one shape (layers,
+    head) share one compiled Program."""
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
     from compiler.passes.partition import Mapping, check, check_groups, fit
@@ -332,24 +346,24 @@ def compile_mapped(
         raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
     _, context, _ = fm.resolve_step(cfg, pos=kw.get("pos"), context=kw.get("context"), layers=None)
     plan = fit(mapping, cfg, hw, context, kw.get("weights", "native"))  # checks it against cfg
-    if mapping.ep > 1:
-        raise LpuError(f"mapping {mapping}: expert parallelism does not compile yet; use tp and pp")
-    if mapping.tp > 1:
+    group = mapping.tp * mapping.ep
+    if group > 1:
         from compiler.frontend.shard import check_tp
 
-        check_tp(cfg, mapping.tp)  # before the fit: the family and tp a power of two
+        check_tp(cfg, mapping.tp, mapping.ep)  # before the fit: the family, a power of two
     plan.check()  # every stage's chip holds its share
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
-    check_groups(mapping, system)  # a tp group's chips are linked pairwise
+    check_groups(mapping, system)  # a stage's tp x ep chips are linked pairwise
     shapes: dict[tuple[int, bool], Program] = {}
     stages = []
     for st in plan.stages:
         key = (len(st.layers), st.head)
-        if key not in shapes and mapping.tp > 1:
+        if key not in shapes and group > 1:
             shapes[key] = compile_tensor_stage(
-                cfg, hw, mapping.tp, layers=key[0], head=key[1], progress=progress, **kw
-            )
+                cfg, hw, mapping.tp, layers=key[0], head=key[1], progress=progress,
+                ep=mapping.ep, **kw,
+            )  # fmt: skip
         elif key not in shapes:
             shapes[key] = compile_model(
                 cfg, hw, layers=key[0], head=key[1], progress=progress, **kw
