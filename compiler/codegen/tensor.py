@@ -14,6 +14,11 @@ block is scheduled once for rank 0 and replayed per layer (compiler/codegen/link
 programs are rank 0's, the same instructions at the same cycles and addresses, with each SEND and
 RECV on the link to the rank it names.
 
+Expert parallelism makes the group G = T x ep chips, chip g = e * T + r (rank r of ep group e;
+its experts differ, its instructions do not): the attention's all-reduce and reduce
+("reduce-attention") run over the T chips of its ep group (partners g XOR j, j < T), the MoE's
+over all G (j < G), each on the same slots parts/j.
+
 The all-reduce is direct: rank r sends each of y's vectors to each of the T - 1 others on its
 own link to it, one SEND a cycle on the C2C queue, a link's vectors link_cycles apart, and RECVs
 each vector that lands into its slot. All ranks send alike at the same cycles, so rank r's RECV
