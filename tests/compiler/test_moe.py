@@ -72,9 +72,9 @@ def test_an_index_computed_otherwise_is_refused():
 
 
 def test_quantised_experts_wider_than_a_tile():
-    """int8 experts are converted whole on the VXM before the MXM installs them; on the teaching
-    chip (16 lanes) an expert's w_gate is 8 tile columns, each stored with the other experts'
-    rows of its column, so the conversion reads each column of the chosen unit on its own."""
+    """An int8 expert's per-channel scales multiply its products on the VXM; on the teaching
+    chip (16 lanes) the chosen expert's row of w_gate's scales is 8 tile columns, each stored
+    with the other experts' rows of its column, so the multiply reads each on its own."""
     layer = init_params(CFG, 0, "int8")["layers"][0]
     layer = {k: layer[k] for k in ("w_router", "experts")}
 
