@@ -283,14 +283,13 @@ def compile_tensor_stage(
     shard.check_tp(cfg, tp, ep)
     pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
     report("trace", 0.0)
-    targets = {
-        "attention": shard.attention_target(
+    targets = {"reduce": shard.reduce_target(cfg, tp * ep)}  # the MLP's partials: every chip's
+    if layers:  # (a pipeline's last stage may hold the head alone)
+        targets["attention"] = shard.attention_target(
             cfg, tp, pos=pos, context=context, weights=weights, lanes=hw.lanes
-        ),
-        "mlp": shard.mlp_target(cfg, tp, weights=weights, ep=ep),
-        "reduce": shard.reduce_target(cfg, tp * ep),  # the MLP's partials: every chip's
-    }
-    if ep > 1:  # the attention's partials: its ep group's tp chips
+        )
+        targets["mlp"] = shard.mlp_target(cfg, tp, weights=weights, ep=ep)
+    if layers and ep > 1:  # the attention's partials: its ep group's tp chips
         targets["reduce-attention"] = shard.reduce_target(cfg, tp)
     if head:
         targets["head"] = shard.head_target(cfg, tp, weights=weights)

@@ -34,12 +34,29 @@ MIX = get_config("tiny-mixtral")  # 4 experts, top 2; two chips of the teaching 
 E = MIX.n_experts
 
 
+def _nodes_in_a_line(groups: int, size: int) -> System:
+    """Teaching chips (4 links each) in fully connected groups, each linked to the next by one
+    link: a pipeline of groups, as Groq's nodes in a rack."""
+    g = nx.Graph()
+    for s in range(groups):
+        g.add_edges_from((s * size + a, s * size + b) for a in range(size) for b in range(a))
+        if s:
+            g.add_edge(s * size - 1, s * size)
+    return System(HW, g)
+
+
 @pytest.mark.parametrize(
-    ("hw", "chips", "mapping"),
-    [(TSP, 2, "ep=2"), (HW, 4, "tp=2,ep=2"), (HW, 4, "ep=2,pp=2")],
+    ("hw", "chips", "mapping", "system", "tokens"),
+    [
+        (TSP, 2, "ep=2", None, 3),
+        (HW, 4, "tp=2,ep=2", None, 3),
+        (HW, 4, "ep=2,pp=2", None, 2),
+        (HW, 2, "tp=2", None, 2),  # ep=1: every chip holds every expert's FFN columns
+        (HW, 12, "tp=2,ep=2,pp=3", _nodes_in_a_line(3, 4), 2),  # the last stage: the head alone
+    ],
 )
-def test_expert_parallel_tokens_are_jaxs(hw, chips, mapping):
-    v = lpusim.validate(MIX, hw, tokens=3, chips=chips, mapping=mapping)
+def test_expert_parallel_tokens_are_jaxs(hw, chips, mapping, system, tokens):
+    v = lpusim.validate(MIX, hw, tokens=tokens, chips=chips, mapping=mapping, topology=system)
     assert v.tokens_match and v.within_tolerance, str(v)
     assert v.predicted_cycles == v.simulated_cycles
 
