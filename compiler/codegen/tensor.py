@@ -246,6 +246,9 @@ def replicate(local: Program, tp: int, meta: dict, ep: int = 1) -> Program:
         for before, x, after in zip(blocks, blocks[1:], blocks[2:], strict=False)
         if x["block"] == ALLREDUCE
     ]
+    meta = {**local.meta, **meta, "tp": tp, "allreduce_cycles": sum(waits)}
+    if ep > 1:
+        meta["ep"] = ep
     return replace(
         local,
         instrs=np.concatenate(parts),
@@ -253,11 +256,5 @@ def replicate(local: Program, tp: int, meta: dict, ep: int = 1) -> Program:
         symbols=tuple(syms),
         chips=group,
         links=np.array(pairs, np.int32).reshape(-1, 2),
-        meta={
-            **local.meta,
-            **meta,
-            "tp": tp,
-            **({"ep": ep} if ep > 1 else {}),
-            "allreduce_cycles": sum(waits),
-        },  # fmt: skip
+        meta=meta,
     )

@@ -74,7 +74,7 @@ def check_tp(cfg: ModelConfig, tp: int, ep: int = 1) -> None:
         )
     g = tp * ep
     if g & (g - 1):
-        valid = [e for e in range(1, cfg.n_experts + 1) if not cfg.n_experts % e and not e & e - 1]
+        valid = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == e & (e - 1) == 0]
         raise LpuError(
             f"ep={ep}: a group of tp x ep = {g} chips; the all-reduce sums the same pairs on "
             f"every chip only for a power of two; valid ep for {cfg.name!r} (dividing "
