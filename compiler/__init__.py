@@ -142,9 +142,10 @@ def compile(
 
     Several chips (a model only): `mapping` (a Mapping or "pp=4"; default pp=chips) says how its
     layers are split, `system` (a sim.system.System; default: `default_system`) how the chips
-    are linked. Pipeline parallelism (compiler/codegen/pipeline.py) and tensor parallelism
-    (compiler/codegen/tensor.py; llama-family models, tp a power of two whose chips are linked
-    pairwise) compile; expert parallelism is refused.
+    are linked. Pipeline parallelism (compiler/codegen/pipeline.py), tensor parallelism
+    (compiler/codegen/tensor.py; llama and mixtral families) and expert parallelism (mixtral:
+    ep groups of tp chips, each holding 1/ep of the experts) compile, where a stage's tp x ep
+    chips are a power of two, linked pairwise.
     """
     hw = load_hardware(hw)
     if isinstance(chips, bool) or not isinstance(chips, int) or chips < 1:
@@ -261,30 +262,38 @@ def compile_tensor_stages(
     chaining: bool = True,
     accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
+    ep: int = 1,
 ) -> dict[tuple[int, bool], Program]:
-    """One decode step's stages on tensor-parallel groups of tp chips, a Program for each stage
-    shape (layers, head): rank 0's attention, MLP, reduce and head blocks scheduled once for all
-    of them (one SRAM layout: the most layers any stage has, the head above its own stage's),
-    linked per layer with the all-reduces between them, run by every rank
+    """One decode step's stages on tensor-parallel groups of tp chips, or ep such groups
+    splitting the experts (compiler/frontend/shard.py), a Program for each stage shape
+    (layers, head): chip 0's attention, MLP, reduce and head blocks scheduled once for all of
+    them (one SRAM layout: the most layers any stage has, the head above its own stage's),
+    linked per layer with the all-reduces between them, run by every chip
     (compiler/codegen/tensor.py)."""
-    from compiler.codegen.tensor import allreduce_block, replicate, tensor_instances
+    from compiler.codegen.tensor import (
+        ALLREDUCE_ATTENTION,
+        allreduce_block,
+        replicate,
+        tensor_instances,
+    )
     from compiler.frontend import model as fm
     from compiler.frontend import shard
     from compiler.passes.layout import layout_tensor
 
     report = progress or (lambda stage, fraction: None)
-    shard.check_tp(cfg, tp)
+    shard.check_tp(cfg, tp, ep)
     pos, context, _ = fm.resolve_step(cfg, pos=pos, context=context, layers=None)
     most = max(layers for layers, _ in shapes)
     head_layers = [layers for layers, head in shapes if head]
     report("trace", 0.0)
-    targets = {
-        "attention": shard.attention_target(
+    targets = {"reduce": shard.reduce_target(cfg, tp * ep)}  # the MLP's partials: every chip's
+    if most:  # (a pipeline's last stage may hold the head alone)
+        targets["attention"] = shard.attention_target(
             cfg, tp, pos=pos, context=context, weights=weights, lanes=hw.lanes
-        ),
-        "mlp": shard.mlp_target(cfg, tp, weights=weights),
-        "reduce": shard.reduce_target(cfg, tp),
-    }
+        )
+        targets["mlp"] = shard.mlp_target(cfg, tp, weights=weights, ep=ep)
+    if most and ep > 1:  # the attention's partials: its ep group's tp chips
+        targets["reduce-attention"] = shard.reduce_target(cfg, tp)
     if head_layers:
         targets["head"] = shard.head_target(cfg, tp, weights=weights)
     acc = _accumulators(hw, accumulate)
@@ -306,7 +315,10 @@ def compile_tensor_stages(
             chaining,
         )
         blocks[b] = make_block(b, vp, sched, hw, lay.floor)
-    blocks["all-reduce"] = allreduce_block(hw, tp, lay)  # rank 0's transfers, for every rank
+    if tp * ep > 1:  # chip 0's transfers, for every chip
+        blocks["all-reduce"] = allreduce_block(hw, tp * ep, lay)
+    if ep > 1 and tp > 1:
+        blocks[ALLREDUCE_ATTENTION] = allreduce_block(hw, tp, lay)
     words = max([lay.words()] + [b.words for b in blocks.values()])
     programs = {}
     for k, (layers, head) in enumerate(shapes):
@@ -317,7 +329,7 @@ def compile_tensor_stages(
         }  # fmt: skip
         local = link(hw, tensor_instances(lay, blocks, layers, head), meta, words)
         local = _host_caches(local, cfg, context, cfg.n_kv_heads // tp)
-        programs[(layers, head)] = replicate(local, tp, {"vocab": cfg.vocab_size})
+        programs[(layers, head)] = replicate(local, tp, {"vocab": cfg.vocab_size}, ep)
     report("link", 1.0)
     return programs
 
@@ -325,9 +337,10 @@ def compile_tensor_stages(
 def compile_mapped(
     cfg, hw: HardwareConfig, *, chips, mapping, system, layers=None, progress=None, **kw
 ) -> Program:
-    """One decode step on several chips: pipeline stages, each a chip or a tensor-parallel group
-    of tp chips, as partition.fit splits the layers and the head by their bytes; stages of one
-    shape (layers, head) share one compiled Program."""
+    """One decode step on several chips: pipeline stages, each a chip or a group of tp x ep
+    chips (tensor parallel, and expert parallel for mixture-of-experts models), as
+    partition.fit splits the layers and the head by their bytes; stages of one shape (layers,
+    head) share one compiled Program."""
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
     from compiler.passes.partition import Mapping, check, check_groups, fit
@@ -341,20 +354,19 @@ def compile_mapped(
         raise LpuError("layers= compiles one chip's first layers; several chips take whole models")
     _, context, _ = fm.resolve_step(cfg, pos=kw.get("pos"), context=kw.get("context"), layers=None)
     plan = fit(mapping, cfg, hw, context, kw.get("weights", "native"))  # checks it against cfg
-    if mapping.ep > 1:
-        raise LpuError(f"mapping {mapping}: expert parallelism does not compile yet; use tp and pp")
-    if mapping.tp > 1:
+    group = mapping.tp * mapping.ep
+    if group > 1:
         from compiler.frontend.shard import check_tp
 
-        check_tp(cfg, mapping.tp)  # before the fit: the family and tp a power of two
+        check_tp(cfg, mapping.tp, mapping.ep)  # before the fit: the family, a power of two
     plan.check()  # every stage's chip holds its share
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
-    check_groups(mapping, system)  # a tp group's chips are linked pairwise
+    check_groups(mapping, system)  # a stage's tp x ep chips are linked pairwise
     keys = [(len(st.layers), st.head) for st in plan.stages]
-    if mapping.tp > 1:  # every shape's blocks scheduled once
+    if group > 1:  # every shape's blocks scheduled once
         shapes = compile_tensor_stages(
-            cfg, hw, mapping.tp, sorted(set(keys)), progress=progress, **kw
+            cfg, hw, mapping.tp, sorted(set(keys)), progress=progress, ep=mapping.ep, **kw
         )
     else:
         shapes = {key: compile_model(cfg, hw, layers=key[0], head=key[1], progress=progress, **kw)

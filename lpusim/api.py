@@ -134,22 +134,30 @@ def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
         except LpuError:  # no mapping holds it: the plain error says how much it needs
             raise e from None
         raise ModelTooLarge(
-            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping, cfg)}"
+            f"{e}. Mapped onto the fewest chips that hold it: {plan}; {mapping_advice(plan.mapping, cfg, hw)}"
         ) from None
 
 
-def mapping_advice(mapping, cfg=None) -> str:
-    """What to do with a mapping: compile it (pipeline stages, tensor-parallel groups of a
-    family that compiles them) or wait (experts split over chips)."""
-    from compiler.frontend.shard import TP_FAMILIES
+def mapping_advice(mapping, cfg=None, hw=None) -> str:
+    """What to do with a mapping: compile it (pipeline stages; tensor- and expert-parallel
+    groups of a family that compiles them), or why it would not compile: the family, or, given
+    `hw`, a group of tp x ep chips that the chips' default wiring does not link pairwise."""
+    from compiler.frontend.shard import TP_FAMILIES, check_tp
+    from compiler.passes.partition import check_groups
+    from sim.system import default_system
 
     n = mapping.chips
-    if mapping.ep > 1:
-        return "expert parallelism does not compile yet"
-    if mapping.tp == 1:
+    if mapping.tp * mapping.ep == 1:
         return f"compile it with chips={n} (--chips {n})"
     if cfg is not None and cfg.family not in TP_FAMILIES:
-        return f"tensor parallelism compiles the {', '.join(TP_FAMILIES)} family only"
+        return f"tensor parallelism compiles the {' and '.join(TP_FAMILIES)} families only"
+    try:
+        if cfg is not None:
+            check_tp(cfg, mapping.tp, mapping.ep)
+        if hw is not None:
+            check_groups(mapping, default_system(n, hw))
+    except LpuError as e:
+        return f"it does not compile: {e}"
     return f"compile it with chips={n}, mapping={str(mapping)!r} (--chips {n} --mapping {mapping})"
 
 
@@ -233,7 +241,7 @@ def estimate(
 def time_breakdown(program: Program, cycles: int) -> dict[str, int]:
     """Cycles of one token on chip and between chips: a pipeline's stages run in turn, each
     starting once the previous stage's x has crossed the links (Program.meta["stages"]); inside
-    a tensor-parallel stage, its all-reduces (from the end of a block to the start of the reduce
+    a tensor- or expert-parallel stage, its all-reduces (from the end of a block to the start of the reduce
     that sums its partials) are chip to chip too, and "all-reduce" says how much of it they are."""
     stages = program.meta.get("stages")
     if not stages:
@@ -241,7 +249,7 @@ def time_breakdown(program: Program, cycles: int) -> dict[str, int]:
     allreduce = sum(s.get("allreduce_cycles", 0) for s in stages)
     on_chip = sum(s["cycles"] for s in stages) - allreduce
     out = {"on chip": on_chip, "chip to chip": cycles - on_chip}
-    if program.meta.get("tp", 1) > 1:
+    if program.meta.get("tp", 1) > 1 or program.meta.get("ep", 1) > 1:
         out["all-reduce"] = allreduce  # part of "chip to chip"
     return out
 
@@ -257,11 +265,11 @@ def decode_inputs(params: dict, x: np.ndarray, cache: dict) -> dict[str, np.ndar
 
 def run_decode_step(program: Program, params, x, cache, *, engine="numba"):
     """Functional simulation of one decode step: (logits, new cache, SimResult). A
-    tensor-parallel program's ranks get their slices of the weights and cache, and the logits
-    and cache come back whole."""
+    tensor- or expert-parallel program's chips get their slices of the weights and cache (and
+    their experts), and the logits and cache come back whole."""
     inputs = decode_inputs(params, x, cache)
     tp = program.meta.get("tp", 1)
-    if tp > 1:
+    if tp > 1 or program.meta.get("ep", 1) > 1:
         inputs = shard_inputs(program.symbols, inputs)
     result = simulate(program, inputs, engine=engine)
     out = result.outputs

@@ -63,6 +63,15 @@ def mapping(value, n_chips: int):
     return m
 
 
+def mapping_chips(value) -> int:
+    """The chips a mapping text (or Mapping) uses: 1 for None."""
+    from compiler.passes.partition import Mapping
+
+    if value is None:
+        return 1
+    return (value if isinstance(value, Mapping) else Mapping.parse(value)).chips
+
+
 def topology(value, hw):
     """None (the default system of the chips), a sim.system.System, or one read from a TOML
     edge list (sim.system.System.from_toml)."""

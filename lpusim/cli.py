@@ -32,12 +32,17 @@ def _hw_arg(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny-llama", help="a name from `lpusim models`")
     _hw_arg(p)
-    p.add_argument("--chips", type=int, default=1, help="chips to map the model onto")
+    p.add_argument(
+        "--chips",
+        type=int,
+        default=None,
+        help="chips to map the model onto (default: the chips --mapping uses, else 1)",
+    )
     p.add_argument(
         "--mapping",
         default=None,
-        help='how the model splits over the chips, e.g. "pp=4" or "tp=2,pp=2" (default: '
-        "pp=--chips); expert parallelism (ep) is parsed and checked but does not compile yet",
+        help='how the model splits over the chips, e.g. "pp=4", "tp=2,pp=2" or, for a '
+        'mixture of experts, "tp=2,ep=4" (default: pp=--chips)',
     )
     p.add_argument(
         "--topology",
@@ -592,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0), or a usage error argparse has printed in one line (2)
         return e.code if isinstance(e.code, int) else 2
     try:
+        if getattr(args, "chips", 0) is None:  # a model command without --chips
+            args.chips = checks.mapping_chips(args.mapping)
         return COMMANDS[args.command](args)
     except (LpuError, ValueError, KeyError, TypeError, OSError, MemoryError) as e:
         if isinstance(e, ArgumentError):

@@ -284,7 +284,7 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
         try:
             plan = auto_mapping(cfg, hw, context, fmt)
             chips, mapped = plan.mapping.chips, f" ({plan.mapping}, fullest chip {plan.fullest})"
-            advice = mapping_advice(plan.mapping, cfg)
+            advice = mapping_advice(plan.mapping, cfg, hw)
         except LpuError:
             mapped, advice = "", "no mapping holds it"
     row["devices"] = chips if devices is None else devices

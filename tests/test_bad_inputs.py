@@ -199,12 +199,12 @@ CLI = [
     (
         "estimate mapping tp family",
         ["estimate", "--model", "tiny-gpt2", "--chips", "2", "--mapping", "tp=2"],
-        "tp=2: tensor parallelism compiles the llama family",
+        "tp=2: tensor parallelism compiles the llama and mixtral families",
     ),
     (
         "estimate mapping ep",
-        ["estimate", "--model", "tiny-mixtral", "--chips", "2", "--mapping", "ep=2"],
-        "expert parallelism does not compile yet",
+        ["estimate", "--model", "tiny-mixtral", "--mapping", "ep=3"],
+        "has ep=3, which does not divide n_experts=4 of 'tiny-mixtral'; valid ep: 1, 2, 4",
     ),
     (
         "estimate mapping chips",

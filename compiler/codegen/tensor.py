@@ -14,6 +14,11 @@ block is scheduled once for rank 0 and replayed per layer (compiler/codegen/link
 programs are rank 0's, the same instructions at the same cycles and addresses, with each SEND and
 RECV on the link to the rank it names.
 
+Expert parallelism makes the group G = T x ep chips, chip g = e * T + r (rank r of ep group e;
+its experts differ, its instructions do not): the attention's all-reduce and reduce
+("reduce-attention") run over the T chips of its ep group (partners g XOR j, j < T), the MoE's
+over all G (j < G), each on the same slots parts/j.
+
 The all-reduce is direct: rank r sends each of y's vectors to each of the T - 1 others on its
 own link to it, one SEND a cycle on the C2C queue, a link's vectors link_cycles apart, and RECVs
 each vector that lands into its slot. All ranks send alike at the same cycles, so rank r's RECV
@@ -41,13 +46,14 @@ from dataclasses import replace
 import numpy as np
 
 from compiler.codegen.link import Block, Instance, stream_extent
-from compiler.frontend.shard import shard_axis, shard_name
+from compiler.frontend.shard import rank_name
 from compiler.passes.layout import TensorLayout
 from sim.hardware import HardwareConfig
 from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
 from sim.program import Program
 
 ALLREDUCE = "all-reduce"
+ALLREDUCE_ATTENTION = "all-reduce-attention"  # with ep groups: the attention's, over tp chips
 
 
 def allreduce_block(hw: HardwareConfig, tp: int, lay: TensorLayout) -> Block:
@@ -169,7 +175,12 @@ def tensor_instances(
         return vps[name].symbol(sname, kind).vids
 
     n = len(lay.parts_at[0][0])
-    tp = len(lay.parts_at)
+    # Each partial's all-reduce and reduce: the attention's over its ep group's tp chips where
+    # there are ep groups (an all-reduce block only for more than one chip).
+    steps = dict.fromkeys(("attention", "mlp"), (ALLREDUCE, "reduce"))
+    if "reduce-attention" in vps:
+        steps["attention"] = (ALLREDUCE_ATTENTION, "reduce-attention")
+    used = set()
     for l in range(layers):
         for part in ("attention", "mlp"):
             links = [] if x_now is None else [(sym(part, "input", "x"), x_now)]
@@ -177,19 +188,23 @@ def tensor_instances(
                       renames(part, l, l == 0))  # fmt: skip
             y = lut[sym(part, "output", "y")]
             x_now = lut[sym(part, "input", "x")] if x_now is None else x_now
-            lut_x = add(ALLREDUCE, f"layer {l} {part} {ALLREDUCE}", [(np.arange(n), y)])
-            parts = [(sym("reduce", "input", "parts/0"), y)]
-            parts += [
-                (sym("reduce", "input", f"parts/{j}"), lut_x[j * n + np.arange(n)])
-                for j in range(1, tp)
-            ]
+            allreduce, red = steps[part]
+            parts = [(sym(red, "input", "parts/0"), y)]
+            if allreduce in blocks:
+                lut_x = add(allreduce, f"layer {l} {part} {ALLREDUCE}", [(np.arange(n), y)])
+                count = sum(s.name.startswith("parts/") for s in vps[red].symbols)
+                parts += [
+                    (sym(red, "input", f"parts/{j}"), lut_x[j * n + np.arange(n)])
+                    for j in range(1, count)
+                ]
             last = not head and l == layers - 1 and part == "mlp"
-            rename = renames("reduce", l, l == 0 and part == "attention")
+            rename = renames(red, l, red not in used)
+            used.add(red)
             if last:
                 rename[("x", "output")] = "x"
-            lut = add("reduce", f"layer {l} {part} reduce", [(sym("reduce", "input", "x"),
-                      x_now), *parts], rename=rename)  # fmt: skip
-            x_now = lut[sym("reduce", "output", "x")]
+            lut = add(red, f"layer {l} {part} reduce", [(sym(red, "input", "x"), x_now),
+                      *parts], rename=rename)  # fmt: skip
+            x_now = lut[sym(red, "output", "x")]
     if head:
         rename = {}
         for s in vps["head"].symbols:
@@ -202,23 +217,27 @@ def tensor_instances(
     return instances
 
 
-def replicate(local: Program, tp: int, meta: dict) -> Program:
-    """The group's Program: rank r runs rank 0's instructions, its SENDs and RECVs on the links
-    to the ranks r XOR j (local links: every pair a < b of the group, in order), its slices of
-    the sharded tensors named "name#tpR"."""
-    pairs = [(a, b) for a in range(tp) for b in range(a + 1, tp)]
+def replicate(local: Program, tp: int, meta: dict, ep: int = 1) -> Program:
+    """The group's Program: chip r of the G = tp * ep runs chip 0's instructions, its SENDs and
+    RECVs on the links to the chips r XOR j (local links: every pair a < b of the group, in
+    order), its slices of the sharded tensors named as shard.rank_name names them ("name#tpR",
+    "name#epE#tpR"). Outputs: a slice from the chips of ep group 0, a whole tensor from chip 0."""
+    group = tp * ep
+    pairs = [(a, b) for a in range(group) for b in range(a + 1, group)]
     index = {p: i for i, p in enumerate(pairs)}
     c2c = np.isin(local.instrs["op"], (int(Op.SEND), int(Op.RECV)))
     parts, syms = [], []
-    for r in range(tp):
+    for r in range(group):
         ins = local.instrs.copy()
         ins["chip"] = r
         partner = r ^ (ins["table"][c2c].astype(np.int64) + 1)
         ins["table"][c2c] = [index[(min(r, o), max(r, o))] for o in partner.tolist()]
         parts.append(ins)
         for s in local.symbols:
-            if shard_axis(s.name) is not None and s.kind != "const":
-                syms.append(replace(s, name=shard_name(s.name, r), chip=r))
+            name = None if s.kind == "const" else rank_name(s.name, r, tp, ep)
+            if name is not None:
+                if s.kind != "output" or r < tp:
+                    syms.append(replace(s, name=name, chip=r))
             elif r == 0 or s.kind != "output":
                 syms.append(replace(s, chip=r))
     # An all-reduce's time: from the end of the block whose partial it sums to the reduce's
@@ -229,12 +248,15 @@ def replicate(local: Program, tp: int, meta: dict) -> Program:
         for before, x, after in zip(blocks, blocks[1:], blocks[2:], strict=False)
         if x["block"] == ALLREDUCE
     ]
+    meta = {**local.meta, **meta, "tp": tp, "allreduce_cycles": sum(waits)}
+    if ep > 1:
+        meta["ep"] = ep
     return replace(
         local,
         instrs=np.concatenate(parts),
-        predicted=np.tile(local.predicted, tp),
+        predicted=np.tile(local.predicted, group),
         symbols=tuple(syms),
-        chips=tp,
+        chips=group,
         links=np.array(pairs, np.int32).reshape(-1, 2),
-        meta={**local.meta, **meta, "tp": tp, "allreduce_cycles": sum(waits)},  # fmt: skip
+        meta=meta,
     )

@@ -1,5 +1,5 @@
-"""Tensor-parallel shards of a decode step: the blocks one chip of a tp group runs, as the
-model's own JAX functions (models.decoder) on a slice of its heads and FFN columns.
+"""Tensor- and expert-parallel shards of a decode step: the blocks one chip of a group runs, as
+the model's own JAX functions (models.decoder) on a slice of its heads, FFN columns and experts.
 
 Rank r of a group of T chips holds:
 
@@ -22,6 +22,21 @@ and the head, norm and rank r's vocabulary columns: x -> logits_r. parts[j] on r
 (r XOR j)'s partial (parts[0] its own), summed as a balanced tree: every rank adds the same
 pairs in the same order, so every rank holds the same x, bit for bit (tp a power of two). The
 reduce is the residual add of the whole layer, so its norms see the full x on every rank.
+
+Mixtral (mlp: the router, whole on every rank, and its experts, each split by FFN columns as
+w_gate, w_up and w_down above) also splits over ep groups of tp chips: chip g = e * tp + r of a
+group of G = tp * ep holds rank r's slice (above) of everything but the experts, and of experts
+e*E/ep..(e+1)*E/ep-1 (E = n_experts) their FFN columns r/tp, with the slot table expert_slots
+(E, E/ep), columns e*E/ep.. of the identity (models.decoder.experts_part):
+
+    attention        as above (the chips of ep group e: ranks 0..tp-1)
+    reduce-attention x, parts[0..tp-1] -> x + their tree    (the attention's all-reduce: its tp)
+    mlp              x -> y = experts_part(its experts, mlp_norm(x))                 (partial)
+    reduce           x, parts[0..G-1] -> x + their tree     (the MoE's all-reduce: all G chips)
+
+Every ep group holds the same attention, KV cache and head (as partition.fit counts them); the
+experts are split G ways. The chips differ only in their data (their experts and slot tables),
+so they run one program. G must be a power of two, for the same sums on every chip.
 """
 
 from __future__ import annotations
@@ -31,28 +46,39 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import ModelConfig, param_specs
-from models.decoder import attend, attend_packed, mlp
+from models.decoder import attend, attend_packed, experts_part, mlp
 from models.ops import is_quantized, mm, rmsnorm, rope_tables
 from sim.errors import LpuError
 
 # Which axis of a layer's (or the head's) matrix a rank holds a slice of: -1 columns, -2 rows.
 SPLIT = {"wq": -1, "wk": -1, "wv": -1, "w_gate": -1, "w_up": -1, "lm_head": -1, "wo": -2,
          "w_down": -2}  # fmt: skip
-TP_FAMILIES = ("llama",)  # gpt2's output biases would be added once per rank; mixtral is ep
+TP_FAMILIES = ("llama", "mixtral")  # gpt2's output biases would be added once per rank
 SUFFIX = "#tp"  # a rank's slice of a tensor: "params/layers/3/wq#tp1"
+EP_SUFFIX = "#ep"  # an ep group's experts, before any tp suffix: ".../experts/w_up#ep1#tp0"
 
 
-def check_tp(cfg: ModelConfig, tp: int) -> None:
-    """An error naming tp and what would be valid when these blocks cannot split `cfg`."""
+def check_tp(cfg: ModelConfig, tp: int, ep: int = 1) -> None:
+    """An error naming tp (or ep) and what would be valid when these blocks cannot split `cfg`
+    over groups of tp * ep chips (partition.check has checked that tp divides the heads and FFN
+    width, and ep the experts)."""
     if cfg.family not in TP_FAMILIES:
         raise LpuError(
-            f"tp={tp}: tensor parallelism compiles the {', '.join(TP_FAMILIES)} family; "
+            f"tp={tp}: tensor parallelism compiles the {' and '.join(TP_FAMILIES)} families; "
             f"{cfg.name!r} is {cfg.family!r} (use pp only)"
         )
     if tp & (tp - 1):
         raise LpuError(
             f"tp={tp}: the all-reduce sums the same pairs on every chip only for tp a power of "
             "two; valid tp: 1, 2, 4, 8, ..."
+        )
+    g = tp * ep
+    if g & (g - 1):
+        valid = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == e & (e - 1) == 0]
+        raise LpuError(
+            f"ep={ep}: a group of tp x ep = {g} chips; the all-reduce sums the same pairs on "
+            f"every chip only for a power of two; valid ep for {cfg.name!r} (dividing "
+            f"n_experts={cfg.n_experts}): {', '.join(map(str, valid))}"
         )
 
 
@@ -75,17 +101,35 @@ def _shard_leaf(name: str, spec, tp: int, pad: bool = False):
     return _split(spec, axis, tp, pad)
 
 
-def shard_params(cfg: ModelConfig, tp: int, weights: str) -> dict:
-    """A rank's parameter specs: {"layer": one layer's, "head": final norm and lm_head's}."""
+def _experts(spec, ep: int):
+    """An ep group's share of a stacked expert tensor (E, ...): E / ep experts."""
+    return _split(spec, 0, ep)
+
+
+def shard_params(cfg: ModelConfig, tp: int, weights: str, ep: int = 1) -> dict:
+    """A chip's parameter specs: {"layer": one layer's, "head": final norm and lm_head's}; with
+    ep > 1, its ep group's experts and their slot table (expert_slots, E x E/ep)."""
     full = param_specs(cfg, weights)
-    layer = {k: _shard_leaf(k, v, tp) for k, v in full["layers"][0].items()}
+    layer = {}
+    for k, v in full["layers"][0].items():
+        if k != "experts":
+            layer[k] = _shard_leaf(k, v, tp)
+            continue
+        layer[k] = {
+            name: jax.tree.map(lambda a: _experts(a, ep), _shard_leaf(name, spec, tp))
+            for name, spec in v.items()
+        }
+        if ep > 1:
+            slots = (cfg.n_experts, cfg.n_experts // ep)
+            layer["expert_slots"] = jax.ShapeDtypeStruct(slots, cfg.np_dtype)
     head = {"final_norm": full["final_norm"], "lm_head": _shard_leaf("lm_head", full["lm_head"],
             tp, pad=True)}  # fmt: skip
     return {"layer": layer, "head": head}
 
 
 _ATTENTION = ("attn_norm", "wq", "wk", "wv", "wo")
-_MLP = ("mlp_norm", "w_gate", "w_up", "w_down")
+_MLP = {"llama": ("mlp_norm", "w_gate", "w_up", "w_down"),
+        "mixtral": ("mlp_norm", "w_router", "experts", "expert_slots")}  # fmt: skip
 
 
 def attention_target(
@@ -120,20 +164,22 @@ def attention_target(
     return attention, args
 
 
-def mlp_target(cfg: ModelConfig, tp: int, *, weights: str):
-    """(fn, args) of a rank's MLP: params/layers/0/{mlp_norm, w_gate, w_up, w_down}, x -> y (its
-    partial of the MLP's output)."""
-    p = shard_params(cfg, tp, weights)["layer"]
+def mlp_target(cfg: ModelConfig, tp: int, *, weights: str, ep: int = 1):
+    """(fn, args) of a chip's MLP: params/layers/0/{mlp_norm, w_gate, w_up, w_down} (mixtral:
+    {mlp_norm, w_router, experts, and with ep > 1 expert_slots}), x -> y (its partial of the
+    MLP's output: its FFN columns, of its ep group's experts)."""
+    p = shard_params(cfg, tp, weights, ep)["layer"]
     args = {
-        "params": {"layers": [{k: p[k] for k in _MLP}]},
+        "params": {"layers": [{k: p[k] for k in _MLP[cfg.family] if k in p}]},
         "x": jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32),
     }
+    part = mlp if ep == 1 else experts_part  # ep = 1: every chip holds every expert's columns
 
     def mlp_fn(params, x):
         layer = params["layers"][0]
-        return {"y": mlp(layer, rmsnorm(x, layer["mlp_norm"], cfg.norm_eps), cfg=cfg)}
+        return {"y": part(layer, rmsnorm(x, layer["mlp_norm"], cfg.norm_eps), cfg=cfg)}
 
-    mlp_fn.__name__ = f"{cfg.name}_mlp_tp{tp}"
+    mlp_fn.__name__ = f"{cfg.name}_mlp_tp{tp}" + (f"_ep{ep}" if ep > 1 else "")
     return mlp_fn, args
 
 
@@ -173,6 +219,44 @@ def shard_name(name: str, rank: int) -> str:
     return f"{name}{SUFFIX}{rank}"
 
 
+def _expert_held(name: str) -> bool:
+    """A tensor split over ep groups: a stacked expert tensor, or the slot table."""
+    return "/experts/" in name or name.endswith("/expert_slots")
+
+
+def rank_name(name: str, chip: int, tp: int, ep: int = 1) -> str | None:
+    """The name of chip `chip` (= e * tp + r)'s slice of the named tensor: "#ep{e}" for an ep
+    group's experts, then "#tp{r}" for a tp rank's slice; None where every chip holds it whole."""
+    e, r = divmod(chip, tp)
+    out = name
+    if ep > 1 and _expert_held(name):
+        out += f"{EP_SUFFIX}{e}"
+    if tp > 1 and shard_axis(name) is not None:
+        out += f"{SUFFIX}{r}"
+    return None if out == name else out
+
+
+def _ranks(name: str) -> tuple[str, dict[str, int]]:
+    """A sliced tensor's name -> (the whole tensor's name, {suffix: index})."""
+    ranks = {}
+    for suffix in (SUFFIX, EP_SUFFIX):  # the tp suffix comes last
+        base, sep, index = name.rpartition(suffix)
+        if sep and index.isdigit():
+            name, ranks[suffix] = base, int(index)
+    return name, ranks
+
+
+def _take(full: np.ndarray, axis: int, index: int, width: int) -> np.ndarray:
+    """Slice `index` of `width` along `axis`, zero-padded where the last one is short."""
+    lo = index * width
+    part = np.take(full, np.arange(lo, min(lo + width, full.shape[axis])), axis=axis)
+    if part.shape[axis] < width:
+        pad = [(0, 0)] * full.ndim
+        pad[axis] = (0, width - part.shape[axis])
+        part = np.pad(part, pad)
+    return part
+
+
 def shard_axis(name: str) -> int | None:
     """The axis a rank's slice of the named tensor is cut along (None: every rank holds it)."""
     parts = name.split("/")
@@ -189,21 +273,26 @@ def shard_axis(name: str) -> int | None:
 
 def shard_inputs(symbols, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The program's inputs from full tensors: a symbol "name#tpR" gets rank R's slice of
-    inputs["name"] (zero-padded where the last rank's is short); others are passed on."""
+    inputs["name"] (zero-padded where the last rank's is short), "name#epE" ep group E's experts
+    (then "#tpR" its rank's slice of them); a slot table ".../expert_slots#epE" is columns of the
+    identity, which the host's parameters do not hold. Others are passed on."""
     out = dict(inputs)
     for sym in symbols:
-        base, sep, rank = sym.name.rpartition(SUFFIX)
-        if not sep or sym.kind not in ("param", "input") or base not in inputs:
+        base, ranks = _ranks(sym.name)
+        if not ranks or sym.kind not in ("param", "input"):
             continue
-        axis = shard_axis(base)
-        full = np.asarray(inputs[base])
-        w = sym.host[axis]
-        lo = int(rank) * w
-        part = np.take(full, np.arange(lo, min(lo + w, full.shape[axis])), axis=axis)
-        if part.shape[axis] < w:
-            pad = [(0, 0)] * full.ndim
-            pad[axis] = (0, w - part.shape[axis])
-            part = np.pad(part, pad)
+        if base in inputs:
+            part = np.asarray(inputs[base])
+        elif base.endswith("/expert_slots"):
+            part = np.eye(sym.host[0], dtype=np.float32)
+        else:
+            continue
+        if EP_SUFFIX in ranks:
+            axis = -1 if base.endswith("/expert_slots") else 0
+            part = _take(part, axis, ranks[EP_SUFFIX], sym.host[axis])
+        if SUFFIX in ranks:
+            axis = shard_axis(base)
+            part = _take(part, axis, ranks[SUFFIX], sym.host[axis])
         out[sym.name] = part
     return out
 

@@ -145,12 +145,12 @@ def layout_blocks(
 
 # --- a tensor-parallel rank's blocks (compiler/codegen/tensor.py) --------------------------------
 
-TP_BLOCKS = ("attention", "mlp", "reduce", "head")
+TP_BLOCKS = ("attention", "mlp", "reduce", "reduce-attention", "head")
 
 
 @dataclass
 class TensorLayout:
-    """SRAM of one tp rank, as Layout for a layer of four blocks:
+    """SRAM of one chip of a tp (or tp x ep) group, as Layout for a layer of four blocks:
 
         shared   x, the all-reduce's slots (parts/0 is this rank's partial, parts/j rank r^j's),
                  every block's constants
@@ -158,10 +158,13 @@ class TensorLayout:
         head     the head's weights, above the bands of the stage that has it
         dynamic  from `floor` up (above every stage's bands and the head)
 
-    The attention and the MLP write their partial y into parts/0, the reduce its x over x."""
+    The attention and the MLP write their partial y into parts/0, the reduce its x over x. With
+    ep groups the attention's reduce ("reduce-attention") sums the first tp of the G slots the
+    MoE's reduce sums: the same addresses."""
 
     hw: HardwareConfig
-    vps: dict[str, VProgram]  # TP_BLOCKS -> the block (no "head" without one)
+    vps: dict[str, VProgram]  # TP_BLOCKS -> the block (no "head" without one, no
+    # "reduce-attention" without ep groups)
     layers: int
     static: dict[str, list[Segment]]  # block -> its shared segments (its vids)
     band: dict[str, list[Segment]]  # "attention", "mlp" -> layer 0's band segments
@@ -222,10 +225,14 @@ def layout_tensor(
               cursor).segments}  # fmt: skip
     x_at = _locate(static["reduce"], red.symbol("x", "input").vids)
     parts_at = [_locate(static["reduce"], red.symbol(p, "input").vids) for p in parts]
-    for b in ("attention", "mlp", "head"):
-        if b in vps:
-            placed = place_static(vps[b], hw, consts[b], next_addr, cursor).segments
-            static[b] = placed + _alias(vps[b].symbol("x", "input").vids, x_at)
+    for b in ("attention", "mlp", "reduce-attention", "head"):
+        if b not in vps:
+            continue
+        placed = place_static(vps[b], hw, consts[b], next_addr, cursor).segments
+        static[b] = placed + _alias(vps[b].symbol("x", "input").vids, x_at)
+        for j, p in enumerate(parts):  # the attention's slots: the first tp of the group's
+            if b == "reduce-attention" and any(s.name == p for s in vps[b].symbols):
+                static[b] += _alias(vps[b].symbol(p, "input").vids, parts_at[j])
     band_lo = int(next_addr.max())
     next_addr[:] = band_lo
     band = {}

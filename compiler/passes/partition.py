@@ -154,18 +154,20 @@ def check(mapping: Mapping, cfg: ModelConfig, system_or_chips: System | int | No
 
 
 def check_groups(mapping: Mapping, system: System) -> None:
-    """ArgumentError naming the first two chips of a tensor-parallel group (stage s: chips
-    s*tp..s*tp+tp-1) that no link joins: the direct all-reduce sends over one hop."""
+    """ArgumentError naming the first two chips of a stage's group (stage s: chips s*G..s*G+G-1,
+    G = tp x ep) that no link joins: the direct all-reduce sends over one hop."""
+    size = mapping.tp * mapping.ep
+    kind = "tensor-parallel" if mapping.ep == 1 else f"tp x ep = {size}-chip"
     for s in range(mapping.pp):
-        group = range(s * mapping.tp, (s + 1) * mapping.tp)
+        group = range(s * size, (s + 1) * size)
         for a in group:
             for b in group[a - group.start + 1 :]:
                 if not system.links_between(a, b):
                     raise ArgumentError(
                         "mapping",
                         str(mapping),
-                        f"puts chips {group.start}..{group.stop - 1} in tensor-parallel group "
-                        f"{s}, but no link joins chips {a} and {b} ({system.describe()}); a tp "
+                        f"puts chips {group.start}..{group.stop - 1} in {kind} group "
+                        f"{s}, but no link joins chips {a} and {b} ({system.describe()}); a "
                         "group's all-reduce needs its chips linked pairwise (a node)",
                     )
 

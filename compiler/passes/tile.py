@@ -193,6 +193,8 @@ def _elementwise(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     operands = [t.vecs[i] for i in n.inputs]
     if n.kind == Kind.CONVERT:
         x = g.nodes[n.inputs[0]]
+        if x.kind == Kind.SELECT_UNIT:  # a chosen expert's int8 weights: installed as stored
+            x = g.nodes[x.inputs[0]]
         param = x.kind == Kind.INPUT and x.attrs["kind"] == "param"
         if param and (x.dtype, n.dtype) in EXACT_WIDENING:
             return operands[0]

@@ -715,10 +715,30 @@ class _Scheduler:
         return (v, None) if sel is None else (v + sel.offset, sel)
 
     def place_simple(self, op: VOp) -> None:
-        real = {v: self.real(v) for v in dict.fromkeys(op.ins)}
-        cuts = self.boundaries([r for r, _ in real.values()], op.n, op.outs[0])
-        for a, b in zip(cuts, cuts[1:], strict=False):
-            self.place_piece(op, a, b - a, real)
+        ins = list(dict.fromkeys(op.ins))
+        for a0, b0 in self.chosen_pieces(ins, op.n):
+            real = {}  # each input as stored from vector a0 on: r + j for vector j of the piece
+            for v in ins:
+                r, sel = self.real(v + a0)
+                real[v] = (r - a0, sel)
+            starts = [r + a0 for r, _ in real.values()]
+            cuts = self.boundaries(starts, b0 - a0, op.outs[0] + a0)
+            for a, b in zip(cuts, cuts[1:], strict=False):
+                self.place_piece(op, a0 + a, b - a, real)
+
+    def chosen_pieces(self, ins: list[int], n: int) -> list[tuple[int, int]]:
+        """Pieces [a, b) of a vop's run of n in which every input that is a chosen unit stays
+        in one of its tile columns: a unit's columns are a run of virtual vids, but each is
+        stored with the other units' rows of its column (an int8 expert converted whole)."""
+        cuts = {0, n}
+        for v in ins:
+            j = 0
+            while self.vp.selected and j < n and self.vp.selection(v + j) is not None:
+                k = bisect_right(self.vp.selected, (v + j, float("inf"))) - 1
+                j = self.vp.selected[k][1] - v
+                cuts.add(min(j, n))
+        cuts = sorted(cuts)
+        return list(zip(cuts, cuts[1:], strict=False))
 
     def place_piece(self, op: VOp, j0: int, n: int, real: dict) -> None:
         hw = self.hw

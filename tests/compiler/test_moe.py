@@ -69,3 +69,22 @@ def test_an_index_computed_otherwise_is_refused():
     args = {"w": np.zeros((4, 8, 16), np.float16), "x": np.zeros((1, 4), np.float32)}
     with pytest.raises(UnsupportedPrimitive):
         compile(f, "teaching", args=args, params=("w",))
+
+
+def test_quantised_experts_wider_than_a_tile():
+    """An int8 expert's per-channel scales multiply its products on the VXM; on the teaching
+    chip (16 lanes) the chosen expert's row of w_gate's scales is 8 tile columns, each stored
+    with the other experts' rows of its column, so the multiply reads each on its own."""
+    layer = init_params(CFG, 0, "int8")["layers"][0]
+    layer = {k: layer[k] for k in ("w_router", "experts")}
+
+    def f(layer, h):
+        return {"mlp": mlp(layer, h, cfg=CFG)}
+
+    args = {"layer": layer, "h": np.zeros((1, CFG.d_model), np.float32)}
+    prog = compile(f, "teaching", args=args, params=("layer",))
+    h = np.random.default_rng(0).normal(size=(1, CFG.d_model)).astype(np.float32)
+    inputs = {k: np.asarray(v) for k, v in flatten_named({"layer": layer, "h": h}).items()}
+    r = simulate(prog, inputs)
+    np.testing.assert_allclose(r.outputs["mlp"], np.asarray(mlp(layer, h, cfg=CFG)), atol=1e-5)
+    assert r.cycles == prog.predicted_cycles

@@ -28,6 +28,7 @@ CASES = {
     "pp=8": lambda: compile(TINY8, HW, chips=8, context=8),
     "tp=2,pp=4": lambda: compile(TINY8, HW, chips=8, mapping="tp=2,pp=4", context=8),
     "tp=2,pp=3": lambda: compile(TINY, HW, chips=6, mapping="tp=2,pp=3", context=8),
+    "ep=2,pp=2": lambda: compile("tiny-mixtral", HW, chips=4, mapping="ep=2,pp=2", context=8),
     "relay": lambda: compile(
         TINY, HW, chips=2, system=System(HW, nx.Graph([(0, 2), (2, 1)])), context=8
     ),  # fmt: skip

@@ -164,7 +164,12 @@ def test_all_reduce_transfers_are_checked():
             None,
             "tp=3: the all-reduce sums the same pairs on every chip only for tp a power of two",
         ),
-        ("tiny-gpt2", "tp=2", None, "tp=2: tensor parallelism compiles the llama family"),
+        (
+            "tiny-gpt2",
+            "tp=2",
+            None,
+            "tp=2: tensor parallelism compiles the llama and mixtral families",
+        ),
         (TINY, "tp=2", nx.Graph([(0, 2), (2, 1)]), "no link joins chips 0 and 1"),
     ],
 )

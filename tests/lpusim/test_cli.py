@@ -85,7 +85,7 @@ def test_compile_then_simulate(capsys, tmp_path):
         (["estimate", "--chips", "8"], "pp=8"),
         (
             ["validate", "--model", "tiny-gpt2", "--chips", "2", "--mapping", "tp=2"],
-            "tp=2: tensor parallelism compiles the llama family",
+            "tp=2: tensor parallelism compiles the llama and mixtral families",
         ),
         (["estimate", "--context", "0"], "context=0"),
         (["compile", "--pos", "99", "--context", "4", "-o", "x.lpu"], "pos=99"),

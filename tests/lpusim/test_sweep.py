@@ -167,16 +167,16 @@ def test_failing_points_are_rows_and_the_sweep_goes_on(spec, reference, tmp_path
     rows = {(r.model, r.context, r.chips_spec): r for r in df.itertuples()}
     ok = {k for k, r in rows.items() if r.status == "ok"}
     # One chip, and pipeline stages on two: tiny-mixtral needs two chips, tiny-llama takes them;
-    # tiny-llama's tensor-parallel groups.
+    # both models' tensor-parallel groups. Context 100 is past both models' max_seq_len.
     assert ok == {
         ("tiny-llama", 8, "auto"), ("tiny-llama", 8, "2"), ("tiny-mixtral", 8, "2"),
-        ("tiny-llama", 8, "tp=2,pp=2"),
+        ("tiny-llama", 8, "tp=2,pp=2"), ("tiny-mixtral", 8, "auto"),
+        ("tiny-mixtral", 8, "tp=2,pp=2"),
     }, {k: r.error for k, r in rows.items() if k not in ok}  # fmt: skip
-    assert df.attrs["points"] == 12 and df.attrs["failed"] == 8
+    assert df.attrs["points"] == 12 and df.attrs["failed"] == 6
     # "auto" is the fewest chips' mapping (compiler.passes.partition.auto_mapping)
     auto = rows["tiny-mixtral", 8, "auto"]
     assert (auto.chips, auto.mapping) == (2, "tp=2")
-    assert "tp=2: tensor parallelism compiles the llama family" in auto.error
     two = rows["tiny-llama", 8, "2"]
     assert two.chips == 2 and two.link_bytes > 0 and two.c2c_cycles > 0
     e = lpusim.estimate("tiny-llama", "teaching", chips=2, context=8, engine="reference")
