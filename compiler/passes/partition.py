@@ -184,6 +184,7 @@ class _ModelBytes:
     layers: int
     dense_rank: dict[int, int]  # tp -> a layer's weights other than experts on a rank
     experts: int  # a layer's expert weights, all of them (0 for a dense MLP)
+    experts_rank: dict[tuple[int, int], int]  # (tp, ep) -> a chip's experts and their slots
     kv_rank: dict[int, int]  # tp -> a layer's K and V caches of KV/tp heads, as a rank packs them
     head_rank: dict[int, int]  # tp -> the final norm and a rank's LM head columns
     total: int  # everything, the input vector included
@@ -204,20 +205,29 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
     dtype = np.dtype(cfg.np_dtype).name
     most = math.gcd(cfg.n_heads, cfg.n_kv_heads, cfg.d_ff)  # tp divides all three (`check`)
     dense_rank, kv_rank, head_rank = {}, {}, {}
+    experts_rank = {}
+    eps = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == 0] if experts else [1]
     for t in (t for t in range(1, most + 1) if most % t == 0):
-        shard = shard_params(cfg, t, weights)  # a rank's slices (experts whole)
-        dense_rank[t] = size(shard["layer"]) - experts
+        shard = shard_params(cfg, t, weights)  # a rank's slices
+        dense_rank[t] = size({k: v for k, v in shard["layer"].items()
+                              if k not in ("experts", "expert_slots")})  # fmt: skip
+        for e in eps:  # a chip's experts: its ep group's, each split tp ways, and their slots
+            layer = shard_params(cfg, t, weights, e)["layer"] if experts else {}
+            experts_rank[(t, e)] = size({k: v for k, v in layer.items()
+                                         if k in ("experts", "expert_slots")})  # fmt: skip
         # the head's other leaves (gpt2's final norm bias) whole on every rank
         head_rank[t] = size(shard["head"]) + size({k: v for k, v in head.items()
                                                    if k not in shard["head"]})  # fmt: skip
         kv = cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // t)  # a rank packs its heads
         kv_rank[t] = 2 * stored_bytes(kv, dtype, hw)
-    return _ModelBytes(cfg.n_layers, dense_rank, experts, kv_rank, head_rank, size(specs))
+    return _ModelBytes(
+        cfg.n_layers, dense_rank, experts, experts_rank, kv_rank, head_rank, size(specs)
+    )
 
 
 def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int]]:
     """(weights, KV cache) bytes on one chip of each block: the layers, then the head."""
-    layer = (b.dense_rank[tp] + -(-b.experts // (tp * ep)), b.kv_rank[tp])
+    layer = (b.dense_rank[tp] + b.experts_rank[(tp, ep)], b.kv_rank[tp])
     return [layer] * b.layers + [(b.head_rank[tp], 0)]
 
 
