@@ -25,10 +25,9 @@ import numpy as np
 from compiler.codegen.emit import allocate, finish, instructions, symbols, words_used
 from compiler.ir.vector import VProgram
 from compiler.schedule.listsched import Schedule
-from sim.bounds import put_words
-from sim.engine.prepare import latency_lut
-from sim.hardware import MAX_ELEMENT_BYTES, HardwareConfig
-from sim.isa import Op, n_queues, periods, queue_position
+from sim.engine.segments import stream_extent
+from sim.hardware import HardwareConfig
+from sim.isa import Op
 from sim.program import Program, Symbol
 
 
@@ -59,35 +58,6 @@ def make_block(name: str, vp: VProgram, sched: Schedule, hw: HardwareConfig, flo
         name, vp, instrs, timing, syms, consts, int(sched.cycles), words_used(sched), lo, hi,
         int(sched.free),
     )  # fmt: skip
-
-
-def stream_extent(
-    hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per stream, the lowest and highest diagonal any vector of `instrs` occupies: a vector
-    flows to the chip's edge, so the next block must not put one on those diagonals."""
-    S = hw.streams_per_direction
-    lo = np.full(2 * S, np.iinfo(np.int64).max)
-    hi = np.full(2 * S, np.iinfo(np.int64).min)
-    op = instrs["op"].astype(np.int64)
-    puts = (op != int(Op.WRITE)) & (op != int(Op.INSTALL))
-    r = instrs[puts]
-    if not len(r):
-        return lo, hi
-    cycles = cycles[puts]
-    lat = latency_lut(hw)
-    pos = np.array([queue_position(hw, q) for q in range(n_queues(hw))], np.int64)
-    t0 = cycles + lat[r["op"]]
-    p = pos[r["queue"]]
-    sd = r["sd"].astype(np.int64)
-    d0 = np.where(sd // S == 0, t0 - p, t0 + p)
-    d1 = d0 + (r["repeat"].astype(np.int64) - 1) * periods(r)
-    width = put_words(r)
-    for m in range(MAX_ELEMENT_BYTES):
-        sel = m < width
-        np.minimum.at(lo, sd[sel] + m, d0[sel])
-        np.maximum.at(hi, sd[sel] + m, d1[sel])
-    return lo, hi
 
 
 @dataclass
