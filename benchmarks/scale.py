@@ -186,7 +186,8 @@ def main(argv=None) -> int:
         else:
             print(f"{head}  {r['note']}")
     print("\nauto: the fewest chips of any mapping (compiler.passes.partition.auto_mapping); ran: "
-          "the chips the engine simulated (identical chips once, sim/engine/share.py); RSS: the "
+          "the body runs the engine simulated (a stage's body once for its chips alike, "
+          "sim/engine/segments.py; every chip's own transfers too); RSS: the "
           "peak of compiling and simulating; c2c: chip-to-chip cycles along a token's path, "
           "all-red: of which tensor-parallel all-reduces.")  # fmt: skip
     for r in rows:

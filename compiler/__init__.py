@@ -304,8 +304,6 @@ def compile_tensor_stages(
     lay = layout_tensor(vps, hw, most, head_layers[0] if head_layers else 0)
     blocks = {}
     for b, vp in vps.items():
-        if b != "head" and not most:
-            continue  # (the head alone)
         sched = list_schedule(
             vp,
             hw,

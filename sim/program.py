@@ -20,7 +20,8 @@ local links 0..links-1; a placement puts it on a chip:
 so `instrs` holds what is each chip's own. `expand()` writes every placement out: the same
 Program as one instruction array, which is what it means. A body whose queue fetches
 instructions delivers one past its end there (its last IFETCH brings the chip's next own
-instruction), so a chip has an own instruction after the body on each such queue.
+instruction), so a chip has an own instruction after the body on each such queue: where it has
+none of its own, a NOTIFY of barrier CLOSING_BARRIER + queue, which nothing waits on.
 
 Tensor layout on chip (the machine's convention, shared by compiler and host): a tensor of shape
 (..., n) is rows = prod(...) rows of ceil(n / lanes) vectors, row-major; element (r, c) is lane
@@ -59,6 +60,8 @@ FORMAT_MAGIC = "lpusim-program"
 # 6: a symbol's host shape where it differs (a KV cache with heads packed side by side);
 # 7: bodies and their placements, symbols' arrays stored once however many share them.
 FORMAT_VERSION = 7
+# The barrier a NOTIFY closing a body's queue notifies (plus the queue): no SYNC waits on it.
+CLOSING_BARRIER = 1 << 20
 # A placement of a body: the chip that runs it, which body, and how many cycles later.
 PLACE_DTYPE = np.dtype([("chip", np.int32), ("body", np.int32), ("shift", np.int64)])
 
@@ -144,12 +147,8 @@ def _merge(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray):
 
 def _covered(keys: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> int:
     """Words in the union of the intervals [lo, hi) of each key (a chip's slice)."""
-    order = np.lexsort((lo, keys))
-    keys, lo, hi = keys[order], lo[order], hi[order]
-    span = int(hi.max()) + 1
-    reach = np.maximum.accumulate(keys * span + hi)  # the furthest end so far, key by key
-    before = np.r_[-1, reach[:-1]] - keys * span  # of the intervals before, in the same key
-    return int(np.maximum(hi - np.maximum(lo, before), 0).sum())
+    _, lo, hi = _merge(keys, lo, hi)
+    return int((hi - lo).sum())
 
 
 def _rank_in_group(key: np.ndarray) -> np.ndarray:
@@ -452,7 +451,7 @@ class Program:
         for c, p in place_of.items():
             syms = by_chip.get(c, [])
             k = int(pl["body"][p])
-            group = (k, *sorted((id(s.slices), id(s.addrs), id(s.dtype), s.dtype) for s in syms))
+            group = (k, *sorted((id(s.slices), id(s.addrs), s.dtype) for s in syms))
             if group not in merged:
                 here = [replace(s, chip=0) for s in syms]
                 sk, slo, shi = _intervals(np.zeros(0, INSTR_DTYPE), here)

@@ -41,6 +41,7 @@ from sim.isa import (
     queue_name,
     repetitions,
 )
+from sim.program import CLOSING_BARRIER
 
 
 def _read_ports(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray, base: int) -> np.ndarray:
@@ -149,7 +150,7 @@ def _plan_chip(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One chip's IFETCHes (instrs, cycles) and the top of its instruction image (None: no queue
     of the chip needs any)."""
-    cap, most, rl = hw.icu_queue_instructions, fetch_width(hw), hw.mem_read_latency_cycles
+    cap, most = hw.icu_queue_instructions, fetch_width(hw)
     ports_per_slice = hw.mem_read_ports_per_slice
     queue = ins["queue"].astype(np.int64)
     qkeys, sizes = np.unique(queue, return_counts=True)
@@ -159,6 +160,22 @@ def _plan_chip(
     # The ports from the chip's first cycle: with words of two or more instructions, a queue has
     # no room for one before its first dispatch, so no IFETCH comes earlier.
     base = int(cycles.min()) if most > 1 else 0
+
+    def free(t: int) -> int:
+        """A slice with a read port idle at t (the lowest image first), or -1."""
+        if t - base >= busy.shape[1] or not (busy[:, t - base] < ports_per_slice).any():
+            return -1
+        full = busy[:, t - base] >= ports_per_slice
+        return int(np.argmin(np.where(full, np.iinfo(np.int64).max, image)))
+
+    def fetch(q: int, t: int, count: int, records: list, used: Counter) -> None:
+        s = free(t)
+        busy[s, t - base] += 1
+        used[t] += 1
+        records.append(dict(op=Op.IFETCH, chip=chip, queue=q, slice=s, addr=int(image[s]),
+                            count=count, cycle=t, src=src))  # fmt: skip
+        image[s] += 1
+
     records = []
     for q, lo, n in zip(qkeys.tolist(), starts.tolist(), sizes.tolist(), strict=True):
         if n <= cap:
@@ -167,44 +184,15 @@ def _plan_chip(
             busy = _read_ports(hw, ins, cycles, base)
             image = np.full(hw.mem_slices, words, np.int64)  # the next free word of each slice
         c = cycles[order[lo : lo + n]]
-        width = issue_width(hw, q)
         used = Counter(c.tolist())
-        loaded, fetches, pos = cap, 0, 0  # positions delivered, IFETCHes placed, entries placed
-        landed = ([0], [cap])  # arrivals, and positions delivered up to with each
-        prev = -1
-        for r in range(n):
-            d = int(c[r])
-            t = max(prev, 0)
-            while loaded - fetches < n and t <= d:  # some of its instructions are still out
-                # (an IFETCH takes a place in the buffer too, so it brings one more than were out)
-                count = min(most, n - (loaded - fetches - 1))
-                if loaded + count - (pos + 1) > cap:
-                    break  # no room for a word yet
-                first = loaded - fetches - 1  # the first real instruction this one delivers
-                latest = min(d - 1, int(c[first]) - rl) if first < n else d - 1
-                t = _free_cycle(busy, base, ports_per_slice, used, width, t, latest, landed, pos)
-                if t < 0:
-                    break
-                full = busy[:, t - base] >= ports_per_slice
-                s = int(np.argmin(np.where(full, np.iinfo(np.int64).max, image)))
-                busy[s, t - base] += 1
-                used[t] += 1
-                records.append(
-                    dict(op=Op.IFETCH, chip=chip, queue=q, slice=s, addr=int(image[s]),
-                         count=count, cycle=t, src=src)
-                )  # fmt: skip
-                image[s] += 1
-                fetches, pos, loaded = fetches + 1, pos + 1, loaded + count
-                landed[0].append(t + rl)
-                landed[1].append(loaded)
-            if not _there(landed, pos, d):
-                raise ScheduleError(
-                    f"instruction fetch cannot keep queue {queue_name(hw, q)} (chip {chip}) fed: "
-                    f"its instruction {r} at cycle {d} has not arrived; raise "
-                    f"icu_queue_instructions ({cap}) or lower icu_instruction_bytes "
-                    f"({hw.icu_instruction_bytes})"
-                )
-            pos, prev = pos + 1, d
+        r = _fetch_run(hw, c, 0, cap, 0, -1, issue_width(hw, q), q, records, used, fetch, free)
+        if r >= 0:
+            raise ScheduleError(
+                f"instruction fetch cannot keep queue {queue_name(hw, q)} (chip {chip}) fed: "
+                f"its instruction {r} at cycle {int(c[r])} has not arrived; raise "
+                f"icu_queue_instructions ({cap}) or lower icu_instruction_bytes "
+                f"({hw.icu_instruction_bytes})"
+            )
     extra = make_instrs(records) if records else np.zeros(0, INSTR_DTYPE)
     extra_cycles = np.array([rec["cycle"] for rec in records], np.int64)
     return extra, extra_cycles, int(image.max()) if image is not None else None
@@ -214,19 +202,6 @@ def _there(landed: tuple[list, list], pos: int, t: int) -> bool:
     """Whether position `pos` of the queue has landed by cycle t."""
     k = bisect_right(landed[1], pos)
     return k < len(landed[1]) and landed[0][k] <= t
-
-
-def _free_cycle(
-    busy, base: int, ports: int, used: Counter, width: int, t: int, latest: int, landed, pos: int
-) -> int:
-    """The first cycle in [t, latest] at which the queue has a dispatch slot, its entry `pos`
-    has landed, and some slice has a read port idle (busy[:, t - base]); -1 if none."""
-    while t <= latest:
-        free = used[t] < width and _there(landed, pos, t)
-        if free and t - base < busy.shape[1] and (busy[:, t - base] < ports).any():
-            return t
-        t += 1
-    return -1
 
 
 # --- bodies placed on many chips (compiler/codegen/pipeline.py) ---------------------------------
@@ -243,8 +218,6 @@ def _free_cycle(
 #   brings the chip's next instruction: a tail), and the chip's instructions there are fetched
 #   on from that; a chip with none there ends the queue with a NOTIFY of a barrier no SYNC
 #   waits on, which the tail brings.
-
-TAIL_BARRIER = 1 << 20  # a tail NOTIFY's barrier: this plus its queue
 
 
 @dataclass
@@ -278,7 +251,7 @@ def plan_body(
     np.maximum.at(last, q, cycles)
     tails = np.flatnonzero(size >= cap)  # these fetch: one more place, for the tail
     virtual = make_instrs(
-        [dict(op=Op.NOTIFY, queue=int(t), table=TAIL_BARRIER + int(t)) for t in tails]
+        [dict(op=Op.NOTIFY, queue=int(t), table=CLOSING_BARRIER + int(t)) for t in tails]
     )
     extra, extra_cycles, top = _plan_chip(
         hw, np.concatenate([ins, virtual]), np.concatenate([cycles, last[tails] + 1]), 0, words,
@@ -322,8 +295,8 @@ def plan_placed(
     """A chip's own instructions (`own` at `cycles`) around `body` placed `shift` cycles later:
     (its instructions in queue order with their delays, their cycles, place_at, place_heads,
     the top of its instruction image, the index in `own` of each or -1 for those it adds), or
-    None where the body cannot be placed so (an own
-    instruction among the body's on a queue, or no cycle for a fetch it needs)."""
+    None where the body cannot be placed so (an own instruction among the body's on a queue, or
+    no cycle for a fetch it needs)."""
     queues, cap, most = n_queues(hw), hw.icu_queue_instructions, fetch_width(hw)
     rl, ports = hw.mem_read_latency_cycles, hw.mem_read_ports_per_slice
     span = body.busy.shape[1]
@@ -369,7 +342,7 @@ def plan_placed(
     closing = only[body.fetches[only]]
     close = np.zeros(len(closing), INSTR_DTYPE)
     close["op"], close["chip"], close["queue"], close["src"] = int(Op.NOTIFY), chip, closing, src
-    close["table"], close["delay"] = TAIL_BARRIER + closing, 1
+    close["table"], close["delay"] = CLOSING_BARRIER + closing, 1
     close_cycles = shift + body.last[closing] + 1
     records: list[dict] = []  # IFETCHes and closing NOTIFYs of the queues with own instructions
     rows, row_cycles, row_delays = [], [], []  # into [own, records]: each queue in order
@@ -401,7 +374,7 @@ def plan_placed(
             k0 = len(records)
             if len(sel) > cap and _fetch_run(
                 hw, cycles[sel], 0, cap, 0, -1, width, q, records, used, fetch, free_slice
-            ) < 0:  # fmt: skip
+            ) >= 0:  # fmt: skip
                 return None
             put(timed(sel, k0, len(records)), 0)
             continue
@@ -432,7 +405,7 @@ def plan_placed(
         b = k1 - k0
         # after the body: from the tail (or what the bridges or the preload brought)
         if closes:
-            records.append(dict(op=Op.NOTIFY, chip=chip, queue=q, table=TAIL_BARRIER + q,
+            records.append(dict(op=Op.NOTIFY, chip=chip, queue=q, table=CLOSING_BARRIER + q,
                                 cycle=b1 + 1, src=src))  # fmt: skip
             used[b1 + 1] += 1
         if s_count:
@@ -447,7 +420,7 @@ def plan_placed(
             c_after = np.concatenate([t_own[t_own > b1], [b1 + 1] * closes]).astype(np.int64)
             if _fetch_run(
                 hw, c_after, o, delivered, land, b1, width, q, records, used, fetch, free_slice
-            ) < 0:  # fmt: skip
+            ) >= 0:  # fmt: skip
                 return None
         first_part = timed(before, k0, k1)
         at[q] = len(first_part)
@@ -483,8 +456,9 @@ def _bridge_counts(p: int, want: int, cap: int, most: int) -> list[int] | None:
 def _fetch_run(hw, c, o, delivered, land, prev, width, q, records, used, fetch, free) -> int:
     """IFETCHes for a run of a queue's instructions at cycles `c`, the first at place o of the
     queue, `delivered` places delivered before it (the last of them landing at `land`), the
-    queue's previous dispatch at `prev`: _plan_chip's walk, from that state. The number placed,
-    or -1 where an instruction would not have arrived."""
+    queue's previous dispatch at `prev`: as early as the buffer has room for a word, in a cycle
+    with a dispatch slot and a `free` read port (`fetch` places one). The first instruction that
+    would not have arrived by its cycle, or -1."""
     cap, most, rl = hw.icu_queue_instructions, fetch_width(hw), hw.mem_read_latency_cycles
     n = len(c)
     loaded, fetches, pos = delivered - o, 0, 0  # places of the run delivered, IFETCHes, placed
@@ -507,6 +481,6 @@ def _fetch_run(hw, c, o, delivered, land, prev, width, q, records, used, fetch, 
             landed[0].append(t + rl)
             landed[1].append(loaded)
         if not _there(landed, pos, d):
-            return -1
+            return r
         pos, prev = pos + 1, d
-    return fetches
+    return -1

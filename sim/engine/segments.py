@@ -33,6 +33,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from sim.bounds import put_words
 from sim.engine import schema as c
 from sim.engine.icu import dispatch_cycles
 from sim.engine.prepare import (
@@ -44,24 +45,23 @@ from sim.engine.prepare import (
     prepare_program,
     scan,
 )
-from sim.engine.share import sent
+from sim.engine.share import link_costs, sent
 from sim.hardware import MAX_ELEMENT_BYTES, HardwareConfig
 from sim.icu import fetch_width
 from sim.isa import INSTR_DTYPE, Op, issue_width, n_queues, periods, queue_position, repetitions
-from sim.program import Program
+from sim.program import CLOSING_BARRIER, Program
 from sim.reference import COUNT_KEYS, RawResult
 
 SEND, RECV, SYNC, NOTIFY, IFETCH = (int(o) for o in (Op.SEND, Op.RECV, Op.SYNC, Op.NOTIFY,
                                                      Op.IFETCH))  # fmt: skip
 ICU_OPS = (SYNC, NOTIFY)
-CLOSE = 1 << 30
 # Why the last run_placed gave up (the number of the check in run_placed), for diagnosis.
 gave_up: int | None = None
 
 
 def _give_up(check: int) -> None:
     global gave_up
-    gave_up = check  # the barrier of a body queue's closing NOTIFY, when it runs alone (plus queue)
+    gave_up = check
 
 
 def stream_extent(
@@ -69,8 +69,6 @@ def stream_extent(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per stream, the lowest and highest diagonal any vector of `instrs` occupies: a vector
     flows to the chip's edge, so what runs after must not put one on those diagonals."""
-    from sim.bounds import put_words
-
     S = hw.streams_per_direction
     lo = np.full(2 * S, np.iinfo(np.int64).max)
     hi = np.full(2 * S, np.iinfo(np.int64).min)
@@ -122,7 +120,7 @@ class _Body:
         tails = np.flatnonzero(self.delivered > self.size)
         close = np.zeros(len(tails), INSTR_DTYPE)
         close["op"], close["queue"], close["delay"] = NOTIFY, tails, 1
-        close["table"] = CLOSE + tails
+        close["table"] = CLOSING_BARRIER + tails
         close["src"] = -1
         whole = np.concatenate([self.ins, close])
         cycles, problem = dispatch_cycles(hw, whole)
@@ -161,15 +159,24 @@ class _Body:
 
 def _port_keys(hw, ins: np.ndarray, cycles: np.ndarray) -> np.ndarray:
     """cycle * 4096 + slice of every read-port use: each READ repetition's words, each IFETCH."""
-    r = ins[ins["op"] == int(Op.READ)]
+    slices, _, t = _read_words(ins, cycles)
+    fetch = ins["op"] == IFETCH
+    return np.concatenate([t * (1 << 12) + slices, cycles[fetch] * (1 << 12) + ins["slice"][fetch]])
+
+
+def _read_words(ins: np.ndarray, cycles: np.ndarray | None = None):
+    """(slice, address, cycle) of every word each READ repetition of `ins` reads (cycles, if
+    `cycles`, else zeros)."""
+    read = ins["op"] == int(Op.READ)
+    r = ins[read]
     i, j = repetitions(r)
-    t = cycles[ins["op"] == int(Op.READ)][i] + j * periods(r)[i]
+    addrs = r["addr"].astype(np.int64)[i] + j * r["stride"].astype(np.int64)[i]
+    t = cycles[read][i] + j * periods(r)[i] if cycles is not None else np.zeros(len(i), np.int64)
     width = WIDTH_LUT[r["dtype"]][i]
     g = r["slice"].astype(np.int64)[i]
-    keys = [t[m < width] * (1 << 12) + g[m < width] + m for m in range(MAX_ELEMENT_BYTES)]
-    fetch = ins["op"] == IFETCH
-    keys.append(cycles[fetch] * (1 << 12) + ins["slice"][fetch].astype(np.int64))
-    return np.concatenate(keys)
+    words = [m < width for m in range(MAX_ELEMENT_BYTES)]
+    return (np.concatenate([g[w] + m for m, w in enumerate(words)]),
+            np.concatenate([addrs[w] for w in words]), np.concatenate([t[w] for w in words]))  # fmt: skip
 
 
 # --- own instructions around the bodies: the queues --------------------------------------------
@@ -202,7 +209,6 @@ def _own_dispatch(program: Program, bodies: list[_Body]) -> np.ndarray | None:
     key = chip * queues + ins["queue"].astype(np.int64)
     order = np.argsort(key, kind="stable")  # each queue's own instructions, in queue order
     starts = np.searchsorted(key[order], np.arange(program.chips * queues + 1))
-    pl = program.placements
     for p, ch in enumerate(pl["chip"].tolist()):
         k, shift = int(pl["body"][p]), int(pl["shift"][p])
         body = bodies[k]
@@ -224,10 +230,10 @@ def _own_dispatch(program: Program, bodies: list[_Body]) -> np.ndarray | None:
         )  # fmt: skip
         cycles[one[closing]] = shift + body.last[q1[closing]] + ins["delay"][one[closing]]
         # a queue of the body's alone that fetches nothing: it starts there at its own cycle
-        alone = (count == 0) & (body.size > 0) & (body.delivered == body.size)
-        alone &= head == shift + np.where(body.size > 0, body.first, 0)
+        untouched = (count == 0) & (body.size > 0) & (body.delivered == body.size)
+        untouched &= head == shift + np.where(body.size > 0, body.first, 0)
         rest = np.flatnonzero(
-            ((count > 0) | (body.size > 0)) & ~alone & ~np.isin(np.arange(queues), q1[closing])
+            ((count > 0) | (body.size > 0)) & ~untouched & ~np.isin(np.arange(queues), q1[closing])
         )
         for q in rest.tolist():
             idx = order[lo[q] : hi[q]]
@@ -297,7 +303,7 @@ def _queue(hw, ins, idx, q, body: _Body, shift, at, head) -> list[int] | None:
     # room for every own delivery when it lands
     mine = np.sort(np.array(out, np.int64))
     theirs = body.by_queue[q] + shift
-    for arrival, upto in fetched[: len(fetched)]:
+    for arrival, upto in fetched:
         held = upto - int(np.searchsorted(mine, arrival) + np.searchsorted(theirs, arrival))
         if held > cap:
             return None
@@ -314,9 +320,9 @@ class _Run:
     in the program), the vectors others send it given up front, memory from symbols and the
     cells the run before left."""
 
-    def __init__(self, program, chip, ins, cycles, links, arrivals, symbols, carry, shape=None):
+    def __init__(self, program, ins, cycles, links, arrivals, symbols, carry, shape=None):
         """`shape`: a digest of `ins` and their cycles from the first (computed if None)."""
-        self.source, self.chip, self.ins, self.cycles = program, chip, ins, cycles
+        self.source, self.ins, self.cycles = program, ins, cycles
         self.links, self.external, self.symbols = links, arrivals, symbols
         self.carry = carry  # (slices, addrs, vids) of cells to set before it runs
         first = int(cycles.min()) if len(cycles) else 0
@@ -351,7 +357,6 @@ class _Run:
         from sim.engine import _run
 
         program = self.program
-        self.empty = not len(program.instrs)
         prep = prepare_program(program, self.cycles, self.external)
         if ways is not None:
             prep.g[c.G_WAYS] = max(ways, int(prep.g[c.G_WAYS]))
@@ -466,7 +471,7 @@ def run_placed(program: Program, inputs: dict | None) -> RawResult | None:
         if len(after) and not _apart(body.extent, stream_extent(hw, own[after], own_cycles[after]),
                                      -shift):  # fmt: skip
             return _give_up(11)
-        rs, ra = _reads(own[after])
+        rs, ra, _ = _read_words(own[after])
         cell = prep.cell(0, rs, ra)
         ok = (cell >= 0) & (cell < len(mem))
         key = runner.own(ch, after, own_cycles, w1, big, [], (rs[ok], ra[ok], mem[cell[ok]]))
@@ -518,7 +523,7 @@ class _Runner:
         self.by_chip = by_chip
         self.runs: dict[bytes, tuple] = {}  # key -> (run, members)
         self.done: dict[bytes, tuple] = {}
-        self.takes: list[tuple] = []  # (chip, RECVs on the program's links, arrivals taken)
+        self.takes: list[tuple] = []  # (RECVs on the program's links, the arrivals they take)
         self.ways = None
 
     def _arrivals(self, ch, lo, hi, numbers):
@@ -561,7 +566,7 @@ class _Runner:
         ext, sel = self._arrivals(ch, lo, hi, numbers)
         mine = ins.copy()
         mine["table"][c2c] = numbers(ins["table"][c2c])
-        run = _Run(program, ch, mine, cycles[idx], len(order), ext, symbols, carry)
+        run = _Run(program, mine, cycles[idx], len(order), ext, symbols, carry)
         return self._add(run, ch, ins, sel)
 
     def body(self, ch, body: _Body, shift, row, symbols, carry) -> bytes:
@@ -578,8 +583,8 @@ class _Runner:
             sel = np.concatenate([sel, [-1]])  # (cannot be taken: the check fails)
         recvs = body.recvs.copy()
         recvs["table"] = row[recvs["table"].astype(np.int64)]
-        run = _Run(program, ch, body.alone, body.alone_cycles + shift, len(row), ext, symbols,
-                   carry, body.shape)  # fmt: skip
+        run = _Run(program, body.alone, body.alone_cycles + shift, len(row), ext, symbols, carry,
+                   body.shape)  # fmt: skip
         return self._add(run, ch, recvs, sel)
 
     def execute(self, key):
@@ -669,35 +674,19 @@ def _written(prep, mem: np.ndarray) -> tuple:
     return slices.astype(np.int64), addrs.astype(np.int64), mem[cells]
 
 
-def _reads(ins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(slices, addrs) of every word the READs of `ins` read."""
-    r = ins[ins["op"] == int(Op.READ)]
-    i, j = repetitions(r)
-    addrs = r["addr"].astype(np.int64)[i] + j * r["stride"].astype(np.int64)[i]
-    width = WIDTH_LUT[r["dtype"]][i]
-    slices = r["slice"].astype(np.int64)[i]
-    parts = [(slices[m < width] + m, addrs[m < width]) for m in range(MAX_ELEMENT_BYTES)]
-    return np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
-
-
 def _empty() -> tuple:
     return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 def _links_free(hw, sends, cycles, links) -> bool:
     """No SEND repetition on a channel before the one before it has left (link_cycles)."""
-    from sim.isa import link_cycles
-
     if not len(sends):
         return True
     i, j = repetitions(sends)
     t = cycles[i] + j * periods(sends)[i]
     link = sends["table"].astype(np.int64)[i]
     backward = (sends["chip"][i] != links[link, 0]).astype(np.int64)
-    cost = np.zeros(len(WIDTH_LUT), np.int64)
-    for w in (1, 2, 4):
-        cost[w] = link_cycles(hw, w)
-    busy = cost[WIDTH_LUT[sends["dtype"]][i]]
+    busy = link_costs(hw)[WIDTH_LUT[sends["dtype"]][i]]
     channel = 2 * link + backward
     order = np.lexsort((t, channel))
     ch, t, busy = channel[order], t[order], busy[order]

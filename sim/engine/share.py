@@ -207,6 +207,14 @@ def _parts(program: Program, cycles: np.ndarray) -> list[_Part] | None:
     return parts
 
 
+def link_costs(hw) -> np.ndarray:
+    """Cycles a vector of each width (words: WIDTH_LUT's) holds a link direction."""
+    cost = np.zeros(len(WIDTH_LUT), np.int64)
+    for w in (1, 2, 4):
+        cost[w] = link_cycles(hw, w)
+    return cost
+
+
 def _sent(program: Program, cycles: np.ndarray, links: np.ndarray):
     """`sent` of a whole program's instructions."""
     return sent(program.hw, program.instrs, cycles, links)
@@ -220,10 +228,7 @@ def sent(hw, ins: np.ndarray, cycles: np.ndarray, links: np.ndarray):
     r = ins[sends]
     i, j = repetitions(r)
     t = cycles[sends][i] + j * periods(r)[i]
-    cost = np.zeros(len(WIDTH_LUT), np.int64)
-    for w in (1, 2, 4):
-        cost[w] = link_cycles(hw, w)
-    at = t + hw.c2c_latency_cycles + cost[WIDTH_LUT[r["dtype"]][i]]
+    at = t + hw.c2c_latency_cycles + link_costs(hw)[WIDTH_LUT[r["dtype"]][i]]
     via = r["table"][i].astype(np.int64)
     backward = (r["chip"][i] != links[via, 0]).astype(np.int64)
     to = np.where(backward == 1, links[via, 0], links[via, 1])
