@@ -263,15 +263,18 @@ def compile_tensor_stages(
     accumulate: bool = True,
     progress: Callable[[str, float], None] | None = None,
     ep: int = 1,
+    wiring=None,
 ) -> dict[tuple[int, bool], Program]:
     """One decode step's stages on tensor-parallel groups of tp chips, or ep such groups
     splitting the experts (compiler/frontend/shard.py), a Program for each stage shape
     (layers, head): chip 0's attention, MLP, reduce and head blocks scheduled once for all of
     them (one SRAM layout: the most layers any stage has, the head above its own stage's),
     linked per layer with the all-reduces between them, run by every chip
-    (compiler/codegen/tensor.py)."""
+    (compiler/codegen/tensor.py). `wiring` (compiler/passes/wiring.py, the first stage's): a group
+    of several blocks of chips, its all-reduce within each block, then between them."""
     from compiler.codegen.tensor import (
         ALLREDUCE_ATTENTION,
+        EXCHANGE,
         allreduce_block,
         replicate,
         tensor_instances,
@@ -286,7 +289,18 @@ def compile_tensor_stages(
     most = max(layers for layers, _ in shapes)
     head_layers = [layers for layers, head in shapes if head]
     report("trace", 0.0)
-    targets = {"reduce": shard.reduce_target(cfg, tp * ep)}  # the MLP's partials: every chip's
+    size = tp * ep
+    block = size if wiring is None else wiring.block
+    if ep > 1 and tp > block:
+        raise LpuError(
+            f"tp={tp} x ep={ep}: the attention's all-reduce over tp={tp} chips would leave a block "
+            f"of {block} chips linked pairwise; an ep group's tp chips must be linked pairwise"
+        )
+    # the MLP's partials: every chip's (a block's, then the blocks' sums exchanged)
+    targets = {"reduce": shard.reduce_target(cfg, block, size // block)}
+    if block < size:
+        targets["sum"] = shard.sum_target(cfg, block)
+        targets["weigh"] = shard.weigh_target(cfg, wiring.exchanges)
     if most:  # (a pipeline's last stage may hold the head alone)
         targets["attention"] = shard.attention_target(
             cfg, tp, pos=pos, context=context, weights=weights, lanes=hw.lanes
@@ -313,10 +327,12 @@ def compile_tensor_stages(
             chaining,
         )
         blocks[b] = make_block(b, vp, sched, hw, lay.floor)
-    if tp * ep > 1:  # chip 0's transfers, for every chip
-        blocks["all-reduce"] = allreduce_block(hw, tp * ep, lay)
+    if size > 1:  # chip 0's transfers, for every chip
+        blocks["all-reduce"] = allreduce_block(hw, lay.parts_at[0], lay.parts_at[1:block])
+    if block < size:
+        blocks[EXCHANGE] = allreduce_block(hw, lay.sum_at, lay.q_at, block - 1, EXCHANGE)
     if ep > 1 and tp > 1:
-        blocks[ALLREDUCE_ATTENTION] = allreduce_block(hw, tp, lay)
+        blocks[ALLREDUCE_ATTENTION] = allreduce_block(hw, lay.parts_at[0], lay.parts_at[1:tp])
     words = max([lay.words()] + [b.words for b in blocks.values()])
     programs = {}
     for k, (layers, head) in enumerate(shapes):
@@ -326,8 +342,11 @@ def compile_tensor_stages(
             "weights": weights, "layers": layers, "head": head, "replay": True,
         }  # fmt: skip
         local = link(hw, tensor_instances(lay, blocks, layers, head), meta, words)
-        local = _host_caches(local, cfg, context, cfg.n_kv_heads // tp)
-        programs[(layers, head)] = replicate(local, tp, {"vocab": cfg.vocab_size}, ep)
+        kv = shard.kv_slices(cfg, tp)
+        local = _host_caches(local, cfg, context, cfg.n_kv_heads // kv)
+        programs[(layers, head)] = replicate(
+            local, tp, {"vocab": cfg.vocab_size, "kv_slices": kv}, ep, wiring
+        )
     report("link", 1.0)
     return programs
 
@@ -341,7 +360,8 @@ def compile_mapped(
     head) share one compiled Program."""
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
-    from compiler.passes.partition import Mapping, check, check_groups, fit
+    from compiler.passes.partition import Mapping, check, fit
+    from compiler.passes.wiring import group_wiring, stage_groups
     from sim.system import default_system
 
     mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
@@ -358,14 +378,21 @@ def compile_mapped(
 
         check_tp(cfg, mapping.tp, mapping.ep)  # before the fit: the family, a power of two
     plan.check()  # every stage's chip holds its share
+    given = system is not None
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
-    check_groups(mapping, system)  # a stage's tp x ep chips are linked pairwise
+    system, groups = stage_groups(mapping, system, given)  # a stage's chips, wired
+    wirings = [group_wiring(system, g, str(mapping)) for g in groups] if group > 1 else None
+    if wirings and wirings[0].blocks > 1:  # every stage's exchange in as many roles
+        most = max(w.exchanges for w in wirings)
+        wirings = [group_wiring(system, g, str(mapping), most) for g in groups]
     keys = [(len(st.layers), st.head) for st in plan.stages]
     if group > 1:  # every shape's blocks scheduled once
+        wiring = wirings[0] if wirings[0].blocks > 1 else None
         shapes = compile_tensor_stages(
-            cfg, hw, mapping.tp, sorted(set(keys)), progress=progress, ep=mapping.ep, **kw
-        )
+            cfg, hw, mapping.tp, sorted(set(keys)), progress=progress, ep=mapping.ep,
+            wiring=wiring, **kw,
+        )  # fmt: skip
     else:
         shapes = {key: compile_model(cfg, hw, layers=key[0], head=key[1], progress=progress, **kw)
                   for key in sorted(set(keys))}  # fmt: skip
@@ -373,7 +400,7 @@ def compile_mapped(
     meta = {**stages[-1].meta, "layers": cfg.n_layers, "mapping": str(mapping),
             "stage_layers": [len(st.layers) for st in plan.stages],
             "shared_programs": len(shapes)}  # fmt: skip
-    return pipeline(system, stages, [st.layers.start for st in plan.stages], meta)
+    return pipeline(system, stages, [st.layers.start for st in plan.stages], meta, groups, wirings)
 
 
 def _accumulators(hw: HardwareConfig, accumulate: bool) -> Accumulators | None:

@@ -141,9 +141,9 @@ def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
 def mapping_advice(mapping, cfg=None, hw=None) -> str:
     """What to do with a mapping: compile it (pipeline stages; tensor- and expert-parallel
     groups of a family that compiles them), or why it would not compile: the family, or, given
-    `hw`, a group of tp x ep chips that the chips' default wiring does not link pairwise."""
+    `hw`, groups of tp x ep chips that the chips' default wiring cannot carry."""
     from compiler.frontend.shard import TP_FAMILIES, check_tp
-    from compiler.passes.partition import check_groups
+    from compiler.passes.wiring import stage_groups
     from sim.system import default_system
 
     n = mapping.chips
@@ -155,7 +155,7 @@ def mapping_advice(mapping, cfg=None, hw=None) -> str:
         if cfg is not None:
             check_tp(cfg, mapping.tp, mapping.ep)
         if hw is not None:
-            check_groups(mapping, default_system(n, hw))
+            stage_groups(mapping, default_system(n, hw), given=False)
     except LpuError as e:
         return f"it does not compile: {e}"
     return f"compile it with chips={n}, mapping={str(mapping)!r} (--chips {n} --mapping {mapping})"

@@ -32,6 +32,8 @@ from compiler.codegen.fetch import (
     plan_placed,
     shape_of,
 )
+from compiler.codegen.tensor import WEIGHT_NAME
+from compiler.passes.wiring import Wiring, group_wiring
 from sim.engine.prepare import latency_lut
 from sim.hardware import HardwareConfig
 from sim.isa import (
@@ -51,18 +53,32 @@ from sim.system import System
 LAYER_NAME = re.compile(r"^(params/layers/|cache/[kv]/)(\d+)(.*)$")
 
 
-def pipeline(system: System, stages: list[Program], first_layers: list[int], meta: dict):
-    """One Program for stage s's Program on chips s*T..s*T+T-1 (its layers numbered from
-    first_layers[s]), T its chips: 1, or a tensor-parallel group's (whose links among its chips
-    become the system's links between the same ranks of the stage's chips). Each stage Program
-    is a body (sim/program.py) placed on each of its chips, the transfers of x each chip's own."""
+def pipeline(
+    system: System,
+    stages: list[Program],
+    first_layers: list[int],
+    meta: dict,
+    groups: list[list[int]] | None = None,
+    wirings: list[Wiring] | None = None,
+):
+    """One Program for stage s's Program on chips groups[s] (default s*T..s*T+T-1; its layers
+    numbered from first_layers[s]), T its chips: 1, or a tensor-parallel group's, each chip's
+    role links (compiler/passes/wiring.py) the system's links of its wirings[s] (default: the
+    group's wiring on the system). Each stage Program is a body (sim/program.py) placed on each
+    of its chips, its SENDs and RECVs on role links; the transfers of x each chip's own."""
     hw = system.hw
     tp = stages[0].chips
+    if groups is None:
+        groups = [list(range(s * tp, (s + 1) * tp)) for s in range(len(stages))]
+    if wirings is None and tp > 1:
+        wirings = [group_wiring(system, g) for g in groups]
     paths = [
-        [system.path(s * tp + r, (s + 1) * tp + r) for r in range(tp)]
+        [system.path(groups[s][r], groups[s + 1][r]) for r in range(tp)]
         for s in range(len(stages) - 1)
     ]
-    chips = max([len(stages) * tp, *(max(p) + 1 for ps in paths for p in ps)])  # and relays
+    spread = [system.path(g[r], g[q]) for g in groups[1:] for r in range(tp) for q in range(tp)
+              if r != q]  # fmt: skip
+    chips = max([max(g) + 1 for g in groups] + [max(p) + 1 for p in (*sum(paths, []), *spread)])
     links = _links(system, chips)
     by_pair: dict[tuple[int, int], list[int]] = {}
     for i, (a, b) in enumerate(links.tolist()):
@@ -70,9 +86,10 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
     book = _Book(hw)
     parts, cycles, syms, consts, tables, sources = [], [], [], {}, [], []
     # A stage Program's rank-0 instructions (no IFETCH: they are planned again), once, as a
-    # body; and for each rank, its link for each of rank 0's.
+    # body whose SENDs and RECVs name roles; each chip's links of the roles, its placement's.
     seen: dict[int, int] = {}
-    bodies, rank_links = [], []
+    bodies = []
+    roles = wirings[0].role_link.shape[1] if wirings else 0
     placements = []  # (chip, body, shift, the system's link for each of the body's)
     start = end = 0
     stage_meta = []
@@ -86,35 +103,31 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
             body = np.compress(rank0, ins)  # a copy (faster than indexing records)
             body["table"][body["op"] == int(Op.PERMUTE)] += sum(len(t) for t in tables)
             body["src"][body["src"] >= 0] += len(sources)
+            if tp > 1:  # rank r runs rank 0's instructions (compiler/codegen/tensor.py replicate)
+                body["table"][c2c[rank0]] = prog.meta["c2c_roles"]
             bodies.append((body, prog.predicted[rank0]))
             tables.append(prog.tables)
             sources += prog.sources
-            # rank r runs rank 0's instructions in order (compiler/codegen/tensor.py replicate)
-            local = ins["table"][rank0 & c2c].astype(np.int64)
-            per_rank = []
-            for r in range(tp):
-                mine = ins["table"][keep & c2c & (ins["chip"] == r)].astype(np.int64)
-                ranks = np.full(max(tp - 1, 0), -1, np.int64)
-                ranks[local] = mine
-                per_rank.append(ranks)
-            rank_links.append(per_rank)
         k = seen[id(prog)]
+        glob = wirings[s].system_links(by_pair) if tp > 1 else np.zeros((1, 0), np.int64)
         for r in range(tp):
-            pairs = prog.links[rank_links[k][r]] if tp > 1 else np.zeros((0, 2), np.int64)
-            glob = [by_pair[(s * tp + int(a), s * tp + int(b))][0] for a, b in pairs]
-            placements.append((s * tp + r, k, start, glob))
+            placements.append((groups[s][r], k, start, glob[r].tolist()))
         for sym in prog.symbols:
             named = _global_symbol(
-                sym, s * tp + sym.chip, first_layers[s], first=s == 0, last=s == len(stages) - 1
+                sym, groups[s][sym.chip], first_layers[s], first=s == 0, last=s == len(stages) - 1
             )
             if named is None:
                 continue
             syms.append(named)
             if sym.kind == "const":
                 consts[named.name] = prog.consts[sym.name]
+                w = WEIGHT_NAME.match(sym.name)
+                if w is not None:  # this stage's wiring's weights
+                    i, r = int(w.group(1)), int(w.group(2))
+                    consts[named.name] = np.full_like(consts[named.name], wirings[s].weights[r, i])
         end = start + prog.predicted_cycles
         stage_meta.append(
-            {"chip": s * tp, "chips": tp, "first_cycle": start, "cycles": prog.predicted_cycles,
+            {"chip": groups[s][0], "chips": tp, "first_cycle": start, "cycles": prog.predicted_cycles,
              "allreduce_cycles": prog.meta.get("allreduce_cycles", 0)}
         )  # fmt: skip
         if s + 1 < len(stages):
@@ -130,11 +143,11 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
                                    end, parts, cycles)  # fmt: skip
                 arrived.append(at)
                 landed = max(landed, at)
-            base = (s + 1) * tp
+            nxt = groups[s + 1]
             for r in range(tp if tp > 1 else 0):
                 for q in range(tp):
                     if q != r:
-                        at = _send(book, [base + r, base + q], by_pair,
+                        at = _send(book, system.path(nxt[r], nxt[q]), by_pair,
                                            _part(dst, mine[r]), _part(dst, mine[r]), arrived[r],
                                            parts, cycles)  # fmt: skip
                         landed = max(landed, at)
@@ -147,7 +160,7 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
     planned = [plan_body(hw, ins, pred, data_words, src) for ins, pred in bodies]
     placed = _place(hw, planned, placements, own, own_cycles, chips, data_words, src)
     ins, cyc, words, rows = placed
-    n_links = tp - 1 if tp > 1 else 0
+    n_links = roles
     pl = np.zeros(len(rows), PLACE_DTYPE)
     pl["chip"], pl["body"], pl["shift"] = ([r[0] for r in rows], [r[1] for r in rows],
                                            [r[2] for r in rows])  # fmt: skip
@@ -164,7 +177,11 @@ def pipeline(system: System, stages: list[Program], first_layers: list[int], met
         words_used=max([words] + [b.top or 0 for b in planned]),
         chips=chips,
         links=links,
-        meta={**meta, "stages": stage_meta, "topology": system.describe()},
+        meta={
+            **{k: v for k, v in meta.items() if k != "c2c_roles"},
+            "stages": stage_meta,
+            "topology": system.describe(),
+        },  # fmt: skip
         bodies=tuple(Body(b.instrs, b.cycles, n_links) for b in planned),
         placements=pl,
         place_links=np.array([r[3] for r in rows], np.int32).reshape(len(rows), n_links),

@@ -40,6 +40,7 @@ reduce, about 1,152 + adds there; its ranks own different vectors, so their prog
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import replace
 
@@ -48,20 +49,31 @@ import numpy as np
 from compiler.codegen.link import Block, Instance, stream_extent
 from compiler.frontend.shard import rank_name
 from compiler.passes.layout import TensorLayout
+from compiler.passes.wiring import Wiring
 from sim.hardware import HardwareConfig
 from sim.isa import DTYPE_BY_NAME, DTYPE_BYTES, Op, link_cycles, make_instrs, queue_c2c
 from sim.program import Program
 
 ALLREDUCE = "all-reduce"
 ALLREDUCE_ATTENTION = "all-reduce-attention"  # with ep groups: the attention's, over tp chips
+EXCHANGE = "exchange"  # several blocks: S over the links between them
 
 
-def allreduce_block(hw: HardwareConfig, tp: int, lay: TensorLayout) -> Block:
-    """Rank 0's part of one all-reduce, from cycle 0: its vids are y's vectors 0..n-1 (parts/0),
-    then parts/j's as j * n + k; a SEND's and RECV's `table` is j - 1, the link to rank 0 XOR j
-    (`replicate` puts each rank's own)."""
-    g_y, a_y = lay.parts_at[0]
+def allreduce_block(
+    hw: HardwareConfig,
+    src: tuple[np.ndarray, np.ndarray],
+    dsts: list[tuple[np.ndarray, np.ndarray]],
+    role0: int = 0,
+    name: str = ALLREDUCE,
+) -> Block:
+    """Rank 0's part of one exchange, from cycle 0: src's vectors (at (slice, address)) to the
+    chip at the other end of each role's link, and that chip's into dsts[j - 1] (j = 1, 2, ...):
+    its vids are src's vectors 0..n-1, then dsts[j - 1]'s as j * n + k; a SEND's and RECV's
+    `table` is the role, role0 + j - 1 (`replicate` puts each rank's own link). The direct
+    all-reduce of a block: src = parts/0, dsts = parts/1.., role j - 1 the link to rank XOR j."""
+    g_y, a_y = src
     n = len(g_y)
+    tp = len(dsts) + 1
     dtype = DTYPE_BY_NAME["float32"]
     width, S = DTYPE_BYTES[dtype], hw.streams_per_direction
     c2c, q = hw.c2c_position, queue_c2c(hw)
@@ -95,22 +107,22 @@ def allreduce_block(hw: HardwareConfig, tp: int, lay: TensorLayout) -> Block:
                 earliest = max(earliest, recv[(k - slots, j)] + 1 - lat - c)
             t = claim(earliest, [(("queue", q), 0, 1), (("diag", side, 0), 0, 1),
                                  *mem(g, "rd", lead)])  # fmt: skip
-            vid = j * n + k  # where it lands: rank 0 XOR j's slot j
+            vid = j * n + k  # where it lands: the partner's slot j
             recs.append(dict(op=Op.READ, queue=g, slice=g, addr=a, sd=side * S, vid=k,
                              dtype=int(dtype), cycle=t + lead))  # fmt: skip
-            recs.append(dict(op=Op.SEND, queue=q, table=j - 1, s0=side * S, in0=k, vid=vid,
-                             addr=k % slots, dtype=int(dtype), cycle=t))  # fmt: skip
+            recs.append(dict(op=Op.SEND, queue=q, table=role0 + j - 1, s0=side * S, in0=k,
+                             vid=vid, addr=k % slots, dtype=int(dtype), cycle=t))  # fmt: skip
             free[j] = t + c
-            # rank j's vector k, sent at t as this one: into parts/j
-            gd, ad = (int(x[k]) for x in lay.parts_at[j])
+            # the partner's vector k, sent at t as this one: into dsts[j - 1]
+            gd, ad = (int(x[k]) for x in dsts[j - 1])
             pd = hw.slice_position(gd)
             on = (0 if pd >= c2c else 1) * S + rs
             back = 1 + abs(pd - c2c)  # from the RECV to the WRITE where the vector passes
             tr = claim(t + lat + c, [(("queue", q), 0, 1), (("diag", on // S, rs), 1, 1),
                                      *mem(gd, "wr", back)])  # fmt: skip
             recv[(k, j)] = tr
-            recs.append(dict(op=Op.RECV, queue=q, table=j - 1, addr=k % slots, sd=on, vid=vid,
-                             dtype=int(dtype), cycle=tr))  # fmt: skip
+            recs.append(dict(op=Op.RECV, queue=q, table=role0 + j - 1, addr=k % slots, sd=on,
+                             vid=vid, dtype=int(dtype), cycle=tr))  # fmt: skip
             recs.append(dict(op=Op.WRITE, queue=gd, slice=gd, addr=ad, s0=on, vid=vid,
                              dtype=int(dtype), cycle=tr + back))  # fmt: skip
             end = max(end, tr + back + wl)
@@ -119,9 +131,12 @@ def allreduce_block(hw: HardwareConfig, tp: int, lay: TensorLayout) -> Block:
     timing = np.array([r["cycle"] for r in recs], np.int64)
     puts = instrs["op"] != int(Op.SEND)  # a SEND takes its vector off the stream
     lo, hi = stream_extent(hw, instrs[puts], timing[puts])
-    sources = (f"{ALLREDUCE}: y to the {tp - 1} other ranks, theirs into parts/1..{tp - 1}",)
+    if name == EXCHANGE:
+        what = f"{EXCHANGE}: S to the other end of each of {tp - 1} links, theirs into q/0.."
+    else:
+        what = f"{name}: y to the {tp - 1} other ranks, theirs into parts/1..{tp - 1}"
     instrs["src"] = 0
-    return Block(ALLREDUCE, None, instrs, timing, [], {}, end, 0, lo, hi, end, sources)
+    return Block(name, None, instrs, timing, [], {}, end, 0, lo, hi, end, (what,))
 
 
 def tensor_instances(
@@ -174,6 +189,13 @@ def tensor_instances(
     def sym(name, kind, sname):
         return vps[name].symbol(sname, kind).vids
 
+    def block_allreduce(allreduce, count, y, label):
+        """y (parts/0) and, after the block's all-reduce, parts/1..count-1."""
+        if allreduce not in blocks:
+            return [y]
+        lut_x = add(allreduce, label, [(np.arange(n), y)])
+        return [y] + [lut_x[j * n + np.arange(n)] for j in range(1, count)]
+
     n = len(lay.parts_at[0][0])
     # Each partial's all-reduce and reduce: the attention's over its ep group's tp chips where
     # there are ep groups (an all-reduce block only for more than one chip).
@@ -189,14 +211,26 @@ def tensor_instances(
             y = lut[sym(part, "output", "y")]
             x_now = lut[sym(part, "input", "x")] if x_now is None else x_now
             allreduce, red = steps[part]
-            parts = [(sym(red, "input", "parts/0"), y)]
-            if allreduce in blocks:
-                lut_x = add(allreduce, f"layer {l} {part} {ALLREDUCE}", [(np.arange(n), y)])
-                count = sum(s.name.startswith("parts/") for s in vps[red].symbols)
-                parts += [
-                    (sym(red, "input", f"parts/{j}"), lut_x[j * n + np.arange(n)])
-                    for j in range(1, count)
-                ]
+            count = sum(s.name.startswith("parts/") for s in vps[red].symbols)
+            got = block_allreduce(allreduce, count, y, f"layer {l} {part} {ALLREDUCE}")
+            extra = []
+            if red == "reduce" and "sum" in vps:  # the group's blocks: sum, exchange, weigh
+                lut_s = add(
+                    "sum",
+                    f"layer {l} {part} block sum",
+                    [(sym("sum", "input", f"parts/{j}"), got[j]) for j in range(count)],
+                )
+                s_sum = lut_s[sym("sum", "output", "S")]
+                lut_e = add(EXCHANGE, f"layer {l} {part} {EXCHANGE}", [(np.arange(n), s_sum)])
+                qs = [(sym("weigh", "input", f"q/{i}"), lut_e[(i + 1) * n + np.arange(n)])
+                      for i in range(len(lay.q_at))]  # fmt: skip
+                lut_w = add("weigh", f"layer {l} {part} weigh", qs,
+                            rename=renames("weigh", l, "weigh" not in used))  # fmt: skip
+                used.add("weigh")
+                got = block_allreduce(allreduce, count, lut_w[sym("weigh", "output", "y")],
+                                      f"layer {l} {part} {ALLREDUCE} again")  # fmt: skip
+                extra = [(sym(red, "input", "S"), s_sum)]
+            parts = [(sym(red, "input", f"parts/{j}"), got[j]) for j in range(count)] + extra
             last = not head and l == layers - 1 and part == "mlp"
             rename = renames(red, l, red not in used)
             used.add(red)
@@ -217,46 +251,91 @@ def tensor_instances(
     return instances
 
 
-def replicate(local: Program, tp: int, meta: dict, ep: int = 1) -> Program:
+WEIGHT_NAME = re.compile(r"^weigh/w(\d+)#g(\d+)$")  # a chip's weights of an exchange role
+
+
+def replicate(
+    local: Program, tp: int, meta: dict, ep: int = 1, wiring: Wiring | None = None
+) -> Program:
     """The group's Program: chip r of the G = tp * ep runs chip 0's instructions, its SENDs and
-    RECVs on the links to the chips r XOR j (local links: every pair a < b of the group, in
-    order), its slices of the sharded tensors named as shard.rank_name names them ("name#tpR",
-    "name#epE#tpR"). Outputs: a slice from the chips of ep group 0, a whole tensor from chip 0."""
+    RECVs on its link of each role: without a wiring, the links to the chips r XOR j (local
+    links: every pair a < b of the group, in order); with one (a group of several blocks,
+    compiler/passes/wiring.py), the wiring's links and each chip's weights of the exchange roles
+    ("weigh/w{i}#g{r}"). Its slices of the sharded tensors are named as shard.rank_name names
+    them ("name#tpR", "name#epE#tpR"). Outputs: a slice from the chips of ep group 0, a whole
+    tensor from chip 0. meta["c2c_roles"]: the role of each of a chip's SENDs and RECVs."""
     group = tp * ep
-    pairs = [(a, b) for a in range(group) for b in range(a + 1, group)]
-    index = {p: i for i, p in enumerate(pairs)}
     c2c = np.isin(local.instrs["op"], (int(Op.SEND), int(Op.RECV)))
-    parts, syms = [], []
+    roles = local.instrs["table"][c2c].astype(np.int64)
+    if wiring is None:
+        pairs = [(a, b) for a in range(group) for b in range(a + 1, group)]
+        index = {p: i for i, p in enumerate(pairs)}
+        role_link = np.array(
+            [
+                [index[(min(r, r ^ j), max(r, r ^ j))] for j in range(1, group)]
+                for r in range(group)
+            ],
+            np.int64,
+        ).reshape(group, group - 1)
+        links = np.array(pairs, np.int32).reshape(-1, 2)
+    else:
+        role_link, links = wiring.role_link, wiring.links.astype(np.int32)
+    parts, syms, consts, outs = [], [], dict(local.consts), set()
+    kv = meta.get("kv_slices")
     for r in range(group):
         ins = local.instrs.copy()
         ins["chip"] = r
-        partner = r ^ (ins["table"][c2c].astype(np.int64) + 1)
-        ins["table"][c2c] = [index[(min(r, o), max(r, o))] for o in partner.tolist()]
+        ins["table"][c2c] = role_link[r][roles]
         parts.append(ins)
         for s in local.symbols:
-            name = None if s.kind == "const" else rank_name(s.name, r, tp, ep)
+            if s.kind == "const" and s.name.startswith("weigh/"):
+                i = _placeholder_role(local.consts[s.name])
+                name = f"weigh/w{i}#g{r}"
+                consts[name] = np.full_like(local.consts[s.name], wiring.weights[r, i])
+                syms.append(replace(s, name=name, chip=r))
+                continue
+            name = None if s.kind == "const" else rank_name(s.name, r, tp, ep, kv)
             if name is not None:
-                if s.kind != "output" or r < tp:
+                if s.kind != "output" or r < tp and name not in outs:  # (a copied KV head's once)
                     syms.append(replace(s, name=name, chip=r))
+                    if s.kind == "output":
+                        outs.add(name)
             elif r == 0 or s.kind != "output":
                 syms.append(replace(s, chip=r))
+    for s in local.symbols:
+        if s.kind == "const" and s.name.startswith("weigh/"):
+            del consts[s.name]
     # An all-reduce's time: from the end of the block whose partial it sums to the reduce's
-    # start (the transfers, and any wait for streams the reduce shares with them).
-    blocks = local.meta["blocks"]
-    waits = [
-        after["first_cycle"] - before["first_cycle"] - before["cycles"]
-        for before, x, after in zip(blocks, blocks[1:], blocks[2:], strict=False)
-        if x["block"] == ALLREDUCE
-    ]
+    # start (the transfers, any wait for streams the reduce shares with them, and between
+    # blocks the exchange and the sums around it).
+    waits, before, sent = [], None, False
+    for b in local.meta["blocks"]:
+        if b["block"] in ("attention", "mlp"):
+            before, sent = b, False
+        elif b["block"] in (ALLREDUCE, EXCHANGE):
+            sent = True
+        elif b["block"] in ("reduce", "reduce-attention") and before is not None and sent:
+            waits.append(b["first_cycle"] - before["first_cycle"] - before["cycles"])
+            before = None
     meta = {**local.meta, **meta, "tp": tp, "allreduce_cycles": sum(waits)}
+    meta["c2c_roles"] = roles.tolist()
     if ep > 1:
         meta["ep"] = ep
+    if wiring is not None:
+        meta["wiring"] = {"block": wiring.block, "exchanges": wiring.exchanges}
     return replace(
         local,
         instrs=np.concatenate(parts),
         predicted=np.tile(local.predicted, group),
         symbols=tuple(syms),
+        consts=consts,
         chips=group,
-        links=np.array(pairs, np.int32).reshape(-1, 2),
+        links=links,
         meta=meta,
     )
+
+
+def _placeholder_role(value: np.ndarray) -> int:
+    """The exchange role whose weights shard.weigh_target's placeholder `value` holds."""
+    flat = np.asarray(value, np.float64).ravel()
+    return int(round(1.0 / flat[0] - 2.0)) // flat.size

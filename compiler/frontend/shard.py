@@ -41,6 +41,8 @@ so they run one program. G must be a power of two, for the same sums on every ch
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,7 @@ from sim.errors import LpuError
 SPLIT = {"wq": -1, "wk": -1, "wv": -1, "w_gate": -1, "w_up": -1, "lm_head": -1, "wo": -2,
          "w_down": -2}  # fmt: skip
 TP_FAMILIES = ("llama", "mixtral")  # gpt2's output biases would be added once per rank
+KV_SPLIT = ("wk", "wv")  # split by KV head (kv_slices)
 SUFFIX = "#tp"  # a rank's slice of a tensor: "params/layers/3/wq#tp1"
 EP_SUFFIX = "#ep"  # an ep group's experts, before any tp suffix: ".../experts/w_up#ep1#tp0"
 
@@ -113,7 +116,7 @@ def shard_params(cfg: ModelConfig, tp: int, weights: str, ep: int = 1) -> dict:
     layer = {}
     for k, v in full["layers"][0].items():
         if k != "experts":
-            layer[k] = _shard_leaf(k, v, tp)
+            layer[k] = _shard_leaf(k, v, kv_slices(cfg, tp) if k in KV_SPLIT else tp)
             continue
         layer[k] = {
             name: jax.tree.map(lambda a: _experts(a, ep), _shard_leaf(name, spec, tp))
@@ -141,7 +144,10 @@ def attention_target(
     from compiler.frontend.model import cache_row_width, cache_shape
 
     p = shard_params(cfg, tp, weights)["layer"]
-    heads = cfg.n_kv_heads // tp
+    heads = cfg.n_kv_heads // kv_slices(cfg, tp)
+    local = cfg  # the query heads per KV head: with KV heads copied, a rank's own
+    if tp > cfg.n_kv_heads:
+        local = dataclasses.replace(cfg, n_kv_heads=tp)  # n_heads / tp query heads a KV head
     width = cache_row_width(cfg, lanes, heads)
     kv = jax.ShapeDtypeStruct(cache_shape(cfg, context, lanes, heads), cfg.np_dtype)
     args = {
@@ -155,9 +161,9 @@ def attention_target(
         layer = params["layers"][0]
         k, v = cache["k"][0], cache["v"][0]
         if width != cfg.head_dim:
-            o, k, v = attend_packed(layer, x, k, v, cfg, pos, rope, width, heads)
+            o, k, v = attend_packed(layer, x, k, v, local, pos, rope, width, heads)
         else:
-            o, k, v = attend(layer, x, k, v, cfg, pos, rope)
+            o, k, v = attend(layer, x, k, v, local, pos, rope)
         return {"y": mm(o, layer["wo"], cfg.np_dtype), "cache": {"k": [k], "v": [v]}}
 
     attention.__name__ = f"{cfg.name}_attention_tp{tp}"
@@ -183,18 +189,60 @@ def mlp_target(cfg: ModelConfig, tp: int, *, weights: str, ep: int = 1):
     return mlp_fn, args
 
 
-def reduce_target(cfg: ModelConfig, tp: int):
-    """(fn, args) of the all-reduce's sum: x, parts/0..tp-1 -> x + the balanced tree of parts."""
+def _tree(parts: list) -> jax.Array:
+    while len(parts) > 1:
+        parts = [a + b for a, b in zip(parts[::2], parts[1::2], strict=True)]
+    return parts[0]
+
+
+def reduce_target(cfg: ModelConfig, tp: int, blocks: int = 1):
+    """(fn, args) of the all-reduce's sum: x, parts/0..tp-1 -> x + the balanced tree of parts;
+    a group of several blocks (compiler/passes/wiring.py) adds its own block's sum S first:
+    x, S, parts/0..tp-1 -> x + (S + the tree)."""
     vec = jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32)
     args = {"x": vec, "parts": [vec] * tp}
+    if blocks > 1:
+        args["S"] = vec
 
-    def reduce(x, parts):
-        while len(parts) > 1:
-            parts = [a + b for a, b in zip(parts[::2], parts[1::2], strict=True)]
-        return {"x": x + parts[0]}
+    def reduce(x, parts, S=None):
+        tree = _tree(parts)
+        return {"x": x + (tree if S is None else S + tree)}
 
-    reduce.__name__ = f"{cfg.name}_reduce_tp{tp}"
+    reduce.__name__ = f"{cfg.name}_reduce_tp{tp}" + (f"_of{blocks}" if blocks > 1 else "")
     return reduce, args
+
+
+def sum_target(cfg: ModelConfig, block: int):
+    """(fn, args) of a block's sum, before the exchange between blocks: parts/0..block-1 -> S,
+    their balanced tree (the same bits on every chip of the block)."""
+    vec = jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32)
+
+    def block_sum(parts):
+        return {"S": _tree(parts)}
+
+    block_sum.__name__ = f"{cfg.name}_sum_block{block}"
+    return block_sum, {"parts": [vec] * block}
+
+
+WEIGH_CONST = "weights"  # the weigh block's constant: each chip's own (compiler/passes/wiring.py)
+
+
+def weigh_target(cfg: ModelConfig, roles: int):
+    """(fn, args) of what a chip passes on from the exchange between blocks: q/0..roles-1 (what
+    it received in each exchange role) -> y = sum of w[i] * q/i, w the chip's weights as a
+    constant (roles, d_model), the same lane by lane; compiled with placeholder values that
+    differ lane by lane (so that no lowering takes them for a scalar), each chip given its own."""
+    vec = jax.ShapeDtypeStruct((1, cfg.d_model), jnp.float32)
+    w = 1.0 / (2.0 + np.arange(roles * cfg.d_model, dtype=np.float32)).reshape(roles, -1)
+
+    def weigh(q):
+        y = q[0] * w[0]
+        for i in range(1, roles):
+            y = y + q[i] * w[i]
+        return {"y": y}
+
+    weigh.__name__ = f"{cfg.name}_weigh_{roles}"
+    return weigh, {"q": [vec] * roles}
 
 
 def head_target(cfg: ModelConfig, tp: int, *, weights: str):
@@ -224,10 +272,26 @@ def _expert_held(name: str) -> bool:
     return "/experts/" in name or name.endswith("/expert_slots")
 
 
-def rank_name(name: str, chip: int, tp: int, ep: int = 1) -> str | None:
+def kv_slices(cfg: ModelConfig, tp: int) -> int:
+    """Slices of the KV heads over tp ranks: tp, or with more ranks than KV heads, one head a
+    slice, copied on tp / n_kv_heads consecutive ranks (their query heads share it)."""
+    return min(tp, cfg.n_kv_heads)
+
+
+def _kv_held(name: str) -> bool:
+    """A KV head's own tensor: its cache, or its columns of wk or wv (and their scales)."""
+    parts = name.split("/")
+    return parts[0] == "cache" or bool({"wk", "wv"} & set(parts[-2:]))
+
+
+def rank_name(name: str, chip: int, tp: int, ep: int = 1, kv: int | None = None) -> str | None:
     """The name of chip `chip` (= e * tp + r)'s slice of the named tensor: "#ep{e}" for an ep
-    group's experts, then "#tp{r}" for a tp rank's slice; None where every chip holds it whole."""
+    group's experts, then "#tp{r}" for a tp rank's slice; None where every chip holds it whole.
+    With `kv` KV-head slices fewer than tp (kv_slices), rank r's KV tensors are slice r // (tp /
+    kv)'s, under that slice's name."""
     e, r = divmod(chip, tp)
+    if kv is not None and kv < tp and _kv_held(name):
+        r //= tp // kv
     out = name
     if ep > 1 and _expert_held(name):
         out += f"{EP_SUFFIX}{e}"
@@ -307,11 +371,11 @@ def gather_outputs(outputs: dict[str, np.ndarray], tp: int, full_shapes: dict) -
             parts.setdefault(base, {})[int(rank)] = value
         else:
             out[name] = value
-    for base, by_rank in parts.items():
-        if sorted(by_rank) != list(range(tp)):
+    for base, by_rank in parts.items():  # (tensors of copied KV heads: a rank each slice)
+        if sorted(by_rank) != list(range(len(by_rank))) or tp % len(by_rank):
             raise LpuError(f"output {base!r}: ranks {sorted(by_rank)} of tp={tp} came back")
         axis = shard_axis(base)
-        full = np.concatenate([by_rank[r] for r in range(tp)], axis=axis)
+        full = np.concatenate([by_rank[r] for r in range(len(by_rank))], axis=axis)
         if base in full_shapes:
             full = full[tuple(slice(0, n) for n in full_shapes[base])]
         out[base] = full

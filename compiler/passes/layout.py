@@ -173,6 +173,10 @@ class TensorLayout:
     band_lo: int
     band_words: int
     floor: np.ndarray
+    # a group of several blocks (compiler/passes/wiring.py): its block's sum S, and the slots
+    # q/i of what the exchange between blocks brings in each role
+    sum_at: tuple[np.ndarray, np.ndarray] | None = None
+    q_at: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
 
     def placement(self, block: str, shift: int = 0) -> Placement:
         band = [dataclasses.replace(s, addr=s.addr + shift) for s in self.band.get(block, [])]
@@ -190,6 +194,8 @@ class TensorLayout:
                 pins += _runs(sym.vids, *self.parts_at[0])
             elif sym.name == "x":
                 pins += _runs(sym.vids, *self.x_at)
+            elif sym.name == "S":
+                pins += _runs(sym.vids, *self.sum_at)
             elif sym.name.startswith("cache/"):
                 src = vp.symbol(sym.name, "input")
                 new = sym.vids != src.vids
@@ -221,17 +227,25 @@ def layout_tensor(
         key=lambda n: int(n.split("/")[1]),
     )
     consts = {b: {s.name for s in vp.symbols if s.kind == "const"} for b, vp in vps.items()}
-    static = {"reduce": place_static(red, hw, {"x", *parts} | consts["reduce"], next_addr,
-              cursor).segments}  # fmt: skip
+    blocks = "sum" in vps  # a group of several blocks: the reduce adds its block's sum S
+    static = {"reduce": place_static(red, hw, {"x", *parts, *(["S"] * blocks)} | consts["reduce"],
+              next_addr, cursor).segments}  # fmt: skip
     x_at = _locate(static["reduce"], red.symbol("x", "input").vids)
     parts_at = [_locate(static["reduce"], red.symbol(p, "input").vids) for p in parts]
-    for b in ("attention", "mlp", "reduce-attention", "head"):
+    sum_at = _locate(static["reduce"], red.symbol("S", "input").vids) if blocks else None
+    q_at = []
+    for b in ("attention", "mlp", "reduce-attention", "sum", "weigh", "head"):
         if b not in vps:
             continue
-        placed = place_static(vps[b], hw, consts[b], next_addr, cursor).segments
-        static[b] = placed + _alias(vps[b].symbol("x", "input").vids, x_at)
+        qs = sorted((s.name for s in vps[b].symbols if s.name.startswith("q/")),
+                    key=lambda n: int(n.split("/")[1]))  # fmt: skip
+        placed = place_static(vps[b], hw, consts[b] | set(qs), next_addr, cursor).segments
+        static[b] = placed
+        q_at = q_at or [_locate(placed, vps[b].symbol(q, "input").vids) for q in qs]
+        if any(s.name == "x" for s in vps[b].symbols):
+            static[b] += _alias(vps[b].symbol("x", "input").vids, x_at)
         for j, p in enumerate(parts):  # the attention's slots: the first tp of the group's
-            if b == "reduce-attention" and any(s.name == p for s in vps[b].symbols):
+            if b in ("reduce-attention", "sum") and any(s.name == p for s in vps[b].symbols):
                 static[b] += _alias(vps[b].symbol(p, "input").vids, parts_at[j])
     band_lo = int(next_addr.max())
     next_addr[:] = band_lo
@@ -259,4 +273,6 @@ def layout_tensor(
             )
         top = max(top, head_top)
     floor = np.full(hw.mem_slices, top, np.int64)
-    return TensorLayout(hw, vps, layers, static, band, x_at, parts_at, band_lo, band_words, floor)
+    return TensorLayout(
+        hw, vps, layers, static, band, x_at, parts_at, band_lo, band_words, floor, sum_at, q_at
+    )

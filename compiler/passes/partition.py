@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from compiler.frontend.model import cache_shape, check_weights, decode_specs, resolve_step
-from compiler.frontend.shard import shard_params
+from compiler.frontend.shard import kv_slices, shard_params
 from compiler.passes.place import ModelTooLarge, stored_bytes
 from models import ModelConfig
 from sim.errors import ArgumentError
@@ -102,20 +102,31 @@ def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
+def tp_splits(cfg: ModelConfig, tp: int) -> bool:
+    """tp divides the query heads and the FFN width, and divides the KV heads or is a multiple of
+    them (each KV head then copied on tp / n_kv_heads ranks, compiler/frontend/shard.py)."""
+    kv = cfg.n_kv_heads
+    return not (cfg.n_heads % tp or cfg.d_ff % tp or kv % tp and tp % kv)
+
+
+def split_tps(cfg: ModelConfig) -> list[int]:
+    return [t for t in range(1, math.gcd(cfg.n_heads, cfg.d_ff) + 1) if tp_splits(cfg, t)]
+
+
 def check(mapping: Mapping, cfg: ModelConfig, system_or_chips: System | int | None = None) -> None:
     """ArgumentError naming the mapping and what would be valid when it cannot split `cfg`, or
     uses other than the `chips` given, or more chips than the `System` has (a system may have more:
     a Groq system comes in whole nodes)."""
     where = f"of {cfg.name!r}"
     text = str(mapping)
-    dims = {"n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "d_ff": cfg.d_ff}
-    if any(v % mapping.tp for v in dims.values()):
-        given = ", ".join(f"{k}={v}" for k, v in dims.items())
+    if not tp_splits(cfg, mapping.tp):
+        given = f"n_heads={cfg.n_heads}, d_ff={cfg.d_ff} and n_kv_heads={cfg.n_kv_heads}"
         raise ArgumentError(
             "mapping",
             text,
-            f"splits each layer tp={mapping.tp} ways, but tp must divide {given} {where}; "
-            f"valid tp: {_divisors(math.gcd(*dims.values()))}",
+            f"splits each layer tp={mapping.tp} ways, but tp must divide {given} {where} (or "
+            f"be a multiple of n_kv_heads: each KV head copied); valid tp: "
+            f"{', '.join(map(str, split_tps(cfg)))}",
         )
     if mapping.pp > cfg.n_layers + 1:
         raise ArgumentError(
@@ -153,25 +164,6 @@ def check(mapping: Mapping, cfg: ModelConfig, system_or_chips: System | int | No
         )
 
 
-def check_groups(mapping: Mapping, system: System) -> None:
-    """ArgumentError naming the first two chips of a stage's group (stage s: chips s*G..s*G+G-1,
-    G = tp x ep) that no link joins: the direct all-reduce sends over one hop."""
-    size = mapping.tp * mapping.ep
-    kind = "tensor-parallel" if mapping.ep == 1 else f"tp x ep = {size}-chip"
-    for s in range(mapping.pp):
-        group = range(s * size, (s + 1) * size)
-        for a in group:
-            for b in group[a - group.start + 1 :]:
-                if not system.links_between(a, b):
-                    raise ArgumentError(
-                        "mapping",
-                        str(mapping),
-                        f"puts chips {group.start}..{group.stop - 1} in {kind} group "
-                        f"{s}, but no link joins chips {a} and {b} ({system.describe()}); a "
-                        "group's all-reduce needs its chips linked pairwise (a node)",
-                    )
-
-
 # --- bytes per chip of each block ----------------------------------------------------------------
 
 
@@ -203,11 +195,10 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
     experts = size(specs["params"]["layers"][0].get("experts", {}))
     head = {k: v for k, v in specs["params"].items() if k != "layers"}
     dtype = np.dtype(cfg.np_dtype).name
-    most = math.gcd(cfg.n_heads, cfg.n_kv_heads, cfg.d_ff)  # tp divides all three (`check`)
     dense_rank, kv_rank, head_rank = {}, {}, {}
     experts_rank = {}
     eps = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == 0] if experts else [1]
-    for t in (t for t in range(1, most + 1) if most % t == 0):
+    for t in split_tps(cfg):
         shard = shard_params(cfg, t, weights)  # a rank's slices
         dense_rank[t] = size({k: v for k, v in shard["layer"].items()
                               if k not in ("experts", "expert_slots")})  # fmt: skip
@@ -218,7 +209,7 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
         # the head's other leaves (gpt2's final norm bias) whole on every rank
         head_rank[t] = size(shard["head"]) + size({k: v for k, v in head.items()
                                                    if k not in shard["head"]})  # fmt: skip
-        kv = cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // t)  # a rank packs its heads
+        kv = cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // kv_slices(cfg, t))  # packed
         kv_rank[t] = 2 * stored_bytes(kv, dtype, hw)
     return _ModelBytes(
         cfg.n_layers, dense_rank, experts, experts_rank, kv_rank, head_rank, size(specs)
@@ -403,32 +394,35 @@ def auto_mapping(
     cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
 ) -> Fit:
     """The mapping with the fewest chips whose every chip holds its share, over tp a power of two
-    up to MAX_AUTO_TP dividing the heads, KV heads and FFN width, and ep a divisor of the experts.
+    up to MAX_AUTO_TP that splits the layer (tp_splits), larger only where none of those holds a
+    block, and ep a divisor of the experts.
     For each, pp is the fewest stages under the chip's SRAM (packing the blocks in order), but at
     least the total's lower bound, ceil(total / SRAM) chips. Among equal chip counts: the fewest
     stages (a token crosses every stage in turn), then the larger tp. Raises ModelTooLarge when a
     block split the most ways does not fit a chip."""
     b = _model_bytes(cfg, hw, context, weights)
     needed = -(-b.total // hw.sram_bytes)
-    divides = (cfg.n_heads, cfg.n_kv_heads, cfg.d_ff)
-    powers = (2**i for i in range(MAX_AUTO_TP.bit_length()))
-    tps = [t for t in powers if not any(v % t for v in divides)]
+    powers = [t for t in split_tps(cfg) if not t & (t - 1)]
     eps = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == 0] or [1]
     best = None
-    for tp in tps:
-        for ep in eps:
-            sizes = [w + kv for w, kv in _block_bytes(b, tp, ep)]
-            if max(sizes) > stage_capacity(hw):
-                continue
-            pp = max(_runs(sizes, stage_capacity(hw)), -(-needed // (tp * ep)))
-            key = (tp * pp * ep, pp, -tp)
-            if pp <= len(sizes) and (best is None or key < best[0]):
-                best = (key, Mapping(tp, pp, ep))
+    # Groups of a node first; larger ones (their all-reduce also between nodes) only where no
+    # group of a node holds a block.
+    for tps in ([t for t in powers if t <= MAX_AUTO_TP], [t for t in powers if t > MAX_AUTO_TP]):
+        for tp in tps if best is None else ():
+            for ep in eps:
+                sizes = [w + kv for w, kv in _block_bytes(b, tp, ep)]
+                if max(sizes) > stage_capacity(hw):
+                    continue
+                pp = max(_runs(sizes, stage_capacity(hw)), -(-needed // (tp * ep)))
+                key = (tp * pp * ep, pp, -tp)
+                if pp <= len(sizes) and (best is None or key < best[0]):
+                    best = (key, Mapping(tp, pp, ep))
+    tps = powers
     if best is None:
         widest = _fit(cfg, hw, context, weights, Mapping(tps[-1], cfg.n_layers + 1, eps[-1]), b)
         raise ModelTooLarge(
             f"{widest}: no mapping fits, even with one block per stage split the most ways "
-            f"(tp up to {MAX_AUTO_TP} dividing n_heads={cfg.n_heads}, n_kv_heads="
-            f"{cfg.n_kv_heads} and d_ff={cfg.d_ff})"
+            f"(tp up to {tps[-1]}, as n_heads={cfg.n_heads}, n_kv_heads={cfg.n_kv_heads} and "
+            f"d_ff={cfg.d_ff} allow)"
         )
     return _fit(cfg, hw, context, weights, best[1], b)

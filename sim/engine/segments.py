@@ -523,6 +523,7 @@ class _Runner:
         self.by_chip = by_chip
         self.runs: dict[bytes, tuple] = {}  # key -> (run, members)
         self.done: dict[bytes, tuple] = {}
+        self.merged: dict[tuple, tuple] = {}  # (body, its links merged) -> (instructions, shape)
         self.takes: list[tuple] = []  # (RECVs on the program's links, the arrivals they take)
         self.ways = None
 
@@ -572,7 +573,9 @@ class _Runner:
     def body(self, ch, body: _Body, shift, row, symbols, carry) -> bytes:
         """The body run of chip ch, its local link i being the program's row[i]."""
         program = self.program
-        lookup = {int(g): i for i, g in enumerate(row.tolist())}
+        lookup: dict[int, int] = {}
+        for i, g in enumerate(row.tolist()):  # (two local links one of ch's: the first, _merged)
+            lookup.setdefault(int(g), i)
 
         def numbers(link):
             return np.array([lookup.get(int(x), -1) for x in np.asarray(link).tolist()], np.int64)
@@ -583,9 +586,24 @@ class _Runner:
             sel = np.concatenate([sel, [-1]])  # (cannot be taken: the check fails)
         recvs = body.recvs.copy()
         recvs["table"] = row[recvs["table"].astype(np.int64)]
-        run = _Run(program, body.alone, body.alone_cycles + shift, len(row), ext, symbols, carry,
-                   body.shape)  # fmt: skip
+        alone, shape = self._merged(body, row)
+        run = _Run(program, alone, body.alone_cycles + shift, len(row), ext, symbols, carry, shape)
         return self._add(run, ch, recvs, sel)
+
+    def _merged(self, body: _Body, row: np.ndarray) -> tuple[np.ndarray, bytes]:
+        """The body as chip ch runs it: where two of its local links are one link of ch's (a
+        group's roles, compiler/passes/wiring.py), the first of them for both."""
+        _, first, inverse = np.unique(row, return_index=True, return_inverse=True)
+        canon = first[inverse]
+        if np.array_equal(canon, np.arange(len(row))):
+            return body.alone, body.shape
+        key = (id(body), canon.tobytes())
+        if key not in self.merged:
+            alone = body.alone.copy()
+            c2c = (alone["op"] == SEND) | (alone["op"] == RECV)
+            alone["table"][c2c] = canon[alone["table"][c2c].astype(np.int64)]
+            self.merged[key] = (alone, _shape(alone, body.alone_cycles))
+        return self.merged[key]
 
     def execute(self, key):
         """(status, Prepared, final vector ids) of a run, run once; None if it failed."""

@@ -75,9 +75,10 @@ def test_bad_degrees(value):
         (
             LLAMA70,
             "tp=3",
-            "tp must divide n_heads=64, n_kv_heads=8, d_ff=28672 .*valid tp: 1, 2, 4, 8",
+            "tp must divide n_heads=64, d_ff=28672 and n_kv_heads=8 .*or be a multiple of "
+            "n_kv_heads.*valid tp: 1, 2, 4, 8, 16, 32, 64$",
         ),
-        (LLAMA70, "tp=16", "tp=16 ways"),
+        (LLAMA70, "tp=128", "tp=128 ways"),
         (LLAMA70, "pp=82", "pp=82 stages, more than the 81 blocks .*valid pp: 1 to 81"),
         (LLAMA70, "tp=8,ep=2", "ep=2, but 'llama2-70b' has no experts; use ep=1"),
         (MIXTRAL, "ep=3", "ep=3, which does not divide n_experts=8 .*valid ep: 1, 2, 4, 8"),
@@ -200,11 +201,19 @@ def test_small_models_take_one_chip():
     assert f.mapping == Mapping() and f.chips_needed == 1 and len(f.stages) == 1
 
 
+def test_a_model_no_node_holds_maps_onto_groups_of_nodes():
+    """At tp=8 a rank's llama3.1-405b layer is 413,797,120 bytes, more than a chip: the
+    automatic mapping takes groups of two GroqNodes, each KV head on two ranks."""
+    plan = auto_mapping(get_config("llama3.1-405b"), TSP, 1024, "int8")
+    assert plan.mapping == Mapping(tp=16, pp=127)
+
+
 def test_too_large_for_any_mapping():
     cfg = get_config("llama3.1-405b")
-    with pytest.raises(ModelTooLarge, match="stage 0 .layer 0.: 413,797,120 bytes per chip") as e:
-        auto_mapping(cfg, TSP, 1024, "int8")
+    with pytest.raises(ModelTooLarge, match="stage 0 .layer 0.: 29,561,600 bytes per chip") as e:
+        auto_mapping(cfg, preset("teaching"), 1024, "int8")
     assert "\n" not in str(e.value) and "no mapping fits" in str(e.value)
+    assert "tp up to 128, as n_heads=128, n_kv_heads=8 and d_ff=53248 allow" in str(e.value)
 
 
 def test_bad_context_and_weights():

@@ -43,6 +43,9 @@ HW8 = dataclasses.replace(HW, c2c_links=8, name="teaching-8-links")
         (WIDE, HW, 4, "tp=4"),
         (TINY8, HW, 8, "tp=2,pp=4"),
         (H8, HW8, 8, "tp=8"),
+        # more ranks than KV heads: each KV head (its cache, its wk and wv columns) on two ranks
+        (TINY, HW, 4, "tp=4"),
+        (dataclasses.replace(H8, name="tiny-llama-h8-kv2", n_kv_heads=2), HW8, 8, "tp=8"),
     ],
 )
 def test_tensor_parallel_tokens_are_jaxs(model, hw, chips, mapping):
@@ -157,7 +160,7 @@ def test_all_reduce_transfers_are_checked():
 @pytest.mark.parametrize(
     ("model", "mapping", "system", "needle"),
     [
-        (TINY, "tp=4", None, "tp must divide n_heads=4, n_kv_heads=2, d_ff=72"),
+        (TINY, "tp=8", None, "tp must divide n_heads=4, d_ff=72 and n_kv_heads=2"),
         (
             dataclasses.replace(TINY, name="six", d_model=48, n_heads=6, n_kv_heads=6),
             "tp=3",
