@@ -21,9 +21,11 @@ arguments (`decode_specs`), as the single-chip fit check counts them. A chip's s
 what a rank stores (compiler.frontend.shard.shard_params): its slice of each matrix's columns or
 rows, padded to whole vectors as stored (a slice of columns pads every row: llama2-7b's 4,096
 query columns take 13 vectors of 320 lanes a row, a rank's 512 at tp=8 take 2, 16 over the 8
-ranks), the norms whole on every rank; the experts' bytes divided by tp x ep, rounded up. Computed
-vectors and instructions are not counted, as in the single-chip check: the compiler places them
-in what is left (WORKING_SHARE).
+ranks), the norms whole on every rank; the experts' bytes divided by tp x ep, rounded up, and
+what placing the experts a chip chooses among as units takes beyond that (`_unit_slack`).
+Computed vectors and instructions are not counted, as in the single-chip check: the compiler
+places them in what is left (WORKING_SHARE; a MoE block's fit there too, its chosen experts'
+weights installed as stored: 43 words a slice for mixtral-8x7b int8's at tp=4,ep=2).
 """
 
 from __future__ import annotations
