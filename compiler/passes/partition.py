@@ -242,18 +242,22 @@ def _unit_slack(layer: dict, cfg: ModelConfig, hw: HardwareConfig) -> int:
     before, stride being unit 0's words on its fullest slice, and balance_band leaves such a band
     as placed. Unit 0's segments (at most chunk_vectors rows of a unit, each in the least filled
     group of its MXM track) leave its fullest slice about one segment above its even share, and
-    every unit repeats that: a segment's rows a unit, on every slice. Measured on groq-tsp-v1,
+    every unit repeats that: a segment's rows a unit, on every slice (none where a unit is
+    whole segments, as many a group: tiny-mixtral's on the teaching chip). Measured on groq-tsp-v1,
     mixtral-8x7b int8, one layer (words a slice above the layer's stored bytes, this bound): tp=8
     (8 units) 786 of 984, tp=4,ep=2 361 of 492, tp=2,ep=4 228 of 254."""
     experts, slots = layer.get("experts"), layer.get("expert_slots")
     leaves = jax.tree_util.tree_leaves(experts or {})
     n = leaves[0].shape[0] if leaves else 0
     stacked = (leaves if n >= cfg.experts_per_token else []) + ([slots] if slots else [])
-    words = 0
+    words, chunk = 0, chunk_vectors(hw)
     for leaf in stacked:
         units = leaf.shape[0]
-        rows = tensor_layout(leaf.shape, hw.lanes)[0] // units  # a unit's rows
-        words += units * min(rows, chunk_vectors(hw))
+        rows, tiles, _ = tensor_layout(leaf.shape, hw.lanes)
+        rows //= units  # a unit's rows of each tile column, in segments of `chunk`
+        groups = hw.mem_slices // np.dtype(leaf.dtype).itemsize
+        if rows % chunk or tiles * (rows // chunk) % groups:  # else whole segments, level
+            words += units * min(rows, chunk)
     return words * hw.lanes * hw.mem_slices
 
 
