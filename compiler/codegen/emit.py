@@ -49,8 +49,8 @@ def allocate(vp: VProgram, sched: Schedule, hw: HardwareConfig, floor: np.ndarra
         free = np.flatnonzero(ok)
         if n == 1:
             a = int(free[0]) if len(free) else -1
-        else:
-            runs = np.flatnonzero(free[n - 1 :] - free[: len(free) - n + 1] == n - 1)
+        else:  # fewer than n free addresses: no run of n (and no slices to subtract)
+            runs = np.flatnonzero(free[n - 1 :] - free[: max(len(free) - n + 1, 0)] == n - 1)
             a = int(free[runs[0]]) if len(runs) else -1
         if a < 0:
             raise ModelTooLarge(

@@ -21,9 +21,11 @@ arguments (`decode_specs`), as the single-chip fit check counts them. A chip's s
 what a rank stores (compiler.frontend.shard.shard_params): its slice of each matrix's columns or
 rows, padded to whole vectors as stored (a slice of columns pads every row: llama2-7b's 4,096
 query columns take 13 vectors of 320 lanes a row, a rank's 512 at tp=8 take 2, 16 over the 8
-ranks), the norms whole on every rank; the experts' bytes divided by tp x ep, rounded up. Computed
-vectors and instructions are not counted, as in the single-chip check: the compiler places them
-in what is left (WORKING_SHARE).
+ranks), the norms whole on every rank; the experts' bytes divided by tp x ep, rounded up, and
+what placing the experts a chip chooses among as units takes beyond that (`_unit_slack`).
+Computed vectors and instructions are not counted, as in the single-chip check: the compiler
+places them in what is left (WORKING_SHARE; a MoE block's fit there too, its chosen experts'
+weights installed as stored: 43 words a slice for mixtral-8x7b int8's at tp=4,ep=2).
 """
 
 from __future__ import annotations
@@ -37,16 +39,18 @@ import numpy as np
 
 from compiler.frontend.model import cache_shape, check_weights, decode_specs, resolve_step
 from compiler.frontend.shard import kv_slices, shard_params
-from compiler.passes.place import ModelTooLarge, stored_bytes
+from compiler.passes.place import ModelTooLarge, chunk_vectors, stored_bytes
 from models import ModelConfig
 from sim.errors import ArgumentError
 from sim.hardware import HardwareConfig
+from sim.program import tensor_layout
 from sim.system import System
 
 KEYS = ("tp", "pp", "ep")
 MAPPING_FORM = 'degrees such as "tp=8,pp=72": tp, pp and ep, each a positive integer, at most once'
-# auto_mapping's largest tensor-parallel group: one GroqNode, fully connected, so a layer's
-# all-reduce crosses one hop (shared/REFERENCE.md "topology" row).
+# auto_mapping's largest group of a stage (tp x ep chips) where one holds a block: one GroqNode,
+# fully connected, so a layer's all-reduce crosses one hop (shared/REFERENCE.md "topology" row);
+# a larger group's all-reduce also exchanges between nodes (compiler/passes/wiring.py).
 MAX_AUTO_TP = 8
 
 
@@ -177,6 +181,7 @@ class _ModelBytes:
     dense_rank: dict[int, int]  # tp -> a layer's weights other than experts on a rank
     experts: int  # a layer's expert weights, all of them (0 for a dense MLP)
     experts_rank: dict[tuple[int, int], int]  # (tp, ep) -> a chip's experts and their slots
+    units_rank: dict[tuple[int, int], int]  # (tp, ep) -> what placing them as units takes more
     kv_rank: dict[int, int]  # tp -> a layer's K and V caches of KV/tp heads, as a rank packs them
     head_rank: dict[int, int]  # tp -> the final norm and a rank's LM head columns
     total: int  # everything, the input vector included
@@ -196,7 +201,7 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
     head = {k: v for k, v in specs["params"].items() if k != "layers"}
     dtype = np.dtype(cfg.np_dtype).name
     dense_rank, kv_rank, head_rank = {}, {}, {}
-    experts_rank = {}
+    experts_rank, units_rank = {}, {}
     eps = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == 0] if experts else [1]
     for t in split_tps(cfg):
         shard = shard_params(cfg, t, weights)  # a rank's slices
@@ -206,20 +211,52 @@ def _model_bytes(cfg: ModelConfig, hw: HardwareConfig, context: int, weights: st
             layer = shard_params(cfg, t, weights, e)["layer"] if experts else {}
             experts_rank[(t, e)] = size({k: v for k, v in layer.items()
                                          if k in ("experts", "expert_slots")})  # fmt: skip
+            units_rank[(t, e)] = _unit_slack(layer, cfg, hw)
         # the head's other leaves (gpt2's final norm bias) whole on every rank
         head_rank[t] = size(shard["head"]) + size({k: v for k, v in head.items()
                                                    if k not in shard["head"]})  # fmt: skip
         kv = cache_shape(cfg, context, hw.lanes, cfg.n_kv_heads // kv_slices(cfg, t))  # packed
         kv_rank[t] = 2 * stored_bytes(kv, dtype, hw)
     return _ModelBytes(
-        cfg.n_layers, dense_rank, experts, experts_rank, kv_rank, head_rank, size(specs)
-    )
+        cfg.n_layers, dense_rank, experts, experts_rank, units_rank, kv_rank, head_rank,
+        size(specs),
+    )  # fmt: skip
 
 
-def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int]]:
-    """(weights, KV cache) bytes on one chip of each block: the layers, then the head."""
-    layer = (b.dense_rank[tp] + b.experts_rank[(tp, ep)], b.kv_rank[tp])
-    return [layer] * b.layers + [(b.head_rank[tp], 0)]
+def _unit_slack(layer: dict, cfg: ModelConfig, hw: HardwareConfig) -> int:
+    """Bytes beyond their stored bytes that a chip's stacked parameters take in SRAM: the leaves
+    a run-time choice indexes (a TOPK's select register, compiler/passes/tile.py SELECT_UNIT),
+    the experts where the chip chooses among n >= k of them (models.decoder.experts_part; fewer
+    are indexed by constants) and their slot table (a row per expert id).
+
+    place_static puts every unit of such a leaf at unit 0's slices, `stride` words above the one
+    before, stride being unit 0's words on its fullest slice, and balance_band leaves such a band
+    as placed. Unit 0's segments (at most chunk_vectors rows of a unit, each in the least filled
+    group of its MXM track) leave its fullest slice about one segment above its even share, and
+    every unit repeats that: a segment's rows a unit, on every slice (none where a unit is
+    whole segments, as many a group: tiny-mixtral's on the teaching chip). Measured on groq-tsp-v1,
+    mixtral-8x7b int8, one layer (words a slice above the layer's stored bytes, this bound): tp=8
+    (8 units) 786 of 984, tp=4,ep=2 361 of 492, tp=2,ep=4 228 of 254."""
+    experts, slots = layer.get("experts"), layer.get("expert_slots")
+    leaves = jax.tree_util.tree_leaves(experts or {})
+    n = leaves[0].shape[0] if leaves else 0
+    stacked = (leaves if n >= cfg.experts_per_token else []) + ([slots] if slots else [])
+    words, chunk = 0, chunk_vectors(hw)
+    for leaf in stacked:
+        units = leaf.shape[0]
+        rows, tiles, _ = tensor_layout(leaf.shape, hw.lanes)
+        rows //= units  # a unit's rows of each tile column, in segments of `chunk`
+        groups = hw.mem_slices // np.dtype(leaf.dtype).itemsize
+        if rows % chunk or tiles * (rows // chunk) % groups:  # else whole segments, level
+            words += units * min(rows, chunk)
+    return words * hw.lanes * hw.mem_slices
+
+
+def _block_bytes(b: _ModelBytes, tp: int, ep: int) -> list[tuple[int, int, int]]:
+    """(weights, KV cache, units' placement) bytes on one chip of each block: the layers, then
+    the head."""
+    layer = (b.dense_rank[tp] + b.experts_rank[(tp, ep)], b.kv_rank[tp], b.units_rank[(tp, ep)])
+    return [layer] * b.layers + [(b.head_rank[tp], 0, 0)]
 
 
 # --- pipeline stages ------------------------------------------------------------------------------
@@ -284,10 +321,11 @@ class StageBytes:
     weights_bytes: int
     kv_bytes: int
     capacity_bytes: int
+    units_bytes: int = 0  # placing stacked experts, a unit at a time (_unit_slack)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes
+        return self.weights_bytes + self.kv_bytes + self.units_bytes
 
     @property
     def fits(self) -> bool:
@@ -297,10 +335,11 @@ class StageBytes:
         r = self.layers
         held = [f"layer {r[0]}" if len(r) == 1 else f"layers {r[0]}-{r[-1]}"] if r else []
         held += ["the head"] if self.head else []
+        units = f", experts placed as units {self.units_bytes:,}" if self.units_bytes else ""
         return (
             f"stage {self.stage} ({' and '.join(held)}): "
             f"{self.total_bytes:,} bytes per chip (weights {self.weights_bytes:,}, KV cache "
-            f"{self.kv_bytes:,}) of the {self.capacity_bytes:,} a stage may fill "
+            f"{self.kv_bytes:,}{units}) of the {self.capacity_bytes:,} a stage may fill "
             f"({self.total_bytes / self.capacity_bytes:.0%}; the rest holds its computed vectors "
             "and instructions)"
         )
@@ -312,6 +351,7 @@ class StageBytes:
             "head": self.head,
             "weights_bytes": self.weights_bytes,
             "kv_bytes": self.kv_bytes,
+            "units_bytes": self.units_bytes,
             "total_bytes": self.total_bytes,
             "capacity_bytes": self.capacity_bytes,
         }
@@ -371,12 +411,10 @@ class Fit:
 def _fit(cfg, hw, context, weights, mapping: Mapping, b: _ModelBytes) -> Fit:
     blocks = _block_bytes(b, mapping.tp, mapping.ep)
     stages = []
-    for s, run in enumerate(stage_blocks([w + kv for w, kv in blocks], mapping.pp)):
+    for s, run in enumerate(stage_blocks([sum(b) for b in blocks], mapping.pp)):
         layers = range(run.start, min(run.stop, cfg.n_layers))
-        weights_bytes, kv_bytes = (sum(blocks[i][j] for i in run) for j in (0, 1))
-        stages.append(
-            StageBytes(s, layers, cfg.n_layers in run, weights_bytes, kv_bytes, stage_capacity(hw))
-        )
+        w, kv, units = (sum(blocks[i][j] for i in run) for j in (0, 1, 2))
+        stages.append(StageBytes(s, layers, cfg.n_layers in run, w, kv, stage_capacity(hw), units))
     needed = -(-b.total // hw.sram_bytes)
     return Fit(cfg.name, hw.name, weights, context, mapping, b.total, needed, tuple(stages))
 
@@ -394,35 +432,37 @@ def auto_mapping(
     cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
 ) -> Fit:
     """The mapping with the fewest chips whose every chip holds its share, over tp a power of two
-    up to MAX_AUTO_TP that splits the layer (tp_splits), larger only where none of those holds a
-    block, and ep a divisor of the experts.
-    For each, pp is the fewest stages under the chip's SRAM (packing the blocks in order), but at
-    least the total's lower bound, ceil(total / SRAM) chips. Among equal chip counts: the fewest
-    stages (a token crosses every stage in turn), then the larger tp. Raises ModelTooLarge when a
-    block split the most ways does not fit a chip."""
+    that splits the layer (tp_splits) and ep a divisor of the experts: groups of tp x ep
+    chips at most MAX_AUTO_TP (a node) where such a group holds a block, larger groups (their
+    all-reduce also between nodes, compiler/passes/wiring.py) only where none does. For each, pp
+    is the fewest stages under the chip's SRAM (packing the blocks in order), but at least the
+    total's lower bound, ceil(total / SRAM) chips. Among equal chip counts: the fewest stages (a
+    token crosses every stage in turn), then the larger tp. Raises ModelTooLarge when a block
+    split the most ways (the group whose layer is least on a chip) does not fit a chip."""
     b = _model_bytes(cfg, hw, context, weights)
     needed = -(-b.total // hw.sram_bytes)
-    powers = [t for t in split_tps(cfg) if not t & (t - 1)]
+    tps = [t for t in split_tps(cfg) if not t & (t - 1)]
     eps = [e for e in range(1, cfg.n_experts + 1) if cfg.n_experts % e == 0] or [1]
+    # Groups of a node first (tp x ep chips linked pairwise); larger ones only where no group of
+    # a node holds a block.
+    groups = [(tp, ep) for tp in tps for ep in eps]
     best = None
-    # Groups of a node first; larger ones (their all-reduce also between nodes) only where no
-    # group of a node holds a block.
-    for tps in ([t for t in powers if t <= MAX_AUTO_TP], [t for t in powers if t > MAX_AUTO_TP]):
-        for tp in tps if best is None else ():
-            for ep in eps:
-                sizes = [w + kv for w, kv in _block_bytes(b, tp, ep)]
-                if max(sizes) > stage_capacity(hw):
-                    continue
-                pp = max(_runs(sizes, stage_capacity(hw)), -(-needed // (tp * ep)))
-                key = (tp * pp * ep, pp, -tp)
-                if pp <= len(sizes) and (best is None or key < best[0]):
-                    best = (key, Mapping(tp, pp, ep))
-    tps = powers
-    if best is None:
-        widest = _fit(cfg, hw, context, weights, Mapping(tps[-1], cfg.n_layers + 1, eps[-1]), b)
+    for node in (True, False):
+        for tp, ep in [g for g in groups if (g[0] * g[1] <= MAX_AUTO_TP) == node and not best]:
+            sizes = [sum(block) for block in _block_bytes(b, tp, ep)]
+            if max(sizes) > stage_capacity(hw):
+                continue
+            pp = max(_runs(sizes, stage_capacity(hw)), -(-needed // (tp * ep)))
+            key = (tp * pp * ep, pp, -tp)
+            if pp <= len(sizes) and (best is None or key < best[0]):
+                best = (key, Mapping(tp, pp, ep))
+    if best is None:  # the group whose layer is the least on a chip
+        tp, ep = min(groups, key=lambda g: (max(map(sum, _block_bytes(b, *g))), -g[0]))
+        widest = _fit(cfg, hw, context, weights, Mapping(tp, cfg.n_layers + 1, ep), b)
+        experts = f", ep dividing n_experts={cfg.n_experts}" if cfg.n_experts else ""
         raise ModelTooLarge(
             f"{widest}: no mapping fits, even with one block per stage split the most ways "
             f"(tp up to {tps[-1]}, as n_heads={cfg.n_heads}, n_kv_heads={cfg.n_kv_heads} and "
-            f"d_ff={cfg.d_ff} allow)"
+            f"d_ff={cfg.d_ff} allow{experts})"
         )
     return _fit(cfg, hw, context, weights, best[1], b)

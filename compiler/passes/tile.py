@@ -189,15 +189,24 @@ EXACT_WIDENING = {
 }
 
 
+def _stored_param(t: _Tiler, g: Graph, x: Node) -> bool:
+    """x's vectors are a parameter's as stored: the parameter, a chosen unit of one (a
+    SELECT_UNIT), or a relayout that moves no lane of them (jax's squeeze of the unit
+    dynamic_index_in_dim picks: its vectors are the unit's, `_relayout`)."""
+    while x.kind == Kind.RELAYOUT and len(x.inputs) == 1:
+        if not np.isin(t.vecs[x.id], t.vecs[x.inputs[0]]).all():
+            return False  # it computed vectors of its own
+        x = g.nodes[x.inputs[0]]
+    if x.kind == Kind.SELECT_UNIT:  # a chosen expert's int8 weights: installed as stored
+        x = g.nodes[x.inputs[0]]
+    return x.kind == Kind.INPUT and x.attrs["kind"] == "param"
+
+
 def _elementwise(t: _Tiler, g: Graph, n: Node) -> np.ndarray:
     operands = [t.vecs[i] for i in n.inputs]
-    if n.kind == Kind.CONVERT:
-        x = g.nodes[n.inputs[0]]
-        if x.kind == Kind.SELECT_UNIT:  # a chosen expert's int8 weights: installed as stored
-            x = g.nodes[x.inputs[0]]
-        param = x.kind == Kind.INPUT and x.attrs["kind"] == "param"
-        if param and (x.dtype, n.dtype) in EXACT_WIDENING:
-            return operands[0]
+    x = g.nodes[n.inputs[0]] if n.inputs else None
+    if n.kind == Kind.CONVERT and (x.dtype, n.dtype) in EXACT_WIDENING and _stored_param(t, g, x):
+        return operands[0]
     imm = n.attrs.get("imm")
     out = _fresh(t, n)
     rows, tiles, _ = tensor_layout(n.shape, t.lanes)

@@ -189,11 +189,53 @@ def test_a_rank_holds_its_padded_slices():
 
 
 def test_mixtral_uses_expert_parallelism():
-    f = auto_mapping(MIXTRAL, TSP, 1024, "int8")
-    assert_sound(f, MIXTRAL, TSP, 1024, "int8")
+    """In bf16 a layer of mixtral-8x7b needs more than a node's 8 chips: tp x ep = 16."""
+    f = auto_mapping(MIXTRAL, TSP, 1024, "native")
+    assert_sound(f, MIXTRAL, TSP, 1024, "native")
     assert f.mapping.ep > 1 and MIXTRAL.n_experts % f.mapping.ep == 0
+    assert f.mapping.tp * f.mapping.ep > 8  # no group of a node holds a layer
+    for tp, ep in ((8, 1), (4, 2), (2, 4), (1, 8)):
+        assert not fit(Mapping(tp, MIXTRAL.n_layers + 1, ep), MIXTRAL, TSP, 1024, "native").fits
     d = f.to_dict()
     assert d["mapping"]["chips"] == f.mapping.chips and len(d["stages"]) == f.mapping.pp
+
+
+def test_mixtral_int8_takes_groups_of_a_node():
+    """In int8 a node's 8 chips hold a layer, so the automatic mapping's groups are of a node
+    (linked pairwise: the all-reduce's one hop), not the 16 whose 2 layers a stage filled 99.7%
+    of the share without the units' placement (and could not be linked)."""
+    f = auto_mapping(MIXTRAL, TSP, 1024, "int8")
+    assert_sound(f, MIXTRAL, TSP, 1024, "int8")
+    assert str(f.mapping) == "tp=8,pp=33" and f.mapping.chips == 264
+
+
+def test_experts_placed_as_units_are_counted():
+    """A chip's experts chosen at run time are stacked units, each placed at unit 0's stride
+    (its fullest slice): the fit adds a segment's rows (40 on groq-tsp-v1, a scale's 1) a unit on
+    every slice, for each stacked leaf, and one row per expert for the slot table."""
+    words = TSP.lanes * TSP.mem_slices  # bytes of a word on every slice
+    stage = fit(Mapping(tp=8, pp=33), MIXTRAL, TSP, 1024, "int8").stages[0]
+    assert stage.units_bytes == 8 * (3 * 40 + 3 * 1) * words  # w_gate, w_up, w_down, scales
+    assert stage.total_bytes == stage.weights_bytes + stage.kv_bytes + stage.units_bytes
+    stage = fit(Mapping(tp=4, pp=33, ep=2), MIXTRAL, TSP, 1024, "int8").stages[0]
+    assert stage.units_bytes == (4 * (3 * 40 + 3 * 1) + 8) * words  # and expert_slots (8, 4)
+    assert "experts placed as units 14,080,000)" in str(stage)
+    # one expert a chip (n < k): indexed by constants, not stacked; and dense layers have none
+    assert fit(Mapping(pp=33, ep=8), MIXTRAL, TSP, 1024, "int8").stages[0].units_bytes == 8 * words
+    dense = fit(Mapping(tp=4, pp=81), LLAMA70, TSP, 1024, "int8")
+    assert all(s.units_bytes == 0 for s in dense.stages)
+    assert "experts placed" not in str(dense)
+
+
+def test_a_mapping_too_small_for_the_units_is_refused():
+    """tp=8,ep=2 with 2 layers a stage: 99.7% of the share in weights and KV cache, which the
+    fit let through before counting the units; compiling it then ran out of words."""
+    m = Mapping(tp=8, pp=16, ep=2)
+    with pytest.raises(ModelTooLarge, match=r"experts placed as units [\d,]+\) of the") as e:
+        fit(m, MIXTRAL, TSP, 1024, "int8").check()
+    assert "\n" not in str(e.value) and "bytes per chip (weights " in str(e.value)
+    f = fit(m, MIXTRAL, TSP, 1024, "int8")
+    assert f.fullest.weights_bytes + f.fullest.kv_bytes <= f.fullest.capacity_bytes
 
 
 def test_small_models_take_one_chip():

@@ -6,12 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from compiler import compile
+from compiler import compile, lower
+from compiler.frontend import shard
 from compiler.frontend.jaxpr import UnsupportedPrimitive, flatten_named
+from compiler.passes.tile import tile
 from models import get_config, init_params, mlp, route
 from models.decoder import _swiglu
 from sim import simulate
-from sim.isa import FLAG_INDIRECT, Op
+from sim.isa import FLAG_INDIRECT, DType, Op
 
 CFG = get_config("tiny-mixtral")
 HW = "groq-tsp-v1"
@@ -88,3 +90,18 @@ def test_quantised_experts_wider_than_a_tile():
     r = simulate(prog, inputs)
     np.testing.assert_allclose(r.outputs["mlp"], np.asarray(mlp(layer, h, cfg=CFG)), atol=1e-5)
     assert r.cycles == prog.predicted_cycles
+
+
+@pytest.mark.parametrize(("tp", "ep"), [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_quantised_experts_are_installed_as_stored(tp, ep):
+    """A chosen expert's int8 matrices reach the MXM as stored, as a plain parameter's do: no VXM
+    op converts them (dynamic_index_in_dim's squeeze is a relayout that moves no lane). Converted
+    whole, two of mixtral-8x7b's experts sat in bf16 among a chip's computed vectors: 7,721 words
+    a slice at tp=4,ep=2 on groq-tsp-v1 (of 8,192), 43 installed as stored."""
+    fn, args = shard.mlp_target(CFG, tp, weights="int8", ep=ep)
+    vp = tile(lower(fn, args, frozenset({"params"})), 320)
+    converts = [op for op in vp.ops if op.op == Op.CONVERT]
+    dtypes = np.asarray(vp.dtypes)
+    assert all(dtypes[op.ins[0]] != DType.INT8 for op in converts)
+    rows = np.concatenate([op.rows for op in vp.ops if op.rows is not None])
+    assert (dtypes[rows] == DType.INT8).sum() >= 3 * CFG.d_model  # the experts' rows, as int8
