@@ -35,6 +35,7 @@ from compiler.codegen.fetch import (
 from compiler.codegen.tensor import WEIGHT_NAME
 from compiler.passes.wiring import Wiring, group_wiring
 from sim.engine.prepare import latency_lut
+from sim.engine.segments import stream_extent
 from sim.hardware import HardwareConfig
 from sim.isa import (
     DTYPE_BY_NAME,
@@ -76,8 +77,13 @@ def pipeline(
         [system.path(groups[s][r], groups[s + 1][r]) for r in range(tp)]
         for s in range(len(stages) - 1)
     ]
-    spread = [system.path(g[r], g[q]) for g in groups[1:] for r in range(tp) for q in range(tp)
-              if r != q]  # fmt: skip
+    N = [w.block for w in wirings] if wirings else [1] * len(groups)
+    spread = [
+        system.path(groups[s][r], groups[s + 1][b * N[s + 1] + r % N[s + 1]])
+        for s in range(len(groups) - 1)
+        for r in range(tp)
+        for b in range(tp // N[s + 1])
+    ]  # fmt: skip  (to each block of the next stage)
     chips = max([max(g) + 1 for g in groups] + [max(p) + 1 for p in (*sum(paths, []), *spread)])
     links = _links(system, chips)
     by_pair: dict[tuple[int, int], list[int]] = {}
@@ -132,26 +138,30 @@ def pipeline(
         )  # fmt: skip
         if s + 1 < len(stages):
             src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
-            landed = end
+            landed, mark = end, len(parts)
             # Rank r's share of x (vectors k = r mod tp; all of it for tp = 1) to rank r of the
-            # next stage, then, there, each share to every other rank: x crosses between the
-            # stages once, not once a rank, over the few links between two groups.
+            # next stage (and to the rank at its place in each other block of chips linked
+            # pairwise, compiler/passes/wiring.py), then, there, each share to every other rank
+            # of the block: x crosses between the stages once a block, not once a rank, over the
+            # few links between two groups.
             mine = [np.arange(r, len(src.vids), tp) for r in range(tp)]
-            arrived = []
-            for r, path in enumerate(paths[s]):
-                at = _send(book, path, by_pair, _part(src, mine[r]), _part(dst, mine[r]),
-                                   end, parts, cycles)  # fmt: skip
-                arrived.append(at)
-                landed = max(landed, at)
             nxt = groups[s + 1]
-            for r in range(tp if tp > 1 else 0):
-                for q in range(tp):
-                    if q != r:
-                        at = _send(book, system.path(nxt[r], nxt[q]), by_pair,
-                                           _part(dst, mine[r]), _part(dst, mine[r]), arrived[r],
-                                           parts, cycles)  # fmt: skip
-                        landed = max(landed, at)
-            start = landed
+            arrived, n = {}, N[s + 1]
+            for r, path in enumerate(paths[s]):
+                for t in [r] + [b * n + r % n for b in range(tp // n) if b != r // n]:
+                    at = _send(book, path if t == r else system.path(groups[s][r], nxt[t]),
+                               by_pair, _part(src, mine[r]), _part(dst, mine[r]), end, parts,
+                               cycles)  # fmt: skip
+                    arrived[(r, t)] = at
+                    landed = max(landed, at)
+            for (r, t), at in arrived.items():
+                for q in range(tp if tp > 1 else 0):
+                    if q != t and q // n == t // n:  # (linked: one hop)
+                        at_q = _send(book, system.path(nxt[t], nxt[q]), by_pair,
+                                     _part(dst, mine[r]), _part(dst, mine[r]), at, parts,
+                                     cycles)  # fmt: skip
+                        landed = max(landed, at_q)
+            start = max(landed, _clear(hw, nxt, parts[mark:], cycles[mark:], stages[s + 1]))
     own = np.concatenate(parts) if parts else np.zeros(0, INSTR_DTYPE)
     own_cycles = np.concatenate(cycles) if cycles else np.zeros(0, np.int64)
     parts.clear()
@@ -274,6 +284,27 @@ def _fetched_alone(ins: np.ndarray, body) -> bool:
     """Whether a chip's plan fetches on a queue the body does not use."""
     fetch = ins["op"] == int(Op.IFETCH)
     return bool((body.size[ins["queue"][fetch].astype(np.int64)] == 0).any())
+
+
+def _clear(hw: HardwareConfig, chips: list[int], parts, cycles, prog: Program) -> int:
+    """The first cycle a stage's body (prog's rank 0) may start on `chips` after their own
+    instructions among `parts`: their last has taken effect, and their vectors have left every
+    stream diagonal the body's use."""
+    if not parts:
+        return 0
+    ins, cyc = np.concatenate(parts), np.concatenate(cycles)
+    body = (prog.instrs["chip"] == 0) & (prog.instrs["op"] != int(Op.IFETCH))
+    lo, _ = stream_extent(hw, prog.instrs[body], prog.predicted[body])
+    out = 0
+    for chip in chips:
+        mine = ins["chip"] == chip
+        if not mine.any():
+            continue
+        _, hi = stream_extent(hw, ins[mine], cyc[mine])
+        both = (hi > np.iinfo(np.int64).min) & (lo < np.iinfo(np.int64).max)
+        need = int((hi[both] - lo[both] + 1).max()) if both.any() else 0
+        out = max(out, need, _last_effect(hw, ins[mine], cyc[mine]))
+    return out
 
 
 def _last_effect(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray) -> int:
