@@ -41,6 +41,7 @@ CASES = [  # (model, weights, context, mapping: None for the fewest chips, layer
     ("llama3-8b", "int8", 64, "tp=8,pp=5", None),
     ("llama2-70b", "int8", 1024, None, None),  # the fewest chips: tp=4,pp=81
     ("llama2-70b", "int8", 1024, "tp=8,pp=81", None),  # a layer a chip over a GroqNode's 8
+    ("llama2-70b", "int8", 1024, "tp=16,pp=36", None),  # 576 chips: groups of two nodes
     ("mixtral-8x7b", "int8", 1024, None, None),
     ("llama3.1-405b", "int8", 1024, None, None),
 ]
@@ -168,20 +169,20 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
-    print(f"{'model':<18}{'weights':>8}{'ctx':>6}{'auto':>6} {'mapping':<12}{'chips':>6}"
-          f"{'compile s':>10}{'sim s':>7}{'ran':>5}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>10}"
-          f"{'c2c':>9}{'all-red':>9}  binds")  # fmt: skip
+    print(f"{'model':<18}{'weights':>8}{'ctx':>6}{'auto':>6} {'mapping':<14}{'chips':>6}"
+          f"{'compile s':>10}{'sim s':>7}{'ran':>5}{'RSS GiB':>8}{'tok/s':>8}{'on chip':>11}"
+          f"{'c2c':>11}{'all-red':>11}  binds")  # fmt: skip
     for r in rows:
         head = (
             f"{r['model']:<18}{r['weights']:>8}{r['context']:>6}{r['auto_chips'] or '-':>6} "
-            f"{r['mapping']:<12}"
+            f"{r['mapping']:<14}"
         )
         if "cycles" in r:
             print(
                 f"{head}{r['chips']:>6}{r['compile_s']:>10.1f}{r['simulate_s']:>7.1f}"
                 f"{r['chips_simulated'] or r['chips']:>5}{r['rss_gib']:>8.2f}"
-                f"{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>10,}{r['c2c_cycles']:>9,}"
-                f"{r['allreduce_cycles']:>9,}  {r['stage_binds']}"
+                f"{r['tokens_per_s']:>8.0f}{r['on_chip_cycles']:>11,}{r['c2c_cycles']:>11,}"
+                f"{r['allreduce_cycles']:>11,}  {r['stage_binds']}"
             )
         else:
             print(f"{head}  {r['note']}")

@@ -388,6 +388,8 @@ def _shape(ins: np.ndarray, cycles: np.ndarray) -> bytes:
 def run_placed(program: Program, inputs: dict | None) -> RawResult | None:
     """The timing run of a placed program with each body run once for the chips alike; None
     where it cannot or must not share (the module's docstring)."""
+    global gave_up
+    gave_up = None
     hw = program.hw
     for _ in program.resident(inputs or {}, False):  # the host's inputs, checked
         pass
@@ -615,7 +617,7 @@ class _Runner:
             out, prep, mem, accum, self.ways = run.run(self.ways)
             if out[c.O_CODE] != c.OK or (accum >= 0).any():
                 return None
-            self.done[key] = (out, prep, mem)
+            self.done[key] = (out, _Kept(prep), mem.astype(np.int32))  # (what later runs ask)
         return self.done[key]
 
     def slots_match(self) -> bool:
@@ -671,6 +673,19 @@ def _apart(first: tuple, then: tuple, shift: int) -> bool:
     lo = then[0].astype(np.float64) + shift
     both = (first[1] > np.iinfo(np.int64).min) & (then[0] < np.iinfo(np.int64).max)
     return bool((first[1][both] < lo[both]).all())
+
+
+class _Kept:
+    """What a finished run's Prepared answers later: its cycles and where a cell is (a run's
+    Prepared holds every instruction's arrays; hundreds of runs kept whole fill gigabytes)."""
+
+    def __init__(self, prep) -> None:
+        self.g, self.cycles = prep.g.copy(), prep.cycles
+
+    def cell(self, chip: int, slice_: np.ndarray, addr: np.ndarray) -> np.ndarray:
+        g = self.g
+        return (((chip - g[c.G_CHIP_LO]) * g[c.G_CELL_WORDS] + addr) * g[c.G_CELL_SLICES]
+                + slice_).astype(np.int64)  # fmt: skip
 
 
 def _outputs_there(symbols, got) -> bool:
