@@ -30,6 +30,7 @@ weights installed as stored: 43 words a slice for mixtral-8x7b int8's at tp=4,ep
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -369,6 +370,7 @@ class Fit:
     total_bytes: int  # the whole decode step: weights, KV cache and input, as one chip counts them
     chips_needed: int  # ceil(total_bytes / SRAM per chip): no mapping has fewer chips
     stages: tuple[StageBytes, ...]
+    others: tuple[Mapping, ...] = ()  # where it does not fit: mappings of its chips that do
 
     @property
     def fullest(self) -> StageBytes:
@@ -390,8 +392,11 @@ class Fit:
     def check(self) -> None:
         """ModelTooLarge naming the fullest stage when a chip's share exceeds its SRAM."""
         if not self.fits:
+            same = ", ".join(map(str, self.others))
+            verb = "fits" if len(self.others) == 1 else "fit"
+            also = f" (on the same {self.mapping.chips} chips {same} {verb})" if same else ""
             raise ModelTooLarge(
-                f"{self}: it does not fit; a larger pp or tp splits the model further"
+                f"{self}: it does not fit; a larger pp or tp splits the model further{also}"
             )
 
     def to_dict(self) -> dict:
@@ -425,7 +430,18 @@ def fit(
     """The bytes a chip of each stage holds under `mapping` (checked against the model first);
     `.check()` raises ModelTooLarge when one exceeds the chip's SRAM."""
     check(mapping, cfg)
-    return _fit(cfg, hw, context, weights, mapping, _model_bytes(cfg, hw, context, weights))
+    b = _model_bytes(cfg, hw, context, weights)
+    out = _fit(cfg, hw, context, weights, mapping, b)
+    if out.fits:
+        return out
+    n, group = mapping.chips, mapping.ep
+    same = [
+        Mapping(t, n // (t * group), group)
+        for t in split_tps(cfg)
+        if not t & (t - 1) and n % (t * group) == 0 and n // (t * group) <= cfg.n_layers + 1
+    ]
+    fits = tuple(m for m in same if m != mapping and _fit(cfg, hw, context, weights, m, b).fits)
+    return dataclasses.replace(out, others=fits)
 
 
 def auto_mapping(

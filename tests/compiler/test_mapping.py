@@ -179,6 +179,10 @@ def test_a_rank_holds_its_padded_slices():
     f = fit(Mapping.parse("tp=8,pp=72"), LLAMA70, TSP, 1024, "int8")
     assert not f.fits and f.fullest.layers == range(2)
     assert f.fullest.total_bytes / f.fullest.capacity_bytes > 1.04
+    # the same 576 chips in groups of two nodes or more do hold it
+    assert f.others == (Mapping(16, 36), Mapping(32, 18), Mapping(64, 9))
+    with pytest.raises(ModelTooLarge, match="on the same 576 chips tp=16,pp=36, tp=32,pp=18, "):
+        f.check()
     # a rank's layer in vectors of 320 lanes: int8 wq (8192, 1024), wk and wv (8192, 128), wo
     # (1024, 8192), w_gate and w_up (8192, 3584), w_down (3584, 8192); float32 scales of the
     # output columns (wo's and w_down's whole); the two float16 norms (8192,) whole
