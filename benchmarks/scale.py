@@ -43,6 +43,7 @@ CASES = [  # (model, weights, context, mapping: None for the fewest chips, layer
     ("llama2-70b", "int8", 1024, "tp=8,pp=81", None),  # a layer a chip over a GroqNode's 8
     ("llama2-70b", "int8", 1024, "tp=16,pp=36", None),  # 576 chips: groups of two nodes
     ("mixtral-8x7b", "int8", 1024, None, None),
+    ("mixtral-8x7b", "native", 1024, None, None),  # bf16: tp=8 x ep=2, groups of two nodes
     ("llama3.1-405b", "int8", 1024, None, None),
 ]
 

@@ -150,6 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=int, default=None, help="prefill length timed as TTFT")
     p.add_argument("--engine", choices=("numba", "reference"), default=None)
     p.add_argument("--plot", default=None, help="write a roofline and tokens/s chart here")
+    p.add_argument(
+        "--one-chip",
+        action="store_true",
+        help="simulate the LPU on one chip only: a model larger than a chip gets a row saying "
+        "how many chips and which mapping hold it (default: compiled and simulated on them)",
+    )
     _json_arg(p)
 
     p = sub.add_parser("gpus", help="the GPU table with its sources and the fitted efficiencies")
@@ -381,6 +387,7 @@ def _cmd_compare(args) -> int:
         context=args.context,
         prompt=args.prompt,
         engine=args.engine,
+        many_chips=not args.one_chip,
     )
     text = format_table(df)
     obj = {"rows": records(df), **df.attrs}

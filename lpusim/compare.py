@@ -262,9 +262,12 @@ def lpu_bound(utilisation: dict[str, float]) -> str:
     return f"latency (critical path; busiest unit {unit} {u:.1%})"
 
 
-def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=None) -> dict:
+def lpu_row(
+    cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=None, many=True
+) -> dict:
     """Estimate's figures where the configuration compiles; otherwise a row saying why not.
-    `devices`: the chips asked for (default: the fewest whose SRAM holds weights and KV cache)."""
+    `devices`: the chips asked for (default: the fewest whose SRAM holds weights and KV cache,
+    compiled and simulated on that mapping's chips unless `many` is False)."""
     row = _empty_row(hw.name, "lpu", weights, batch, context, prompt, "")
     if weights not in LPU_FORMATS:
         row["note"] = (
@@ -280,6 +283,7 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
     except LpuError as e:  # a family the compiler does not trace yet
         row["note"] = str(e)
         return row
+    plan = None
     if chips > 1 and devices is None:  # the fewest chips a mapping holds it on, and which
         try:
             plan = auto_mapping(cfg, hw, context, fmt)
@@ -287,6 +291,8 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
             advice = mapping_advice(plan.mapping, cfg, hw)
         except LpuError:
             mapped, advice = "", "no mapping holds it"
+        if plan is not None and many and batch == 1:
+            return _mapped_row(row, cfg, hw, plan.mapping, context, fmt, engine, cache)
     row["devices"] = chips if devices is None else devices
     why = []
     if devices is not None and devices < chips:
@@ -330,6 +336,41 @@ def lpu_row(cfg, hw, *, weights, batch, context, prompt, engine, cache, devices=
     return row
 
 
+def _mapped_row(row, cfg, hw, mapping, context, fmt, engine, cache) -> dict:
+    """The LPU row of a model on the chips of `mapping`, compiled and timed by `estimate`."""
+    key = (cfg.dtype, fmt, context, str(mapping))
+    if key not in cache:
+        try:
+            cache[key] = estimate(cfg, hw, chips=mapping.chips, mapping=mapping, context=context,
+                                  engine=engine, weights=fmt)  # fmt: skip
+        except LpuError as e:
+            cache[key] = e
+    e = cache[key]
+    row["devices"] = mapping.chips
+    if isinstance(e, LpuError):
+        row["note"] = f"needs {mapping.chips} chips ({mapping}); {e}"
+        return row
+    sram_bytes_per_s = hw.mem_slices * hw.lanes * hw.clock_hz * mapping.chips
+    t = e.time_breakdown
+    row.update(
+        tp=mapping.tp,
+        tokens_per_s_user=e.tokens_per_s,
+        step_s=e.seconds_per_token,
+        batch_tokens_per_s=e.tokens_per_s,
+        tokens_per_s_per_device=e.tokens_per_s / mapping.chips,
+        bandwidth_utilisation=e.bytes_read / e.seconds_per_token / sram_bytes_per_s,
+        bound=lpu_bound(e.unit_utilisation),
+        why=(
+            f"{mapping} on {mapping.chips} chips: a token crosses {mapping.pp} stages, "
+            f"{t.get('on chip', 0):,} cycles on chip and {t.get('chip to chip', 0):,} chip to "
+            f"chip; {e.bound_by} bounds each stage"
+        ),
+        memory_per_device_bytes=e.sram_bytes_used / mapping.chips,
+        note=f"simulated on {mapping.chips} chips ({mapping}); TTFT: no prefill programs yet",
+    )
+    return row
+
+
 def lpu_why(e, hw: HardwareConfig) -> str:
     """What sets the simulated step: its largest lower bound (sim.bounds) and the busiest unit."""
     unit = max(e.unit_utilisation, key=e.unit_utilisation.get)
@@ -362,6 +403,7 @@ def compare(
     prompt: int | None = None,
     engine: str | None = None,
     eff: Efficiency | None = None,
+    many_chips: bool = True,
 ) -> pd.DataFrame:
     """One row per machine for every (weights, batch): the GPUs from the calibrated time model,
     then the LPU (`hw`; None leaves it out) from the simulator.
@@ -371,7 +413,9 @@ def compare(
     that hold model and KV cache); tp: the GPUs' tensor-parallel degree alone. context: KV-cache
     positions of the timed decode step (default: checks.DEFAULT_CONTEXT, capped at max_seq_len,
     as in `estimate`); prompt: the prefill length that TTFT times (default: context // 2).
-    engine: the LPU simulator (default: "numba" when it imports). Columns: COLUMNS, `why` saying
+    engine: the LPU simulator (default: "numba" when it imports). many_chips: a model one chip
+    does not hold is compiled and simulated on the fewest chips that do (False: a row saying
+    how many, at once; hundreds of chips take tens of seconds). Columns: COLUMNS, `why` saying
     what bounds each row's step; df.attrs holds the inputs (for `plot`).
     """
     cfg = checks.model(model)
@@ -406,7 +450,15 @@ def compare(
             ]
             if hw is not None:
                 rows.append(
-                    lpu_row(cfg, hw, engine=engine, cache=cache, devices=devices, **lengths)
+                    lpu_row(
+                        cfg,
+                        hw,
+                        engine=engine,
+                        cache=cache,
+                        devices=devices,
+                        many=many_chips,
+                        **lengths,
+                    )  # fmt: skip
                 )
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("batch", "context", "prompt", "devices", "tp"):

@@ -223,7 +223,7 @@ def _place(hw, planned, placements, own, own_cycles, chips, words, src):
             k, shift, glob = body_of[chip]
             key = shape_of([f[idx] for f in fields] + [np.array([k])], t - shift)
             if key in plans:
-                done = _shifted(plans[key], mine, shift, planned[k])
+                done = _shifted(plans[key], mine, shift, planned[k], chip)
             else:
                 done = plan_placed(hw, planned[k], shift, mine, t, chip, words, src)
                 if done is not None and not _fetched_alone(done[0], planned[k]):
@@ -261,8 +261,8 @@ def _place(hw, planned, placements, own, own_cycles, chips, words, src):
     )
 
 
-def _shifted(plan: tuple, mine: np.ndarray, shift: int, body) -> tuple:
-    """Another chip's plan around `body` (plan_placed's, placed at plan[-1]) for a chip's own
+def _shifted(plan: tuple, mine: np.ndarray, shift: int, body, chip: int) -> tuple:
+    """Another chip's plan around `body` (plan_placed's, placed at plan[-1]) for `chip`'s own
     instructions `mine` (each the one at its place in the other's), placed at `shift`."""
     ins, cycles, at, heads, top, source, shift0 = plan
     delta = shift - shift0
@@ -270,7 +270,7 @@ def _shifted(plan: tuple, mine: np.ndarray, shift: int, body) -> tuple:
     ins = ins.copy()
     ins[source >= 0] = mine[source[source >= 0]]
     ins["delay"] = delay
-    ins["chip"] = int(mine["chip"][0]) if len(mine) else ins["chip"]
+    ins["chip"] = chip  # (the fetches and closing NOTIFYs too, with or without own instructions)
     q = ins["queue"].astype(np.int64)
     first = np.unique(q, return_index=True)[1]  # each queue's first
     fq = q[first]

@@ -54,6 +54,18 @@ def test_tensor_parallel_tokens_are_jaxs(model, hw, chips, mapping):
     assert v.predicted_cycles == v.simulated_cycles
 
 
+def test_a_lone_groups_chips_close_their_own_queues():
+    """One stage of two chips whose VXM queue outgrows its buffer: each chip's closing NOTIFY
+    (the tail its last IFETCH brings) is its own (chip 1 took chip 0's plan, and its NOTIFY
+    stayed on chip 0: two there, the second never fetched)."""
+    prog = compile(TINY8, HW, chips=2, mapping="tp=2", context=16)
+    ins = prog.expand().instrs
+    notify = ins[ins["op"] == int(Op.NOTIFY)]
+    assert len(notify) and np.array_equal(*(np.sort(notify["queue"][notify["chip"] == c])
+                                            for c in (0, 1)))  # fmt: skip
+    assert simulate(prog, mode="timing").cycles == prog.predicted_cycles
+
+
 @pytest.fixture(scope="module")
 def tp2pp2():
     return compile(TINY, HW, chips=4, mapping="tp=2,pp=2", context=8)

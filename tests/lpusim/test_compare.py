@@ -1,6 +1,7 @@
 """compare / gpus / measure: the same inputs on both sides, the LPU row honest about what it
 cannot compile, the CLI's JSON and errors, and `measure` on this machine's JAX device (CPU)."""
 
+import dataclasses
 import json
 import math
 import re
@@ -10,6 +11,7 @@ import pytest
 
 import lpusim
 from compiler import ModelTooLarge
+from compiler.passes.partition import auto_mapping
 from lpusim.cli import main
 from lpusim.compare import COLUMNS, DEFAULT_GPUS, lpu_chips_needed, model_dims, plot, records
 from models import MODELS, get_config, param_count
@@ -50,7 +52,9 @@ def test_model_dims_count_every_parameter(name):
 
 
 def test_compare_llama2_70b_gpu_rows_and_an_honest_lpu_row():
-    df = lpusim.compare("llama2-70b", "groq-tsp-v1", ["a100-80gb", "h100-sxm", "h200"])
+    df = lpusim.compare(
+        "llama2-70b", "groq-tsp-v1", ["a100-80gb", "h100-sxm", "h200"], many_chips=False
+    )
     assert isinstance(df, pd.DataFrame) and list(df.columns) == list(COLUMNS)
     gpu = df[df["kind"] == "gpu"].set_index("machine")
     assert gpu.loc["a100-80gb", "devices"] == 2  # 138 GB of weights: two 80 GB devices
@@ -67,7 +71,8 @@ def test_compare_llama2_70b_gpu_rows_and_an_honest_lpu_row():
     assert all(pd.isna(lpu[c]) for c in ("tokens_per_s_user", "step_s", "ttft_s", "bound"))
     # In int8 a node's group does. The chip count is the mapping's: estimate refuses the model
     # naming the same mapping.
-    int8 = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"], weights="int8")
+    int8 = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"], weights="int8",
+                          many_chips=False)  # fmt: skip
     lpu = int8[int8["kind"] == "lpu"].iloc[0]
     assert re.fullmatch(NOTE, lpu["note"]), lpu["note"]
     assert all(pd.isna(lpu[c]) for c in ("tokens_per_s_user", "step_s", "ttft_s", "bound"))
@@ -77,8 +82,9 @@ def test_compare_llama2_70b_gpu_rows_and_an_honest_lpu_row():
 
 def test_both_sides_get_the_same_model_precision_batch_and_context():
     df = lpusim.compare(
-        "llama2-7b", "groq-tsp-v1", ["h100-sxm"], batch=[1, 8], weights=["fp16", "int8"]
-    )
+        "llama2-7b", "groq-tsp-v1", ["h100-sxm"], batch=[1, 8], weights=["fp16", "int8"],
+        many_chips=False,
+    )  # fmt: skip
     assert len(df) == 4 * 2
     for _, block in df.groupby(["weights", "batch"]):
         assert set(block["kind"]) == {"gpu", "lpu"}
@@ -165,8 +171,9 @@ def test_cli_compare_json(capsys, tmp_path):
 
 def test_cli_compare_text_has_one_row_per_machine(capsys):
     rc, out, _ = run(
-        capsys, "compare", "--model", "llama2-70b", "--gpus", "h100-sxm,b200", "--weights", "int8"
-    )
+        capsys, "compare", "--model", "llama2-70b", "--gpus", "h100-sxm,b200", "--weights", "int8",
+        "--one-chip",  # (without it: 324 chips compiled and simulated, half a minute)
+    )  # fmt: skip
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].startswith("llama2-70b: int8 weights, batch 1, context 1024, prompt 512")
@@ -230,7 +237,7 @@ def test_bad_input_one_line_no_traceback(capsys, argv, needle):
 
 
 def test_records_are_json_ready():
-    df = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"])
+    df = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"], many_chips=False)
     recs = records(df)
     json.dumps(recs)
     assert recs[1]["tokens_per_s_user"] is None and isinstance(recs[0]["devices"], int)
@@ -242,3 +249,18 @@ def test_int8_model_that_fits_one_chip_gets_simulated_lpu_figures():
     assert lpu.loc["int8", "devices"] == 1 and lpu.loc["int8", "tokens_per_s_user"] > 0
     assert lpu.loc["int8", "note"].startswith("simulated")
     assert "int4 weights do not compile for the LPU yet" in lpu.loc["int4", "note"]
+
+
+def test_a_model_one_chip_does_not_hold_is_simulated_on_the_chips_that_do():
+    """The LPU row of a model larger than a chip: compiled and simulated on the fewest chips
+    that hold it, its figures estimate's for that mapping."""
+    tiny8 = dataclasses.replace(get_config("tiny-llama"), name="tiny-llama-8", n_layers=8)
+    df = lpusim.compare(tiny8, "teaching", ["h100-sxm"], context=16)
+    lpu = df[df["kind"] == "lpu"].iloc[0]
+    plan = auto_mapping(tiny8, preset("teaching"), 16, "native")
+    assert lpu["devices"] == plan.mapping.chips > 1
+    e = lpusim.estimate(tiny8, "teaching", chips=plan.mapping.chips, mapping=plan.mapping,
+                        context=16)  # fmt: skip
+    assert lpu["tokens_per_s_user"] == e.tokens_per_s and lpu["step_s"] == e.seconds_per_token
+    assert lpu["note"].startswith(f"simulated on {plan.mapping.chips} chips ({plan.mapping})")
+    assert f"a token crosses {plan.mapping.pp} stages" in lpu["why"]

@@ -15,7 +15,7 @@ from lpusim.compare import plot
 
 
 def test_estimate_and_compare_share_one_default_context():
-    df = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"], weights="int8")
+    df = lpusim.compare("llama2-70b", "groq-tsp-v1", ["h100-sxm"], weights="int8", many_chips=False)
     assert df.attrs["context"] == checks.DEFAULT_CONTEXT
     chips = int(df[df["kind"] == "lpu"]["devices"].iloc[0])
     with pytest.raises(ModelTooLarge, match=f"on {chips} chips of groq-tsp-v1"):
@@ -55,7 +55,7 @@ def test_the_lpu_row_says_what_bounds_its_step(capsys):
 
 
 def test_every_bar_shows_its_device_count():
-    df = lpusim.compare("llama2-7b", "groq-tsp-v1", ["h100-sxm"], batch=[1, 8])
+    df = lpusim.compare("llama2-7b", "groq-tsp-v1", ["h100-sxm"], batch=[1, 8], many_chips=False)
     fig = plot(df)
     labels = [t.get_text() for t in fig.axes[1].texts]
     assert len(labels) == len(df) and all(" dev" in t for t in labels)
