@@ -131,7 +131,8 @@ def test_gpu_rows_say_when_a_model_does_not_fit_or_a_format_does_not_run():
 
 
 def test_plot_writes_a_roofline_and_a_bar_chart(tmp_path):
-    df = lpusim.compare("llama2-7b", "groq-tsp-v1", ["a100-80gb", "h100-sxm"], batch=[1, 16])
+    df = lpusim.compare("llama2-7b", "groq-tsp-v1", ["a100-80gb", "h100-sxm"], batch=[1, 16],
+                        many_chips=False)  # fmt: skip
     fig = plot(df, tmp_path / "cmp.png")
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
     roof, bars = fig.axes
@@ -156,6 +157,7 @@ def test_cli_compare_json(capsys, tmp_path):
         "--plot",
         str(tmp_path / "p.png"),
         "--json",
+        "--one-chip",
     )
     assert rc == 0, err
     rows = json.loads(out)["rows"]
