@@ -147,10 +147,13 @@ def pipeline(
             mine = [np.arange(r, len(src.vids), tp) for r in range(tp)]
             nxt = groups[s + 1]
             arrived, n = {}, N[s + 1]
+            # A share read twice (for two blocks) may put two READs on a queue the body fetches
+            # on, whose tail delivers one place: leave room for an IFETCH ahead of the first.
+            t0 = end + (hw.mem_read_latency_cycles + hw.width_positions + 2) * (tp > n)
             for r, path in enumerate(paths[s]):
                 for t in [r] + [b * n + r % n for b in range(tp // n) if b != r // n]:
                     at = _send(book, path if t == r else system.path(groups[s][r], nxt[t]),
-                               by_pair, _part(src, mine[r]), _part(dst, mine[r]), end, parts,
+                               by_pair, _part(src, mine[r]), _part(dst, mine[r]), t0, parts,
                                cycles)  # fmt: skip
                     arrived[(r, t)] = at
                     landed = max(landed, at)
