@@ -383,8 +383,8 @@ def compile_mapped(
     check(mapping, cfg, system)  # the system has the chips
     system, groups = stage_groups(mapping, system, given)  # a stage's chips, wired
     wirings = [group_wiring(system, g, str(mapping)) for g in groups] if group > 1 else None
-    if wirings and wirings[0].blocks > 1:  # every stage's exchange in as many roles
-        most = max(w.exchanges for w in wirings)
+    most = max(w.exchanges for w in wirings) if wirings else 0
+    if any(w.exchanges < most for w in wirings or ()):  # every stage's exchange in as many roles
         wirings = [group_wiring(system, g, str(mapping), most) for g in groups]
     keys = [(len(st.layers), st.head) for st in plan.stages]
     if group > 1:  # every shape's blocks scheduled once

@@ -319,19 +319,24 @@ def lpu_row(
     if isinstance(e, ModelTooLarge):
         row["note"] = str(e)
         return row
-    sram_bytes_per_s = hw.mem_slices * hw.lanes * hw.clock_hz  # one word per slice per cycle
+    return _simulated(row, e, hw, 1, 1, lpu_why(e, hw), "simulated; TTFT: no prefill programs yet")
+
+
+def _simulated(row, e, hw, chips: int, tp: int, why: str, note: str) -> dict:
+    """The row's figures from estimate `e` of a step on `chips` chips."""
+    sram_bytes_per_s = hw.mem_slices * hw.lanes * hw.clock_hz * chips  # a word a slice a cycle
     row.update(
-        devices=1,
-        tp=1,
+        devices=chips,
+        tp=tp,
         tokens_per_s_user=e.tokens_per_s,
         step_s=e.seconds_per_token,
         batch_tokens_per_s=e.tokens_per_s,
-        tokens_per_s_per_device=e.tokens_per_s,
+        tokens_per_s_per_device=e.tokens_per_s / chips,
         bandwidth_utilisation=e.bytes_read / e.seconds_per_token / sram_bytes_per_s,
         bound=lpu_bound(e.unit_utilisation),
-        why=lpu_why(e, hw),
-        memory_per_device_bytes=e.sram_bytes_used,
-        note="simulated; TTFT: no prefill programs yet",
+        why=why,
+        memory_per_device_bytes=e.sram_bytes_used / chips,
+        note=note,
     )
     return row
 
@@ -350,25 +355,14 @@ def _mapped_row(row, cfg, hw, mapping, context, fmt, engine, cache) -> dict:
     if isinstance(e, LpuError):
         row["note"] = f"needs {mapping.chips} chips ({mapping}); {e}"
         return row
-    sram_bytes_per_s = hw.mem_slices * hw.lanes * hw.clock_hz * mapping.chips
     t = e.time_breakdown
-    row.update(
-        tp=mapping.tp,
-        tokens_per_s_user=e.tokens_per_s,
-        step_s=e.seconds_per_token,
-        batch_tokens_per_s=e.tokens_per_s,
-        tokens_per_s_per_device=e.tokens_per_s / mapping.chips,
-        bandwidth_utilisation=e.bytes_read / e.seconds_per_token / sram_bytes_per_s,
-        bound=lpu_bound(e.unit_utilisation),
-        why=(
-            f"{mapping} on {mapping.chips} chips: a token crosses {mapping.pp} stages, "
-            f"{t.get('on chip', 0):,} cycles on chip and {t.get('chip to chip', 0):,} chip to "
-            f"chip; {e.bound_by} bounds each stage"
-        ),
-        memory_per_device_bytes=e.sram_bytes_used / mapping.chips,
-        note=f"simulated on {mapping.chips} chips ({mapping}); TTFT: no prefill programs yet",
+    why = (
+        f"{mapping} on {mapping.chips} chips: a token crosses {mapping.pp} stages, "
+        f"{t.get('on chip', 0):,} cycles on chip and {t.get('chip to chip', 0):,} chip to "
+        f"chip; {e.bound_by} bounds each stage"
     )
-    return row
+    note = f"simulated on {mapping.chips} chips ({mapping}); TTFT: no prefill programs yet"
+    return _simulated(row, e, hw, mapping.chips, mapping.tp, why, note)
 
 
 def lpu_why(e, hw: HardwareConfig) -> str:

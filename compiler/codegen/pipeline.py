@@ -99,6 +99,7 @@ def pipeline(
     placements = []  # (chip, body, shift, the system's link for each of the body's)
     start = end = 0
     stage_meta = []
+    extents: dict[int, tuple] = {}  # a stage Program's body's stream extent
     for s, prog in enumerate(stages):
         if id(prog) not in seen:
             seen[id(prog)] = len(bodies)
@@ -164,7 +165,12 @@ def pipeline(
                                      _part(dst, mine[r]), _part(dst, mine[r]), at, parts,
                                      cycles)  # fmt: skip
                         landed = max(landed, at_q)
-            start = max(landed, _clear(hw, nxt, parts[mark:], cycles[mark:], stages[s + 1]))
+            nprog = stages[s + 1]
+            if id(nprog) not in extents:  # (stages of one shape share a Program)
+                body = (nprog.instrs["chip"] == 0) & (nprog.instrs["op"] != int(Op.IFETCH))
+                extents[id(nprog)] = stream_extent(hw, nprog.instrs[body], nprog.predicted[body])
+            lo = extents[id(nprog)][0]
+            start = max(landed, _clear(hw, nxt, parts[mark:], cycles[mark:], lo))
     own = np.concatenate(parts) if parts else np.zeros(0, INSTR_DTYPE)
     own_cycles = np.concatenate(cycles) if cycles else np.zeros(0, np.int64)
     parts.clear()
@@ -289,15 +295,13 @@ def _fetched_alone(ins: np.ndarray, body) -> bool:
     return bool((body.size[ins["queue"][fetch].astype(np.int64)] == 0).any())
 
 
-def _clear(hw: HardwareConfig, chips: list[int], parts, cycles, prog: Program) -> int:
-    """The first cycle a stage's body (prog's rank 0) may start on `chips` after their own
-    instructions among `parts`: their last has taken effect, and their vectors have left every
-    stream diagonal the body's use."""
+def _clear(hw: HardwareConfig, chips: list[int], parts, cycles, lo: np.ndarray) -> int:
+    """The first cycle a stage's body (whose lowest diagonal on each stream is `lo`) may start
+    on `chips` after their own instructions among `parts`: their last has taken effect, and
+    their vectors have left every stream diagonal the body's use."""
     if not parts:
         return 0
     ins, cyc = np.concatenate(parts), np.concatenate(cycles)
-    body = (prog.instrs["chip"] == 0) & (prog.instrs["op"] != int(Op.IFETCH))
-    lo, _ = stream_extent(hw, prog.instrs[body], prog.predicted[body])
     out = 0
     for chip in chips:
         mine = ins["chip"] == chip

@@ -47,7 +47,7 @@ from dataclasses import replace
 import numpy as np
 
 from compiler.codegen.link import Block, Instance, stream_extent
-from compiler.frontend.shard import rank_name
+from compiler.frontend.shard import rank_name, weigh_role
 from compiler.passes.layout import TensorLayout
 from compiler.passes.wiring import Wiring
 from sim.hardware import HardwareConfig
@@ -289,7 +289,7 @@ def replicate(
         parts.append(ins)
         for s in local.symbols:
             if s.kind == "const" and s.name.startswith("weigh/"):
-                i = _placeholder_role(local.consts[s.name])
+                i = weigh_role(local.consts[s.name])
                 name = f"weigh/w{i}#g{r}"
                 consts[name] = np.full_like(local.consts[s.name], wiring.weights[r, i])
                 syms.append(replace(s, name=name, chip=r))
@@ -333,9 +333,3 @@ def replicate(
         links=links,
         meta=meta,
     )
-
-
-def _placeholder_role(value: np.ndarray) -> int:
-    """The exchange role whose weights shard.weigh_target's placeholder `value` holds."""
-    flat = np.asarray(value, np.float64).ravel()
-    return int(round(1.0 / flat[0] - 2.0)) // flat.size

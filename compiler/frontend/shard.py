@@ -224,9 +224,6 @@ def sum_target(cfg: ModelConfig, block: int):
     return block_sum, {"parts": [vec] * block}
 
 
-WEIGH_CONST = "weights"  # the weigh block's constant: each chip's own (compiler/passes/wiring.py)
-
-
 def weigh_target(cfg: ModelConfig, roles: int):
     """(fn, args) of what a chip passes on from the exchange between blocks: q/0..roles-1 (what
     it received in each exchange role) -> y = sum of w[i] * q/i, w the chip's weights as a
@@ -243,6 +240,12 @@ def weigh_target(cfg: ModelConfig, roles: int):
 
     weigh.__name__ = f"{cfg.name}_weigh_{roles}"
     return weigh, {"q": [vec] * roles}
+
+
+def weigh_role(value: np.ndarray) -> int:
+    """The exchange role whose weights a constant of weigh_target's placeholder holds."""
+    flat = np.asarray(value, np.float64).ravel()
+    return int(round(1.0 / flat[0] - 2.0)) // flat.size
 
 
 def head_target(cfg: ModelConfig, tp: int, *, weights: str):

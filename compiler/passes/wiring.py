@@ -147,16 +147,12 @@ def _exchanges(system, chips, N, links, first, what):
         weight = [0.0] * G
         left = []
         for A, B in todo:
-            chosen = []
+            chosen, ends = [], set()
             for row in between[(A, B)]:
                 a, b = (int(r) for r in links[row])
-                if (
-                    link_of[a] < 0
-                    and link_of[b] < 0
-                    and a not in _ends(chosen, links)
-                    and (b not in _ends(chosen, links))
-                ):
+                if link_of[a] < 0 and link_of[b] < 0 and not {a, b} & ends:
                     chosen.append(row)
+                    ends |= {a, b}
             k = 1 << (len(chosen).bit_length() - 1) if chosen else 0
             if k < 2:  # an odd count would leave a block an odd number of chips to pair
                 left.append((A, B))
@@ -182,10 +178,6 @@ def _exchanges(system, chips, N, links, first, what):
         weights.append(weight)
         todo = left
     return roles, weights
-
-
-def _ends(rows: list[int], links: np.ndarray) -> set[int]:
-    return {int(r) for row in rows for r in links[row]}
 
 
 def place_groups(system: System, size: int, stages: int) -> list[list[int]] | None:
@@ -233,7 +225,9 @@ def stage_groups(mapping, system: System, given: bool) -> tuple[System, list[lis
             return system, groups
         group_wiring(system, list(range(size)), str(mapping))  # its own error, if that is why
         if given or system.chips >= 4 * size * stages:
-            fit = len(place_groups(system, size, 1) or []) and _count_groups(system, size)
+            fit = 0
+            while place_groups(system, size, fit + 1) is not None:
+                fit += 1
             raise ArgumentError(
                 "mapping",
                 str(mapping),
@@ -241,10 +235,3 @@ def stage_groups(mapping, system: System, given: bool) -> tuple[System, list[lis
                 f"pairwise and linked to each other, but {system.describe()} has room for {fit}",
             )
         system = default_system(system.chips + 1, system.hw)
-
-
-def _count_groups(system: System, size: int) -> int:
-    n = 1
-    while place_groups(system, size, n + 1) is not None:
-        n += 1
-    return n

@@ -38,6 +38,7 @@ from sim.engine import schema as c
 from sim.engine.icu import dispatch_cycles
 from sim.engine.prepare import (
     WIDTH_LUT,
+    Prepared,
     counts_of,
     latency_lut,
     link_bytes,
@@ -682,10 +683,7 @@ class _Kept:
     def __init__(self, prep) -> None:
         self.g, self.cycles = prep.g.copy(), prep.cycles
 
-    def cell(self, chip: int, slice_: np.ndarray, addr: np.ndarray) -> np.ndarray:
-        g = self.g
-        return (((chip - g[c.G_CHIP_LO]) * g[c.G_CELL_WORDS] + addr) * g[c.G_CELL_SLICES]
-                + slice_).astype(np.int64)  # fmt: skip
+    cell = Prepared.cell  # (it reads self.g alone)
 
 
 def _outputs_there(symbols, got) -> bool:
