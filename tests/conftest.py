@@ -1,10 +1,23 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine."""
+"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, and one JAX
+compilation cache on disk for the whole run (the two pytest workers and each notebook's kernel
+compile the same reference decode steps; a cached executable is the compiled one, bit for bit)."""
 
-import pytest
-from hypothesis import HealthCheck, settings
+import os
+from pathlib import Path
 
-import sim.execute
-from sim.result import SimResult
+# Before jax is imported anywhere (it reads these once); the kernels the notebook tests start
+# inherit them. A developer's own settings win.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".jax_cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+import sim.execute  # noqa: E402
+from sim.result import SimResult  # noqa: E402
 
 settings.register_profile(
     "default",
