@@ -270,7 +270,7 @@ def compile_tensor_stages(
     (layers, head): chip 0's attention, MLP, reduce and head blocks scheduled once for all of
     them (one SRAM layout: the most layers any stage has, the head above its own stage's),
     linked per layer with the all-reduces between them, run by every chip
-    (compiler/codegen/tensor.py). `wiring` (compiler/passes/wiring.py, the first stage's): a group
+    (compiler/codegen/tensor.py): chip 0's instructions, as the pipeline takes them. `wiring` (compiler/passes/wiring.py, the first stage's): a group
     of several blocks of chips, its all-reduce within each block, then between them."""
     from compiler.codegen.tensor import (
         ALLREDUCE_ATTENTION,
@@ -341,11 +341,11 @@ def compile_tensor_stages(
             "model": cfg.name, "phase": "decode", "pos": pos, "context": context,
             "weights": weights, "layers": layers, "head": head, "replay": True,
         }  # fmt: skip
-        local = link(hw, tensor_instances(lay, blocks, layers, head), meta, words)
+        local = link(hw, tensor_instances(lay, blocks, layers, head), meta, words, fetch=False)
         kv = shard.kv_slices(cfg, tp)
         local = _host_caches(local, cfg, context, cfg.n_kv_heads // kv)
         programs[(layers, head)] = replicate(
-            local, tp, {"vocab": cfg.vocab_size, "kv_slices": kv}, ep, wiring
+            local, tp, {"vocab": cfg.vocab_size, "kv_slices": kv}, ep, wiring, written=False
         )
     report("link", 1.0)
     return programs

@@ -20,6 +20,7 @@ from compiler.ir.vector import VProgram
 from compiler.passes.place import ModelTooLarge
 from compiler.schedule.listsched import Schedule
 from sim.hardware import HardwareConfig
+from sim.icu import encoding
 from sim.isa import (
     DTYPE_BY_NAME,
     DTYPE_BYTES,
@@ -103,12 +104,20 @@ def start_barrier(
 ICU_SOURCES = ("program start: every queue waits at SYNC for the VXM's NOTIFY", "instruction fetch")
 
 
-def finish(hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray, words: int, sources):
+def finish(
+    hw: HardwareConfig, instrs: np.ndarray, cycles: np.ndarray, words: int, sources, fetch=True
+):
     """The start barrier, the instruction fetches, then the delays: (instrs, predicted cycles,
-    offset, words in use with the instruction image, sources with ICU_SOURCES)."""
+    offset, words in use with the instruction image, sources with ICU_SOURCES). fetch=False:
+    no fetches (a pipeline's stage: compiler/codegen/pipeline.py plans them for its body)."""
     first = len(sources)
     instrs, cycles, offset = start_barrier(hw, instrs, cycles, first)
-    instrs, cycles, words = fetch_and_encode(hw, instrs, cycles, words, first + 1)
+    if fetch:
+        instrs, cycles, words = fetch_and_encode(hw, instrs, cycles, words, first + 1)
+    else:
+        order, delays = encoding(instrs["chip"], instrs["queue"], cycles)
+        instrs, cycles = np.take(instrs, order), cycles[order]
+        instrs["delay"] = delays
     return instrs, cycles, offset, words, (*sources, *ICU_SOURCES)
 
 

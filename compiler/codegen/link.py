@@ -100,8 +100,11 @@ def _symbol(sym: Symbol, inst: Instance, name: str) -> Symbol:
     return replace(sym, name=name, addrs=addrs, vids=inst.lut[sym.vids])
 
 
-def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) -> Program:
-    """The instances back to back; `words` is the highest address in use, plus one."""
+def link(
+    hw: HardwareConfig, instances: list[Instance], meta: dict, words: int, fetch: bool = True
+) -> Program:
+    """The instances back to back; `words` is the highest address in use, plus one. fetch=False:
+    without instruction fetches, for a pipeline that plans them (codegen/emit.py finish)."""
     parts, timing, syms, consts, tables, sources, seen = [], [], [], {}, [], [], {}
     cycle = end = free = 0
     busy_hi = np.full(2 * hw.streams_per_direction, -(2**40))
@@ -141,7 +144,7 @@ def link(hw: HardwareConfig, instances: list[Instance], meta: dict, words: int) 
         )
         end, free = cycle + b.cycles, cycle + b.free
     instrs, predicted, offset, words, sources = finish(
-        hw, np.concatenate(parts), np.concatenate(timing), int(words), sources
+        hw, np.concatenate(parts), np.concatenate(timing), int(words), sources, fetch
     )
     for b in blocks_meta:
         b["first_cycle"] += offset

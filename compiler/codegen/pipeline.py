@@ -139,7 +139,7 @@ def pipeline(
         )  # fmt: skip
         if s + 1 < len(stages):
             src, dst = _x(prog, "output"), _x(stages[s + 1], "input")
-            landed, mark = end, len(parts)
+            landed, recs = end, []  # (the boundary's transfers' records, made at once)
             # Rank r's share of x (vectors k = r mod tp; all of it for tp = 1) to rank r of the
             # next stage (and to the rank at its place in each other block of chips linked
             # pairwise, compiler/passes/wiring.py), then, there, each share to every other rank
@@ -154,23 +154,25 @@ def pipeline(
             for r, path in enumerate(paths[s]):
                 for t in [r] + [b * n + r % n for b in range(tp // n) if b != r // n]:
                     at = _send(book, path if t == r else system.path(groups[s][r], nxt[t]),
-                               by_pair, _part(src, mine[r]), _part(dst, mine[r]), t0, parts,
-                               cycles)  # fmt: skip
+                               by_pair, _part(src, mine[r]), _part(dst, mine[r]), t0,
+                               recs)  # fmt: skip
                     arrived[(r, t)] = at
                     landed = max(landed, at)
             for (r, t), at in arrived.items():
                 for q in range(tp if tp > 1 else 0):
                     if q != t and q // n == t // n:  # (linked: one hop)
                         at_q = _send(book, system.path(nxt[t], nxt[q]), by_pair,
-                                     _part(dst, mine[r]), _part(dst, mine[r]), at, parts,
-                                     cycles)  # fmt: skip
+                                     _part(dst, mine[r]), _part(dst, mine[r]), at,
+                                     recs)  # fmt: skip
                         landed = max(landed, at_q)
             nprog = stages[s + 1]
             if id(nprog) not in extents:  # (stages of one shape share a Program)
                 body = (nprog.instrs["chip"] == 0) & (nprog.instrs["op"] != int(Op.IFETCH))
                 extents[id(nprog)] = stream_extent(hw, nprog.instrs[body], nprog.predicted[body])
             lo = extents[id(nprog)][0]
-            start = max(landed, _clear(hw, nxt, parts[mark:], cycles[mark:], lo))
+            parts.append(make_instrs(recs))
+            cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+            start = max(landed, _clear(hw, nxt, parts[-1], cycles[-1], lo))
     own = np.concatenate(parts) if parts else np.zeros(0, INSTR_DTYPE)
     own_cycles = np.concatenate(cycles) if cycles else np.zeros(0, np.int64)
     parts.clear()
@@ -295,13 +297,10 @@ def _fetched_alone(ins: np.ndarray, body) -> bool:
     return bool((body.size[ins["queue"][fetch].astype(np.int64)] == 0).any())
 
 
-def _clear(hw: HardwareConfig, chips: list[int], parts, cycles, lo: np.ndarray) -> int:
+def _clear(hw: HardwareConfig, chips: list[int], ins, cyc, lo: np.ndarray) -> int:
     """The first cycle a stage's body (whose lowest diagonal on each stream is `lo`) may start
-    on `chips` after their own instructions among `parts`: their last has taken effect, and
-    their vectors have left every stream diagonal the body's use."""
-    if not parts:
-        return 0
-    ins, cyc = np.concatenate(parts), np.concatenate(cycles)
+    on `chips` after their own instructions among `ins` (dispatched at `cyc`): their last has
+    taken effect, and their vectors have left every stream diagonal the body's use."""
     out = 0
     for chip in chips:
         mine = ins["chip"] == chip
@@ -323,13 +322,13 @@ def _last_effect(hw: HardwareConfig, ins: np.ndarray, cycles: np.ndarray) -> int
     return int((cycles + (reps - 1) * periods(ins) + lat).max())
 
 
-def _send(book, path, by_pair, src: Symbol, dst: Symbol, t0: int, parts, cycles) -> int:
+def _send(book, path, by_pair, src: Symbol, dst: Symbol, t0: int, recs: list) -> int:
     """src's vectors on path[0] into dst's on path[-1] from t0 (the book places them), their
-    instructions and cycles appended to parts and cycles; the cycle the last has landed."""
+    instructions' records (each with its cycle) appended to recs; the cycle the last has
+    landed."""
     hops = [by_pair[(min(u, v), max(u, v))] for u, v in zip(path, path[1:], strict=False)]
-    recs, landed = book.transfer(path, hops, src, dst, t0)
-    parts.append(make_instrs(recs))
-    cycles.append(np.array([r["cycle"] for r in recs], np.int64))
+    mine, landed = book.transfer(path, hops, src, dst, t0)
+    recs += mine
     return landed
 
 

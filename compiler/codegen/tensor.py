@@ -255,7 +255,12 @@ WEIGHT_NAME = re.compile(r"^weigh/w(\d+)#g(\d+)$")  # a chip's weights of an exc
 
 
 def replicate(
-    local: Program, tp: int, meta: dict, ep: int = 1, wiring: Wiring | None = None
+    local: Program,
+    tp: int,
+    meta: dict,
+    ep: int = 1,
+    wiring: Wiring | None = None,
+    written: bool = True,
 ) -> Program:
     """The group's Program: chip r of the G = tp * ep runs chip 0's instructions, its SENDs and
     RECVs on its link of each role: without a wiring, the links to the chips r XOR j (local
@@ -263,7 +268,10 @@ def replicate(
     compiler/passes/wiring.py), the wiring's links and each chip's weights of the exchange roles
     ("weigh/w{i}#g{r}"). Its slices of the sharded tensors are named as shard.rank_name names
     them ("name#tpR", "name#epE#tpR"). Outputs: a slice from the chips of ep group 0, a whole
-    tensor from chip 0. meta["c2c_roles"]: the role of each of a chip's SENDs and RECVs."""
+    tensor from chip 0. meta["c2c_roles"]: the role of each of a chip's SENDs and RECVs.
+    written=False: chip 0's instructions alone, as a pipeline takes the group's Program (it
+    places them on every chip as a body, compiler/codegen/pipeline.py), every chip's symbols:
+    not the G - 1 copies it would not read."""
     group = tp * ep
     c2c = np.isin(local.instrs["op"], (int(Op.SEND), int(Op.RECV)))
     roles = local.instrs["table"][c2c].astype(np.int64)
@@ -283,10 +291,11 @@ def replicate(
     parts, syms, consts, outs = [], [], dict(local.consts), set()
     kv = meta.get("kv_slices")
     for r in range(group):
-        ins = local.instrs.copy()
-        ins["chip"] = r
-        ins["table"][c2c] = role_link[r][roles]
-        parts.append(ins)
+        if written or r == 0:
+            ins = local.instrs.copy()
+            ins["chip"] = r
+            ins["table"][c2c] = role_link[r][roles]
+            parts.append(ins)
         for s in local.symbols:
             if s.kind == "const" and s.name.startswith("weigh/"):
                 i = weigh_role(local.consts[s.name])
@@ -326,7 +335,7 @@ def replicate(
     return replace(
         local,
         instrs=np.concatenate(parts),
-        predicted=np.tile(local.predicted, group),
+        predicted=np.tile(local.predicted, len(parts)),
         symbols=tuple(syms),
         consts=consts,
         chips=group,

@@ -432,13 +432,13 @@ def prepare_program(
 def link_bytes(hw: HardwareConfig, ins: np.ndarray, links: np.ndarray) -> np.ndarray:
     """Bytes the SENDs put on each (link, direction), counted from the instructions alone (a
     run that completes runs every SEND, each on a link that exists and ends at its chip)."""
-    out = np.zeros_like(links)
-    r = ins[(ins["op"] == SEND) & (ins["table"] >= 0) & (ins["table"] < len(links))]
-    link = r["table"].astype(np.int64)
-    backward = (r["chip"] != links[link, 0]).astype(np.int64)  # sent from the link's chip b
-    nbytes = np.maximum(r["repeat"].astype(np.int64), 0) * WIDTH_LUT[r["dtype"]] * hw.lanes
-    np.add.at(out, (link, backward), nbytes)
-    return out
+    table = ins["table"]
+    sel = np.flatnonzero((ins["op"] == SEND) & (table >= 0) & (table < len(links)))
+    link = table[sel].astype(np.int64)
+    backward = (ins["chip"][sel] != links[link, 0]).astype(np.int64)  # sent from its chip b
+    n = np.maximum(ins["repeat"][sel].astype(np.int64), 0) * WIDTH_LUT[ins["dtype"][sel]]
+    words = np.bincount(2 * link + backward, n, minlength=2 * len(links))  # (exact: < 2**53)
+    return (words.astype(np.int64) * hw.lanes).reshape(-1, 2).astype(links.dtype)
 
 
 def _first_select_writes(hw: HardwareConfig, ins, cycles, chip_lo: int, first: np.ndarray):

@@ -345,11 +345,15 @@ class _Run:
         source, symbols = self.source, self.symbols
         ins = self.ins.copy()
         ins["chip"] = 0
+        # Its memory: the words it names, its symbols' and the carried cells' (not every word
+        # the whole program uses: a chip's transfers touch a few).
+        carried = self.carry[1]
+        words = int(carried.max()) + 1 if len(carried) else 0
         return Program(
             hw=source.hw, instrs=ins, tables=source.tables,
             symbols=tuple(replace(s, chip=0) for s in symbols),
             consts={s.name: source.consts[s.name] for s in symbols if s.kind == "const"},
-            sources=source.sources, predicted_cycles=0, words_used=source.words_used,
+            sources=source.sources, predicted_cycles=0, words_used=words,
             chips=2 if self.links else 1, links=np.tile([[0, 1]], (self.links, 1)).astype(np.int32),
         )  # fmt: skip
 
@@ -562,10 +566,11 @@ class _Runner:
         )
         distinct, first = np.unique(used, return_index=True)
         order = distinct[np.argsort(first, kind="stable")]
-        lookup = {int(g): i for i, g in enumerate(order.tolist())}
+        lookup = np.full(int(order.max(initial=-1)) + 1, -1)
+        lookup[order] = np.arange(len(order))
 
         def numbers(link):
-            return np.array([lookup[int(x)] for x in np.asarray(link).tolist()], np.int64)
+            return lookup[np.asarray(link, np.int64)]
 
         ext, sel = self._arrivals(ch, lo, hi, numbers)
         mine = ins.copy()
@@ -576,12 +581,14 @@ class _Runner:
     def body(self, ch, body: _Body, shift, row, symbols, carry) -> bytes:
         """The body run of chip ch, its local link i being the program's row[i]."""
         program = self.program
-        lookup: dict[int, int] = {}
-        for i, g in enumerate(row.tolist()):  # (two local links one of ch's: the first, _merged)
-            lookup.setdefault(int(g), i)
+        # the program's link g is local link lookup[g] (-1: none of the body's; two local links
+        # one of ch's: the first, _merged)
+        lookup = np.full(max(int(row.max(initial=-1)), int(self.via.max(initial=-1))) + 1, -1)
+        distinct, first = np.unique(row, return_index=True)
+        lookup[distinct] = first
 
         def numbers(link):
-            return np.array([lookup.get(int(x), -1) for x in np.asarray(link).tolist()], np.int64)
+            return lookup[np.asarray(link, np.int64)]
 
         ext, sel = self._arrivals(ch, shift + body.first_op, shift + body.end, numbers)
         if (ext[:, c.A_SLOT] < 0).any():  # a vector on a link the body does not use
