@@ -168,19 +168,40 @@ def _lower_movement(b: _Builder, eqn, vals):
     idx, offset = [], 0
     for v in data:
         size = int(np.prod(b.shape(v)))
-        idx.append(
-            jnp.asarray(np.arange(offset, offset + size, dtype=np.int32).reshape(b.shape(v)))
-        )
+        idx.append(np.arange(offset, offset + size, dtype=np.int32).reshape(b.shape(v)))
         offset += size
     if eqn.primitive.name == "pad":
         rest = [np.int32(-1)]
-    out = eqn.primitive.bind(*idx, *[jnp.asarray(r) for r in rest], **eqn.params)
-    index = np.asarray(out)
+    index = _moved(eqn.primitive.name, idx, eqn.params)
+    if index is not None:
+        index = np.array(index)  # (a view of idx, perhaps read-only: a copy of its own)
+    else:  # the primitive itself says where each element goes
+        moved = eqn.primitive.bind(*map(jnp.asarray, idx), *map(jnp.asarray, rest), **eqn.params)
+        index = np.asarray(moved)
     dtype = np.dtype(_aval(eqn.outvars[0]).dtype).name
     if all(isinstance(v, np.ndarray) for v in data):  # everything constant
         flat = np.concatenate([np.asarray(v).ravel() for v in data])
         return [np.where(index >= 0, flat[np.maximum(index, 0)], 0).astype(dtype)]
     return [b.relayout(data, index, dtype)]
+
+
+def _moved(name: str, idx: list[np.ndarray], params) -> np.ndarray | None:
+    """The index arrays as the plainest movements move them, in NumPy (as jax.lax defines them,
+    without compiling a program for each shape); None for the others."""
+    if name == "reshape" and params.get("dimensions") is None:
+        return idx[0].reshape(params["new_sizes"])
+    if name == "broadcast_in_dim":
+        shape, dims = tuple(params["shape"]), tuple(params["broadcast_dimensions"])
+        kept = [idx[0].shape[dims.index(d)] if d in dims else 1 for d in range(len(shape))]
+        return np.broadcast_to(idx[0].reshape(kept), shape)
+    if name == "squeeze":
+        return np.squeeze(idx[0], axis=tuple(params["dimensions"]))
+    if name == "slice":
+        strides = params["strides"] or (1,) * idx[0].ndim
+        return idx[0][tuple(map(slice, params["start_indices"], params["limit_indices"], strides))]
+    if name == "concatenate":
+        return np.concatenate(idx, axis=params["dimension"])
+    return None
 
 
 def _transpose_to(b: _Builder, x: int, perm: list[int]) -> int:
