@@ -134,6 +134,7 @@ compiler meant (see sim/reference.py).
 
 from __future__ import annotations
 
+import functools
 import math
 from enum import IntEnum
 from fractions import Fraction
@@ -522,6 +523,7 @@ def queue_position(hw: HardwareConfig, q: int) -> int:
 # --- chip-to-chip links ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def link_cycles(hw: HardwareConfig, width: int) -> int:
     """Cycles a link's channel is busy sending one vector of `width` words (bytes per lane):
     ceil(width * lanes / c2c_bytes_per_cycle), the rate taken at its decimal value as

@@ -206,6 +206,16 @@ class Symbol:
     # stores a KV cache whose heads are narrower than a vector. None: the host's is `shape`.
     host_shape: tuple[int, ...] | None = None
 
+    def but(self, **changes) -> Symbol:
+        """This symbol with `changes` (fields by name): dataclasses.replace without its look at
+        the fields each call (a pipeline of many chips renames tens of thousands)."""
+        unknown = set(changes) - set(self.__dict__)
+        if unknown:
+            raise TypeError(f"Symbol has no fields {sorted(unknown)}")
+        new = object.__new__(Symbol)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
     @property
     def host(self) -> tuple[int, ...]:
         """The shape the host gives and gets back."""

@@ -20,8 +20,7 @@ every other resource.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import replace
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -146,6 +145,7 @@ def pipeline(
             # of the block: x crosses between the stages once a block, not once a rank, over the
             # few links between two groups.
             mine = [np.arange(r, len(src.vids), tp) for r in range(tp)]
+            out, into = [_part(src, m) for m in mine], [_part(dst, m) for m in mine]
             nxt = groups[s + 1]
             arrived, n = {}, N[s + 1]
             # A share read twice (for two blocks) may put two READs on a queue the body fetches
@@ -154,16 +154,14 @@ def pipeline(
             for r, path in enumerate(paths[s]):
                 for t in [r] + [b * n + r % n for b in range(tp // n) if b != r // n]:
                     at = _send(book, path if t == r else system.path(groups[s][r], nxt[t]),
-                               by_pair, _part(src, mine[r]), _part(dst, mine[r]), t0,
-                               recs)  # fmt: skip
+                               by_pair, out[r], into[r], t0, recs)  # fmt: skip
                     arrived[(r, t)] = at
                     landed = max(landed, at)
             for (r, t), at in arrived.items():
                 for q in range(tp if tp > 1 else 0):
                     if q != t and q // n == t // n:  # (linked: one hop)
-                        at_q = _send(book, system.path(nxt[t], nxt[q]), by_pair,
-                                     _part(dst, mine[r]), _part(dst, mine[r]), at,
-                                     recs)  # fmt: skip
+                        at_q = _send(book, system.path(nxt[t], nxt[q]), by_pair, into[r],
+                                     into[r], at, recs)  # fmt: skip
                         landed = max(landed, at_q)
             nprog = stages[s + 1]
             if id(nprog) not in extents:  # (stages of one shape share a Program)
@@ -333,9 +331,7 @@ def _send(book, path, by_pair, src: Symbol, dst: Symbol, t0: int, recs: list) ->
 
 
 def _part(sym: Symbol, vectors: np.ndarray) -> Symbol:
-    return replace(
-        sym, slices=sym.slices[vectors], addrs=sym.addrs[vectors], vids=sym.vids[vectors]
-    )
+    return sym.but(slices=sym.slices[vectors], addrs=sym.addrs[vectors], vids=sym.vids[vectors])
 
 
 def _x(prog: Program, kind: str) -> Symbol:
@@ -366,7 +362,7 @@ def _global_symbol(
         name = f"{m.group(1)}{int(m.group(2)) + first_layer}{m.group(3)}"
     if sym.kind == "const":
         name = f"chip{chip}/{name}"
-    return replace(sym, name=name, chip=chip)
+    return sym.but(name=name, chip=chip)
 
 
 def _data_words(prog: Program) -> int:
@@ -389,17 +385,18 @@ class _Book:
 
     def __init__(self, hw: HardwareConfig) -> None:
         self.hw = hw
-        self.used: Counter = Counter()
+        self.used: defaultdict = defaultdict(Counter)  # resource -> cycle -> uses
         self.free: dict[tuple[int, int], int] = {}  # (link, from chip) -> next free cycle
         self.slot: Counter = Counter()  # (link, to chip) -> vectors sent so far
 
     def claim(self, t: int, needs: list[tuple[tuple, int, int]]) -> int:
         """The first t' >= t at which every (resource, offset, capacity) of `needs` has room at
         t' + offset; they are taken there."""
-        while any(self.used[(*key, t + off)] >= cap for key, off, cap in needs):
+        held = [(self.used[key], off, cap) for key, off, cap in needs]
+        while any(uses[t + off] >= cap for uses, off, cap in held):
             t += 1
-        for key, off, _ in needs:
-            self.used[(*key, t + off)] += 1
+        for uses, off, _ in held:
+            uses[t + off] += 1
         return t
 
     def mem(self, chip: int, g: int, kind: str, width: int, off: int) -> list:

@@ -11,6 +11,7 @@ Every pass over a large program's records is memory-bound, so there are as few a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,7 @@ def _pow2_at_least(n: int) -> int:
 FIRST_WAYS = 2
 
 
+@functools.lru_cache(maxsize=64)
 def ring_size(hw: HardwareConfig, largest_position: int) -> int:
     """Diagonals each stream key keeps (a power of two, so `diag & (RING - 1)` is the slot).
 
@@ -247,6 +249,20 @@ class Prepared:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _queue_luts(hw: HardwareConfig, queue_lo: int, queues: int) -> tuple[np.ndarray, np.ndarray]:
+    """(position, (unit, plane)) of queues queue_lo..queue_lo + queues - 1 (-1: none); cached (a
+    placed run prepares hundreds of small programs), so shared: read, never written (writeable
+    all the same: a read-only array is another type to Numba's kernels)."""
+    pos_lut = np.array([queue_position(hw, queue_lo + q) for q in range(queues)], np.int64)
+    queue_lut = np.full((queues, 2), -1, np.int64)
+    for q in range(queues):
+        held = queue_unit(hw, queue_lo + q)
+        if held is not None:
+            queue_lut[q] = int(held[0]), held[1]
+    return pos_lut, queue_lut
+
+
 def scan(program: Program, cycles: np.ndarray) -> np.ndarray:
     """The pre-pass's statistics (schema S_*) of a program dispatched at `cycles`; a ValueError
     for an instruction no executor can run."""
@@ -301,12 +317,7 @@ def prepare_program(
         )
 
     queue_lo, queues = span(c.S_QUEUE_LO, c.S_QUEUE_HI)
-    pos_lut = np.array([queue_position(hw, queue_lo + q) for q in range(queues)], np.int64)
-    queue_lut = np.full((queues, 2), -1, np.int64)
-    for q in range(queues):
-        held = queue_unit(hw, queue_lo + q)
-        if held is not None:
-            queue_lut[q] = int(held[0]), held[1]
+    pos_lut, queue_lut = _queue_luts(hw, queue_lo, queues)
 
     # Chips: the reference keys state by chip number; the arrays offset the chip axis to 0.
     chip_lo = min(0, int(stats[c.S_CHIP_LO])) if n else 0

@@ -531,6 +531,8 @@ class _Runner:
         self.runs: dict[bytes, tuple] = {}  # key -> (run, members)
         self.done: dict[bytes, tuple] = {}
         self.merged: dict[tuple, tuple] = {}  # (body, its links merged) -> (instructions, shape)
+        self.recvs: dict[tuple, np.ndarray] = {}  # (body, its links) -> its RECVs on them
+        self.via_top = int(via.max(initial=-1))
         self.takes: list[tuple] = []  # (RECVs on the program's links, the arrivals they take)
         self.ways = None
 
@@ -583,7 +585,7 @@ class _Runner:
         program = self.program
         # the program's link g is local link lookup[g] (-1: none of the body's; two local links
         # one of ch's: the first, _merged)
-        lookup = np.full(max(int(row.max(initial=-1)), int(self.via.max(initial=-1))) + 1, -1)
+        lookup = np.full(max(int(row.max(initial=-1)), self.via_top) + 1, -1)
         distinct, first = np.unique(row, return_index=True)
         lookup[distinct] = first
 
@@ -594,11 +596,19 @@ class _Runner:
         if (ext[:, c.A_SLOT] < 0).any():  # a vector on a link the body does not use
             ext = ext[:0]
             sel = np.concatenate([sel, [-1]])  # (cannot be taken: the check fails)
-        recvs = body.recvs.copy()
-        recvs["table"] = row[recvs["table"].astype(np.int64)]
+        recvs = self._recvs(body, row)
         alone, shape = self._merged(body, row)
         run = _Run(program, alone, body.alone_cycles + shift, len(row), ext, symbols, carry, shape)
         return self._add(run, ch, recvs, sel)
+
+    def _recvs(self, body: _Body, row: np.ndarray) -> np.ndarray:
+        """The body's RECVs on the program's links `row` (alike for chips on the same links)."""
+        key = (id(body), row.tobytes())
+        if key not in self.recvs:
+            recvs = body.recvs.copy()
+            recvs["table"] = row[recvs["table"].astype(np.int64)]
+            self.recvs[key] = recvs
+        return self.recvs[key]
 
     def _merged(self, body: _Body, row: np.ndarray) -> tuple[np.ndarray, bytes]:
         """The body as chip ch runs it: where two of its local links are one link of ch's (a
