@@ -149,7 +149,7 @@ class _Body:
         sends = self.ins["op"] == SEND
         self.sends, self.send_cycles = self.ins[sends], self.cycles[sends]
         self.ports = np.sort(_port_keys(hw, self.ins, self.cycles))  # read ports it holds
-        self.recvs = self.ins[self.ins["op"] == RECV]
+        self.recv_links, self.recv_slots = _takes(self.ins[self.ins["op"] == RECV])
         self.shape = _shape(self.alone, self.alone_cycles)
 
     def ports_held(self, slices: np.ndarray, cycles: np.ndarray) -> np.ndarray:
@@ -210,6 +210,7 @@ def _own_dispatch(program: Program, bodies: list[_Body]) -> np.ndarray | None:
     key = chip * queues + ins["queue"].astype(np.int64)
     order = np.argsort(key, kind="stable")  # each queue's own instructions, in queue order
     starts = np.searchsorted(key[order], np.arange(program.chips * queues + 1))
+    seen: dict[tuple, np.ndarray | None] = {}  # queues alike up to their shift
     for p, ch in enumerate(pl["chip"].tolist()):
         k, shift = int(pl["body"][p]), int(pl["shift"][p])
         body = bodies[k]
@@ -238,11 +239,32 @@ def _own_dispatch(program: Program, bodies: list[_Body]) -> np.ndarray | None:
         )
         for q in rest.tolist():
             idx = order[lo[q] : hi[q]]
-            got = _queue(hw, ins, idx, q, body, shift, int(at[q]), int(head[q]))
+            got = _queue_shifted(hw, ins, idx, q, k, body, shift, int(at[q]), int(head[q]), seen)
             if got is None:
                 return None
             cycles[idx] = got
     return cycles
+
+
+def _queue_shifted(hw, ins, idx, q, k, body, shift, at, head, seen: dict):
+    """_queue, its result taken from a queue alike up to the shift where one was found (`seen`):
+    a queue's dispatch is the same relative to its body's start but for its first wait, counted
+    from cycle 0 (its first own instruction's delay, or the body's head where none comes
+    first)."""
+    delays = ins["delay"][idx].astype(np.int64)
+    absolute_first = bool(len(idx)) and (at > 0 or body.size[q] == 0)
+    if absolute_first:
+        delays[0] -= shift
+    if (absolute_first and delays[0] + shift < 0) or head < 0:
+        return _queue(hw, ins, idx, q, body, shift, at, head)  # (refused: as it refuses it)
+    rel_head = head - shift if at == 0 else head
+    key = (k, q, at, rel_head, delays.tobytes(), ins["op"][idx].tobytes(),
+           ins["count"][idx].tobytes())  # fmt: skip
+    if key not in seen:
+        got = _queue(hw, ins, idx, q, body, shift, at, head)
+        seen[key] = None if got is None else np.asarray(got, np.int64) - shift
+    got = seen[key]
+    return None if got is None else got + shift
 
 
 def _queue(hw, ins, idx, q, body: _Body, shift, at, head) -> list[int] | None:
@@ -409,14 +431,16 @@ def run_placed(program: Program, inputs: dict | None) -> RawResult | None:
     own, pl = program.instrs, program.placements
     links = program.links.astype(np.int64)
     # every SEND: each chip's own, each placement's body's on the program's links
-    parts, when = [own[own["op"] == SEND]], [own_cycles[own["op"] == SEND]]
-    for p, (ch, k, shift) in enumerate(pl.tolist()):
-        sends = bodies[k].sends.copy()
-        sends["chip"] = ch
-        sends["table"] = program.place_links[p][sends["table"].astype(np.int64)]
-        parts.append(sends)
-        when.append(bodies[k].send_cycles + shift)
-    sends, send_cycles = np.concatenate(parts), np.concatenate(when)
+    mine = own["op"] == SEND
+    placed = np.concatenate([bodies[k].sends for k in pl["body"].tolist()] + [own[:0]])
+    lens = np.array([len(bodies[k].sends) for k in pl["body"].tolist()], np.int64)
+    p = np.repeat(np.arange(len(pl)), lens)
+    placed["chip"] = pl["chip"][p]
+    placed["table"] = program.place_links[p, placed["table"].astype(np.int64)]
+    at = [bodies[k].send_cycles for k in pl["body"].tolist()]
+    sends = np.concatenate([own[mine], placed])
+    send_cycles = np.concatenate([own_cycles[mine], *at, np.zeros(0, np.int64)])
+    send_cycles[mine.sum() :] += np.repeat(pl["shift"].astype(np.int64), lens)
     if not _links_free(hw, sends, send_cycles, links):
         return _give_up(4)
     arrived = sent(hw, sends, send_cycles, links)
@@ -531,9 +555,9 @@ class _Runner:
         self.runs: dict[bytes, tuple] = {}  # key -> (run, members)
         self.done: dict[bytes, tuple] = {}
         self.merged: dict[tuple, tuple] = {}  # (body, its links merged) -> (instructions, shape)
-        self.recvs: dict[tuple, np.ndarray] = {}  # (body, its links) -> its RECVs on them
         self.via_top = int(via.max(initial=-1))
-        self.takes: list[tuple] = []  # (RECVs on the program's links, the arrivals they take)
+        # (link and slot of each RECV repetition, on the program's links; the arrivals they take)
+        self.takes: list[tuple] = []
         self.ways = None
 
     def _arrivals(self, ch, lo, hi, numbers):
@@ -553,9 +577,9 @@ class _Runner:
         t = self.at[mine]
         return mine[(t >= lo) & (t < hi)]
 
-    def _add(self, run, ch, ins_global, sel) -> bytes:
+    def _add(self, run, ch, takes, sel) -> bytes:
         self.runs.setdefault(run.key, (run, []))[1].append(ch)
-        self.takes.append((ins_global, sel))
+        self.takes.append((*takes, sel))
         return run.key
 
     def own(self, ch, idx, cycles, lo, hi, symbols, carry) -> bytes:
@@ -578,7 +602,7 @@ class _Runner:
         mine = ins.copy()
         mine["table"][c2c] = numbers(ins["table"][c2c])
         run = _Run(program, mine, cycles[idx], len(order), ext, symbols, carry)
-        return self._add(run, ch, ins, sel)
+        return self._add(run, ch, _takes(ins[ins["op"] == RECV]), sel)
 
     def body(self, ch, body: _Body, shift, row, symbols, carry) -> bytes:
         """The body run of chip ch, its local link i being the program's row[i]."""
@@ -596,19 +620,9 @@ class _Runner:
         if (ext[:, c.A_SLOT] < 0).any():  # a vector on a link the body does not use
             ext = ext[:0]
             sel = np.concatenate([sel, [-1]])  # (cannot be taken: the check fails)
-        recvs = self._recvs(body, row)
         alone, shape = self._merged(body, row)
         run = _Run(program, alone, body.alone_cycles + shift, len(row), ext, symbols, carry, shape)
-        return self._add(run, ch, recvs, sel)
-
-    def _recvs(self, body: _Body, row: np.ndarray) -> np.ndarray:
-        """The body's RECVs on the program's links `row` (alike for chips on the same links)."""
-        key = (id(body), row.tobytes())
-        if key not in self.recvs:
-            recvs = body.recvs.copy()
-            recvs["table"] = row[recvs["table"].astype(np.int64)]
-            self.recvs[key] = recvs
-        return self.recvs[key]
+        return self._add(run, ch, (row[body.recv_links], body.recv_slots), sel)
 
     def _merged(self, body: _Body, row: np.ndarray) -> tuple[np.ndarray, bytes]:
         """The body as chip ch runs it: where two of its local links are one link of ch's (a
@@ -641,13 +655,10 @@ class _Runner:
     def slots_match(self) -> bool:
         """Each run's RECVs take, link by link and slot by slot, exactly the vectors that land
         for it."""
-        for ins, sel in self.takes:
+        for links, slots, sel in self.takes:
             if (np.asarray(sel) < 0).any():
                 return False
-            r = ins[ins["op"] == RECV]
-            i, j = repetitions(r)
-            took = r["addr"].astype(np.int64)[i] + j * r["stride"].astype(np.int64)[i]
-            mine = np.sort(r["table"].astype(np.int64)[i] * (1 << 20) + took)
+            mine = np.sort(links * (1 << 20) + slots)
             landed = np.sort(self.via[sel] * (1 << 20) + self.slot[sel])
             if not np.array_equal(mine, landed):
                 return False
@@ -659,6 +670,13 @@ class _Runner:
             for key, (_, members) in self.runs.items()
             if key in self.done
         )
+
+
+def _takes(recvs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(link, receive slot) of each repetition of `recvs`."""
+    i, j = repetitions(recvs)
+    slots = recvs["addr"].astype(np.int64)[i] + j * recvs["stride"].astype(np.int64)[i]
+    return recvs["table"].astype(np.int64)[i], slots
 
 
 class _Nothing:
