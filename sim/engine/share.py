@@ -236,5 +236,11 @@ def sent(hw, ins: np.ndarray, cycles: np.ndarray, links: np.ndarray):
     if len(slot) and (slot.min() < 0 or slot.max() >= hw.c2c_buffer_vectors):
         return None
     vid = r["vid"][i] + j
-    order = np.lexsort((sends[i], t, at))  # events issue in (cycle, instruction) order
+    # events issue in (cycle, instruction) order: by landing, then sending cycle, then as listed
+    # (sends[i] never decreases along the repetitions), in one stable sort of one key
+    span = int(t.max() - t.min()) + 1 if len(t) else 1
+    if len(t) and int(at.max() - at.min() + 1) * span < 2**62:
+        order = np.argsort((at - at.min()) * span + (t - t.min()), kind="stable")
+    else:
+        order = np.lexsort((sends[i], t, at))
     return to[order], at[order], via[order], backward[order], slot[order], vid[order]
