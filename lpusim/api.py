@@ -18,7 +18,7 @@ from compiler import ModelTooLarge, check_model_fits
 from compiler import compile as compile_program
 from compiler.frontend.jaxpr import flatten_named
 from compiler.frontend.shard import gather_outputs, shard_inputs
-from compiler.passes.partition import auto_mapping
+from compiler.passes.partition import Mapping, auto_mapping, fit
 from lpusim import checks
 from models import decode_step, embed, init_cache, init_params
 from sim import Program, simulate
@@ -87,6 +87,9 @@ class Estimate:
     # (a stage's x crossing the links to the next); one chip: all on chip.
     time_breakdown: dict[str, int] = field(default_factory=dict)
     link_bytes: int = 0  # bytes sent over every chip-to-chip link
+    # Why these chips: the bytes the fullest chip holds (weights and the KV cache at this
+    # context) of its SRAM, and the fewest chips the model's bytes need.
+    chips_why: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +99,7 @@ class Estimate:
             [
                 ("model", self.model),
                 ("hardware", f"{self.hw} x {self.chips} chip(s)"),
+                ("why these chips", self.chips_why),
                 ("mapping", self.mapping),
                 ("topology", self.topology),
                 ("weights", self.weights),
@@ -120,12 +124,31 @@ class Estimate:
         )
 
 
-def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips) -> None:
-    """The fit check; where the model needs more chips, the error also says how it would map
-    onto the fewest that hold it (compiler.passes.partition.auto_mapping: the bytes on the
-    fullest chip, with the KV cache at this context)."""
+def _fewest_chips(cfg, hw, context: int, weights: str):
+    """(chips, mapping): one chip (None) where the model fits, else the fewest chips of any
+    mapping that hold it, where that mapping compiles (else the fit check's error follows)."""
+    try:
+        check_model_fits(cfg, hw, context=context, weights=weights, layers=None, chips=1)
+        return 1, None
+    except ModelTooLarge:
+        try:
+            plan = auto_mapping(cfg, hw, context, weights)
+        except LpuError:
+            return 1, None  # (the fit check says how much it needs)
+    if not mapping_advice(plan.mapping, cfg, hw).startswith("compile it"):
+        return 1, None  # (the fit check names the mapping and why it would not compile)
+    return plan.mapping.chips, plan.mapping
+
+
+def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips, mapping=None) -> str:
+    """The fit check, and why the chips hold the model (the bytes on the fullest chip, with the
+    KV cache at this context); where the model needs more chips, the error also says how it
+    would map onto the fewest that hold it (compiler.passes.partition.auto_mapping)."""
     try:
         check_model_fits(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
+        if layers is not None:
+            return f"the first {layers} layers fit {chips} chip(s) of {hw.name}"
+        return str(fit(mapping or Mapping(pp=chips), cfg, hw, context, weights))
     except ModelTooLarge as e:
         if layers is not None:
             raise
@@ -165,7 +188,7 @@ def estimate(
     model="tiny-llama",
     hw="teaching",
     *,
-    chips: int = 1,
+    chips: int | None = None,
     mapping=None,
     topology=None,
     context: int | None = None,
@@ -178,16 +201,23 @@ def estimate(
     """Compile one decode step at the last position of `context` (default: DEFAULT_CONTEXT,
     capped at the model's max_seq_len; of the first `layers` layers alone, if given) with weights
     stored as `weights`, and time it on the simulator. Every argument, the context and the fit
-    are checked first, before any tracing or weight building. `programs`: where the Program comes from instead
-    of compiling it here (a sweep's cache; see ProgramSource)."""
+    are checked first, before any tracing or weight building. chips: None is the mapping's
+    chips, or without one a chip where the model fits, else the fewest chips of any mapping that
+    hold it (compiler.passes.partition.auto_mapping; `chips_why` says why). `programs`: where
+    the Program comes from instead of compiling it here (a sweep's cache; see ProgramSource)."""
     cfg = checks.model(model)
     hw = load_hardware(hw)
-    chips = checks.chips(chips)
+    fewest = chips is None and mapping is None
+    chips = checks.chips(checks.mapping_chips(mapping) if chips is None else chips)
     mapping, system = checks.mapping(mapping, chips), checks.topology(topology, hw)
     context = checks.context(cfg, context)
     layers = checks.optional_count("layers", layers, 1, cfg.n_layers)
     engine, weights = checks.engine(engine), checks.weights(weights)
-    _check_fits_or_map(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
+    if fewest and layers is None:
+        chips, mapping = _fewest_chips(cfg, hw, context, weights)
+    why = _check_fits_or_map(
+        cfg, hw, context=context, weights=weights, layers=layers, chips=chips, mapping=mapping
+    )
     t0 = time.perf_counter()
     if programs is not None:
         if system is not None:
@@ -235,6 +265,7 @@ def estimate(
         bounds=b.terms,
         time_breakdown=time_breakdown(program, result.cycles),
         link_bytes=int(result.link_bytes.sum()),
+        chips_why=why,
     )
 
 

@@ -36,7 +36,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--chips",
         type=int,
         default=None,
-        help="chips to map the model onto (default: the chips --mapping uses, else 1)",
+        help="chips to map the model onto (default: the chips --mapping uses, else 1; "
+        "estimate: else the fewest chips that hold the model)",
     )
     p.add_argument(
         "--mapping",
@@ -604,7 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0), or a usage error argparse has printed in one line (2)
         return e.code if isinstance(e.code, int) else 2
     try:
-        if getattr(args, "chips", 0) is None:  # a model command without --chips
+        # A model command without --chips: the mapping's chips, or one (estimate: a chip where
+        # the model fits, else the fewest chips that hold it)
+        if getattr(args, "chips", 0) is None and args.command != "estimate":
             args.chips = checks.mapping_chips(args.mapping)
         return COMMANDS[args.command](args)
     except (LpuError, ValueError, KeyError, TypeError, OSError, MemoryError) as e:

@@ -190,7 +190,17 @@ CLI = [
     ("estimate context -1", ["estimate", "--context", "-1"], "context=-1"),
     (
         "estimate context 20000",
-        ["estimate", "--hw", "groq-tsp-v1", "--model", "llama3.1-8b", "--context", "20000"],
+        [
+            "estimate",
+            "--hw",
+            "groq-tsp-v1",
+            "--model",
+            "llama3.1-8b",
+            "--context",
+            "20000",
+            "--chips",
+            "1",
+        ],  # (a fixed chip count; without one, the fewest chips that hold it)
         "needs at least",
     ),
     ("estimate layers 0", ["estimate", "--layers", "0"], "--layers: layers=0"),

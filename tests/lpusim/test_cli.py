@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+import lpusim
 from lpusim.cli import main
 from sim import Program
 
@@ -124,10 +125,24 @@ def test_cli_estimate_of_a_model_too_large_for_a_chip_says_how_it_would_map(caps
     """One line, no traceback: the bytes it needs, and the fewest chips that hold it with the
     mapping, the fullest chip and its share of SRAM (compiler.passes.partition.auto_mapping)."""
     rc, out, err = run(
-        capsys, "estimate", "--model", "llama2-70b", "--hw", "groq-tsp-v1", "--weights", "int8"
-    )
+        capsys, "estimate", "--model", "llama2-70b", "--hw", "groq-tsp-v1", "--weights", "int8",
+        "--chips", "1",
+    )  # fmt: skip
     assert rc != 0 and not out and len(err.strip().splitlines()) == 1
     assert "it needs at least 304 chips" in err
     assert "Mapped onto the fewest chips that hold it: llama2-70b (int8 weights" in err
     assert re.search(r"on (\d+) chips of groq-tsp-v1 \(tp=\d+,pp=\d+\): the fullest chip", err)
     assert re.search(r"compile it with chips=\d+, mapping='tp=\d+,pp=\d+'", err)
+
+
+def test_cli_estimate_without_chips_maps_a_model_too_large_for_a_chip_onto_the_fewest(capsys):
+    """No --chips: the fewest chips that hold the model (tiny-mixtral needs two teaching chips),
+    compiled and simulated there, and why those chips: the bytes on the fullest."""
+    rc, out, err = run(capsys, "estimate", "--model", "tiny-mixtral", "--context", "8", "--json")
+    assert rc == 0, err
+    e = json.loads(out)
+    assert (e["chips"], e["mapping"]) == (2, "tp=2")
+    assert "on 2 chips of teaching (tp=2): the fullest chip holds" in e["chips_why"]
+    assert "need at least 2 chips" in e["chips_why"]
+    given = lpusim.estimate("tiny-mixtral", "teaching", chips=2, mapping="tp=2", context=8)
+    assert e["cycles_per_token"] == given.cycles_per_token

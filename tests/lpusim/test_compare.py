@@ -77,7 +77,7 @@ def test_compare_llama2_70b_gpu_rows_and_an_honest_lpu_row():
     assert re.fullmatch(NOTE, lpu["note"]), lpu["note"]
     assert all(pd.isna(lpu[c]) for c in ("tokens_per_s_user", "step_s", "ttft_s", "bound"))
     with pytest.raises(ModelTooLarge, match=f"on {lpu['devices']} chips of groq-tsp-v1"):
-        lpusim.estimate("llama2-70b", "groq-tsp-v1", context=1024, weights="int8")
+        lpusim.estimate("llama2-70b", "groq-tsp-v1", chips=1, context=1024, weights="int8")
 
 
 def test_both_sides_get_the_same_model_precision_batch_and_context():

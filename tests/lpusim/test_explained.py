@@ -19,7 +19,7 @@ def test_estimate_and_compare_share_one_default_context():
     assert df.attrs["context"] == checks.DEFAULT_CONTEXT
     chips = int(df[df["kind"] == "lpu"]["devices"].iloc[0])
     with pytest.raises(ModelTooLarge, match=f"on {chips} chips of groq-tsp-v1"):
-        lpusim.estimate("llama2-70b", "groq-tsp-v1", weights="int8")  # no context: the default
+        lpusim.estimate("llama2-70b", "groq-tsp-v1", chips=1, weights="int8")  # the default context
 
 
 def test_models_published_in_fp32_are_compared_in_fp16():
