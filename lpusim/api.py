@@ -23,6 +23,7 @@ from lpusim import checks
 from models import decode_step, embed, init_cache, init_params
 from sim import Program, simulate
 from sim.bounds import bounds
+from sim.critical import critical_path
 from sim.errors import ArgumentError, LpuError
 from sim.hardware import load_hardware
 
@@ -87,6 +88,9 @@ class Estimate:
     # (a stage's x crossing the links to the next); one chip: all on chip.
     time_breakdown: dict[str, int] = field(default_factory=dict)
     link_bytes: int = 0  # bytes sent over every chip-to-chip link
+    # The token's cycles along its critical path through the schedule (sim/critical.py):
+    # compute, data movement, waiting, chip to chip; they add up to cycles_per_token.
+    critical_path: dict[str, int] = field(default_factory=dict)
     # Why these chips: the bytes the fullest chip holds (weights and the KV cache at this
     # context) of its SRAM, and the fewest chips the model's bytes need.
     chips_why: str = ""
@@ -109,8 +113,12 @@ class Estimate:
                 ("seconds per token", self.seconds_per_token),
                 ("tokens/s (one user)", self.tokens_per_s),
                 (
-                    "time along the critical path",
+                    "time on chip, between chips",
                     ", ".join(f"{k} {v:,} cycles" for k, v in self.time_breakdown.items()),
+                ),
+                (
+                    "along the critical path",
+                    ", ".join(f"{k} {v:,} cycles" for k, v in self.critical_path.items()),
                 ),
                 ("bytes read per token", self.bytes_read),
                 ("SRAM in use (bytes)", self.sram_bytes_used),
@@ -266,6 +274,7 @@ def estimate(
         time_breakdown=time_breakdown(program, result.cycles),
         link_bytes=int(result.link_bytes.sum()),
         chips_why=why,
+        critical_path=critical_path(program, result.cycles),
     )
 
 

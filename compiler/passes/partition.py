@@ -384,9 +384,9 @@ class Fit:
     def __str__(self) -> str:
         return (
             f"{self.model} ({self.weights} weights, context {self.context}) on "
-            f"{self.mapping.chips} chips of {self.hw} ({self.mapping}): the fullest chip holds "
+            f"{_chips(self.mapping.chips)} of {self.hw} ({self.mapping}): the fullest chip holds "
             f"{self.fullest}; the model's {self.total_bytes:,} bytes need at least "
-            f"{self.chips_needed} chips"
+            f"{_chips(self.chips_needed)}"
         )
 
     def check(self) -> None:
@@ -482,3 +482,7 @@ def auto_mapping(
             f"d_ff={cfg.d_ff} allow{experts})"
         )
     return _fit(cfg, hw, context, weights, best[1], b)
+
+
+def _chips(n: int) -> str:
+    return f"{n} chip" if n == 1 else f"{n} chips"
