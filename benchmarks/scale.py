@@ -78,6 +78,7 @@ def measure(
     from lpusim.api import time_breakdown
     from sim import preset, simulate
     from sim.bounds import bounds
+    from sim.critical import critical_path
     from sim.errors import LpuError
 
     hw, cfg = preset(hw_name), _config(model)
@@ -113,6 +114,7 @@ def measure(
     stages = program.meta["stages"]
     t = time_breakdown(program, r.cycles)
     b = bounds(program, program.predicted)
+    path = critical_path(program, r.cycles)
     row.update(
         chips=m.chips,
         compile_s=t1 - t0,
@@ -130,6 +132,7 @@ def measure(
         events=r.vector_ops,
         shared_programs=program.meta["shared_programs"],
         chips_simulated=getattr(r, "chips_simulated", None),
+        critical_path=path,
     )
     return row
 
@@ -192,6 +195,12 @@ def main(argv=None) -> int:
           "sim/engine/segments.py; every chip's own transfers too); RSS: the "
           "peak of compiling and simulating; c2c: chip-to-chip cycles along a token's path, "
           "all-red: of which tensor-parallel all-reduces.")  # fmt: skip
+    print("\nAlong each token's critical path (sim/critical.py), cycles:")
+    for r in rows:
+        if "critical_path" in r:
+            split = ", ".join(f"{k} {v:,}" for k, v in r["critical_path"].items())
+            print(f"  {r['model']} ({r['weights']}, {r['mapping']}): {split}")
+    print("\nWhy these chips:")
     for r in rows:
         print(f"  {r['model']} ({r['weights']}, context {r['context']}): {r['why']}")
     return 0

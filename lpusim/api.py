@@ -91,6 +91,10 @@ class Estimate:
     # The token's cycles along its critical path through the schedule (sim/critical.py):
     # compute, data movement, waiting, chip to chip; they add up to cycles_per_token.
     critical_path: dict[str, int] = field(default_factory=dict)
+    # The links' busy fraction of the step: "mean" over the directions that carried data,
+    # "busiest" and its "busiest_link" [from chip, to chip], and "links": [a, b, a to b, b to a]
+    # of every link that carried data.
+    link_utilisation: dict = field(default_factory=dict)
     # Why these chips: the bytes the fullest chip holds (weights and the KV cache at this
     # context) of its SRAM, and the fewest chips the model's bytes need.
     chips_why: str = ""
@@ -119,6 +123,16 @@ class Estimate:
                 (
                     "along the critical path",
                     ", ".join(f"{k} {v:,} cycles" for k, v in self.critical_path.items()),
+                ),
+                (
+                    "links",
+                    "none"
+                    if not self.link_utilisation.get("links")
+                    else f"{len(self.link_utilisation['links'])} carried data, busy "
+                    f"{self.link_utilisation['mean']:.1%} of the step on average, the busiest "
+                    f"{self.link_utilisation['busiest']:.1%} (chip "
+                    f"{self.link_utilisation['busiest_link'][0]} to "
+                    f"{self.link_utilisation['busiest_link'][1]})",
                 ),
                 ("bytes read per token", self.bytes_read),
                 ("SRAM in use (bytes)", self.sram_bytes_used),
@@ -275,7 +289,26 @@ def estimate(
         link_bytes=int(result.link_bytes.sum()),
         chips_why=why,
         critical_path=critical_path(program, result.cycles),
+        link_utilisation=_links_busy(program, result),
     )
+
+
+def _links_busy(program: Program, result) -> dict:
+    """Estimate.link_utilisation of a simulated program."""
+    u = np.asarray(result.link_utilisation, np.float64).reshape(-1, 2)
+    links = np.asarray(program.links).reshape(-1, 2)
+    used = np.flatnonzero((u > 0).any(axis=1))
+    if not len(used):
+        return {"mean": 0.0, "busiest": 0.0, "busiest_link": None, "links": []}
+    flat = int(np.argmax(u))
+    a, b = (int(x) for x in links[flat // 2])
+    return {
+        "mean": float(u[u > 0].mean()),
+        "busiest": float(u.flat[flat]),
+        "busiest_link": [a, b] if flat % 2 == 0 else [b, a],
+        "links": [[int(links[i, 0]), int(links[i, 1]), float(u[i, 0]), float(u[i, 1])]
+                  for i in used.tolist()],
+    }  # fmt: skip
 
 
 def time_breakdown(program: Program, cycles: int) -> dict[str, int]:

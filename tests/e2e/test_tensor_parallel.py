@@ -19,7 +19,7 @@ from models import decode_step, embed, get_config, init_cache, init_params
 from sim import ScheduleViolation, preset, simulate
 from sim.errors import LpuError
 from sim.icu import moved
-from sim.isa import Op
+from sim.isa import DTYPE_BYTES, DType, Op
 from sim.system import System
 from tests.programs import random_inputs
 from tests.sim.test_engine import assert_agree
@@ -146,6 +146,31 @@ def test_estimate_shows_tp_and_the_all_reduce_time():
     t = e.time_breakdown
     assert 0 < t["all-reduce"] < t["chip to chip"]
     assert t["on chip"] + t["chip to chip"] == e.cycles_per_token
+
+
+def test_estimate_link_utilisation_is_each_links_sends_over_its_bandwidth():
+    """Counted again from the written-out program's SENDs: bytes a direction sends over what
+    it could in the step."""
+    e = lpusim.estimate(TINY, "teaching", chips=4, mapping="tp=2,pp=2", context=8)
+    prog = compile(TINY, HW, chips=4, mapping="tp=2,pp=2", context=8).expand()
+    sends = prog.instrs[prog.instrs["op"] == Op.SEND]
+    sent: dict[tuple[int, int], int] = {}
+    for r in sends:
+        a, b = (int(x) for x in prog.links[int(r["table"])])
+        to = b if int(r["chip"]) == a else a
+        words = DTYPE_BYTES[DType(int(r["dtype"]))]
+        sent[(int(r["chip"]), to)] = sent.get((int(r["chip"]), to), 0) + int(r["repeat"]) * words
+    capacity = HW.c2c_bytes_per_cycle * e.cycles_per_token
+    u = e.link_utilisation
+    got = {}
+    for a, b, ab, ba in u["links"]:
+        got[(a, b)], got[(b, a)] = ab, ba
+    want = {k: v * HW.lanes / capacity for k, v in sent.items()}
+    assert set(k for k, v in got.items() if v > 0) == set(want)
+    assert all(got[k] == pytest.approx(v, rel=1e-12) for k, v in want.items())
+    assert u["busiest"] == pytest.approx(max(want.values()))
+    assert want[tuple(u["busiest_link"])] == pytest.approx(max(want.values()))
+    assert u["mean"] == pytest.approx(sum(want.values()) / len(want))
 
 
 def _first(prog, op, chip):
