@@ -146,20 +146,39 @@ class Estimate:
         )
 
 
-def _fewest_chips(cfg, hw, context: int, weights: str):
+def _fewest_chips(cfg, hw, context: int, weights: str, system=None):
     """(chips, mapping): one chip (None) where the model fits, else the fewest chips of any
-    mapping that hold it, where that mapping compiles (else the fit check's error follows)."""
+    mapping that hold it (and that a given `system`'s chips and links carry), where that mapping
+    compiles (else the fit check's error follows)."""
     try:
         check_model_fits(cfg, hw, context=context, weights=weights, layers=None, chips=1)
         return 1, None
     except ModelTooLarge:
         try:
-            plan = auto_mapping(cfg, hw, context, weights)
+            plan = auto_mapping(cfg, hw, context, weights, lambda m: _carries(system, m, cfg))
         except LpuError:
             return 1, None  # (the fit check says how much it needs)
     if not mapping_advice(plan.mapping, cfg, hw).startswith("compile it"):
         return 1, None  # (the fit check names the mapping and why it would not compile)
     return plan.mapping.chips, plan.mapping
+
+
+def _carries(system, mapping, cfg) -> bool:
+    """Whether `system` (None: the default, which grows to fit) has the mapping's chips and
+    wires its groups (compiler/passes/wiring.py)."""
+    if system is None:
+        return True
+    from compiler.passes.partition import check
+    from compiler.passes.wiring import group_wiring, stage_groups
+
+    try:
+        check(mapping, cfg, system)
+        system, groups = stage_groups(mapping, system, True)
+        for g in groups if mapping.tp * mapping.ep > 1 else ():
+            group_wiring(system, g, str(mapping))
+    except LpuError:
+        return False
+    return True
 
 
 def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips, mapping=None) -> str:
@@ -236,7 +255,7 @@ def estimate(
     layers = checks.optional_count("layers", layers, 1, cfg.n_layers)
     engine, weights = checks.engine(engine), checks.weights(weights)
     if fewest and layers is None:
-        chips, mapping = _fewest_chips(cfg, hw, context, weights)
+        chips, mapping = _fewest_chips(cfg, hw, context, weights, system)
     why = _check_fits_or_map(
         cfg, hw, context=context, weights=weights, layers=layers, chips=chips, mapping=mapping
     )

@@ -42,7 +42,7 @@ from compiler.frontend.model import cache_shape, check_weights, decode_specs, re
 from compiler.frontend.shard import kv_slices, shard_params
 from compiler.passes.place import ModelTooLarge, chunk_vectors, stored_bytes
 from models import ModelConfig
-from sim.errors import ArgumentError
+from sim.errors import ArgumentError, LpuError
 from sim.hardware import HardwareConfig
 from sim.program import tensor_layout
 from sim.system import System
@@ -445,7 +445,7 @@ def fit(
 
 
 def auto_mapping(
-    cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native"
+    cfg: ModelConfig, hw: HardwareConfig, context: int, weights: str = "native", wires=None
 ) -> Fit:
     """The mapping with the fewest chips whose every chip holds its share, over tp a power of two
     that splits the layer (tp_splits) and ep a divisor of the experts: groups of tp x ep
@@ -454,7 +454,8 @@ def auto_mapping(
     is the fewest stages under the chip's SRAM (packing the blocks in order), but at least the
     total's lower bound, ceil(total / SRAM) chips. Among equal chip counts: the fewest stages (a
     token crosses every stage in turn), then the larger tp. Raises ModelTooLarge when a block
-    split the most ways (the group whose layer is least on a chip) does not fit a chip."""
+    split the most ways (the group whose layer is least on a chip) does not fit a chip.
+    `wires(mapping) -> bool`: only mappings it accepts (a given system's links carry them)."""
     b = _model_bytes(cfg, hw, context, weights)
     needed = -(-b.total // hw.sram_bytes)
     tps = [t for t in split_tps(cfg) if not t & (t - 1)]
@@ -462,16 +463,26 @@ def auto_mapping(
     # Groups of a node first (tp x ep chips linked pairwise); larger ones only where no group of
     # a node holds a block.
     groups = [(tp, ep) for tp in tps for ep in eps]
-    best = None
+    best, held = None, False
     for node in (True, False):
+        found = []
         for tp, ep in [g for g in groups if (g[0] * g[1] <= MAX_AUTO_TP) == node and not best]:
             sizes = [sum(block) for block in _block_bytes(b, tp, ep)]
             if max(sizes) > stage_capacity(hw):
                 continue
             pp = max(_runs(sizes, stage_capacity(hw)), -(-needed // (tp * ep)))
-            key = (tp * pp * ep, pp, -tp)
-            if pp <= len(sizes) and (best is None or key < best[0]):
-                best = (key, Mapping(tp, pp, ep))
+            if pp <= len(sizes):
+                found.append(((tp * pp * ep, pp, -tp), Mapping(tp, pp, ep)))
+        held |= bool(found)
+        found.sort(key=lambda f: f[0])
+        best = next((f for f in found if wires is None or wires(f[1])), None)
+        if best:
+            break
+    if best is None and held:
+        raise LpuError(
+            f"{cfg.name}: no mapping that holds it ({weights} weights, context {context}) has the "
+            "chips and links it needs on the given system"
+        )
     if best is None:  # the group whose layer is the least on a chip
         tp, ep = min(groups, key=lambda g: (max(map(sum, _block_bytes(b, *g))), -g[0]))
         widest = _fit(cfg, hw, context, weights, Mapping(tp, cfg.n_layers + 1, ep), b)

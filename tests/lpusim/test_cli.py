@@ -146,3 +146,23 @@ def test_cli_estimate_without_chips_maps_a_model_too_large_for_a_chip_onto_the_f
     assert "need at least 2 chips" in e["chips_why"]
     given = lpusim.estimate("tiny-mixtral", "teaching", chips=2, mapping="tp=2", context=8)
     assert e["cycles_per_token"] == given.cycles_per_token
+
+
+def test_estimate_without_chips_takes_the_fewest_chips_a_given_system_carries():
+    """tiny-llama-8 fits two teaching chips as tp=2 (the fewest stages) or pp=2; on a system
+    where chips 0 and 1 meet only through chip 2, a tp=2 group has no link: pp=2, relayed."""
+    import dataclasses
+
+    import networkx as nx
+
+    from models import get_config
+    from sim import preset
+    from sim.system import System
+
+    tiny8 = dataclasses.replace(get_config("tiny-llama"), name="tiny-llama-8", n_layers=8)
+    assert lpusim.estimate(tiny8, "teaching", context=8).mapping == "tp=2"
+    system = System(preset("teaching"), nx.Graph([(0, 2), (2, 1), (1, 3)]))
+    e = lpusim.estimate(tiny8, "teaching", topology=system, context=8)
+    assert (e.chips, e.mapping) == (2, "pp=2")
+    given = lpusim.estimate(tiny8, "teaching", chips=2, mapping="pp=2", topology=system, context=8)
+    assert e.cycles_per_token == given.cycles_per_token
