@@ -50,7 +50,7 @@ def critical_path(program: Program, cycles: int) -> dict[str, int]:
     if not stages or not program.placed:  # one program on its chips: walked as chip 0's
         ins = program.instrs
         chip0 = ins["chip"] == 0
-        pred = program.predicted if program.predicted is not None else None
+        pred = program.predicted
         if pred is None:
             from sim.icu import cycles_of
 
@@ -160,9 +160,8 @@ def _walk(hw, ins: np.ndarray, cycles: np.ndarray, end: int) -> dict[str, int]:
         t = int(cycles[i])
         own = max(0, cursor - max(t, 0))
         work = min(own, int(done[i]) - t)  # its latency and its run
+        # (a SEND's or RECV's own cycle is data movement: its link time is below)
         kind = "compute" if OP_UNIT.get(Op(int(op[i]))) in COMPUTE_UNITS else "data movement"
-        if OP_UNIT.get(Op(int(op[i]))) == Unit.C2C:
-            kind = "data movement"  # (a SEND's or RECV's own cycle: the link is below)
         out[kind] += work
         out["data movement"] += own - work  # from its output to its taker, along the stream
         cursor = min(cursor, max(t, 0))
@@ -170,9 +169,9 @@ def _walk(hw, ins: np.ndarray, cycles: np.ndarray, end: int) -> dict[str, int]:
         if j < 0:
             break
         if how[i] == 1:  # parked in SRAM from the WRITE's commit to the READ: for a SEND's
-            ready = min(cursor, int(done[j]))  # READ, waiting for its link
-            out["chip to chip" if taker == SEND else "waiting"] += cursor - ready
-            cursor = ready
+            landed = min(cursor, int(done[j]))  # READ, waiting for its link
+            out["chip to chip" if taker == SEND else "waiting"] += cursor - landed
+            cursor = landed
         elif how[i] == 2:  # on the link, from the SEND's output to the RECV
             ready = min(cursor, int(cycles[j]) + int(lat[j]))
             out["chip to chip"] += cursor - ready
