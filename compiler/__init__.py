@@ -270,8 +270,9 @@ def compile_tensor_stages(
     (layers, head): chip 0's attention, MLP, reduce and head blocks scheduled once for all of
     them (one SRAM layout: the most layers any stage has, the head above its own stage's),
     linked per layer with the all-reduces between them, run by every chip
-    (compiler/codegen/tensor.py): chip 0's instructions, as the pipeline takes them. `wiring` (compiler/passes/wiring.py, the first stage's): a group
-    of several blocks of chips, its all-reduce within each block, then between them."""
+    (compiler/codegen/tensor.py): chip 0's instructions, as the pipeline takes them. `wiring`
+    (compiler/passes/wiring.py, the first stage's): a group of several blocks of chips, its
+    all-reduce within each block, then between them."""
     from compiler.codegen.tensor import (
         ALLREDUCE_ATTENTION,
         EXCHANGE,
@@ -361,7 +362,7 @@ def compile_mapped(
     from compiler.codegen.pipeline import pipeline
     from compiler.frontend import model as fm
     from compiler.passes.partition import Mapping, check, fit
-    from compiler.passes.wiring import group_wiring, stage_groups
+    from compiler.passes.wiring import wire_stages
     from sim.system import default_system
 
     mapping = Mapping.parse(mapping) if isinstance(mapping, str) else mapping
@@ -381,11 +382,7 @@ def compile_mapped(
     given = system is not None
     system = default_system(chips, hw) if system is None else system
     check(mapping, cfg, system)  # the system has the chips
-    system, groups = stage_groups(mapping, system, given)  # a stage's chips, wired
-    wirings = [group_wiring(system, g, str(mapping)) for g in groups] if group > 1 else None
-    most = max(w.exchanges for w in wirings) if wirings else 0
-    if any(w.exchanges < most for w in wirings or ()):  # every stage's exchange in as many roles
-        wirings = [group_wiring(system, g, str(mapping), most) for g in groups]
+    system, groups, wirings = wire_stages(mapping, system, given)  # a stage's chips, wired
     keys = [(len(st.layers), st.head) for st in plan.stages]
     if group > 1:  # every shape's blocks scheduled once
         wiring = wirings[0] if wirings[0].blocks > 1 else None

@@ -147,49 +147,46 @@ class Estimate:
 
 
 def _fewest_chips(cfg, hw, context: int, weights: str, system=None):
-    """(chips, mapping): one chip (None) where the model fits, else the fewest chips of any
-    mapping that hold it (and that a given `system`'s chips and links carry), where that mapping
-    compiles (else the fit check's error follows)."""
+    """None where the model fits one chip, else the Fit of the fewest chips of any mapping
+    that hold it (and that a given `system`'s chips and links carry), where that mapping
+    compiles; None too where none does (the fit check's error then says why)."""
     try:
         check_model_fits(cfg, hw, context=context, weights=weights, layers=None, chips=1)
-        return 1, None
+        return None
     except ModelTooLarge:
         try:
             plan = auto_mapping(cfg, hw, context, weights, lambda m: _carries(system, m, cfg))
         except LpuError:
-            return 1, None  # (the fit check says how much it needs)
-    if not mapping_advice(plan.mapping, cfg, hw).startswith("compile it"):
-        return 1, None  # (the fit check names the mapping and why it would not compile)
-    return plan.mapping.chips, plan.mapping
+            return None
+    return plan if mapping_advice(plan.mapping, cfg, hw).startswith("compile it") else None
 
 
 def _carries(system, mapping, cfg) -> bool:
     """Whether `system` (None: the default, which grows to fit) has the mapping's chips and
-    wires its groups (compiler/passes/wiring.py)."""
+    wires its stages' groups, as compiling it would."""
     if system is None:
         return True
     from compiler.passes.partition import check
-    from compiler.passes.wiring import group_wiring, stage_groups
+    from compiler.passes.wiring import wire_stages
 
     try:
         check(mapping, cfg, system)
-        system, groups = stage_groups(mapping, system, True)
-        for g in groups if mapping.tp * mapping.ep > 1 else ():
-            group_wiring(system, g, str(mapping))
+        wire_stages(mapping, system, given=True)
     except LpuError:
         return False
     return True
 
 
-def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips, mapping=None) -> str:
+def _check_fits_or_map(cfg, hw, *, context, weights, layers, chips, mapping=None, plan=None):
     """The fit check, and why the chips hold the model (the bytes on the fullest chip, with the
-    KV cache at this context); where the model needs more chips, the error also says how it
-    would map onto the fewest that hold it (compiler.passes.partition.auto_mapping)."""
+    KV cache at this context: `plan`, the mapping's Fit, where known); where the model needs
+    more chips, the error also says how it would map onto the fewest that hold it
+    (compiler.passes.partition.auto_mapping)."""
     try:
         check_model_fits(cfg, hw, context=context, weights=weights, layers=layers, chips=chips)
         if layers is not None:
             return f"the first {layers} layers fit {chips} chip(s) of {hw.name}"
-        return str(fit(mapping or Mapping(pp=chips), cfg, hw, context, weights))
+        return str(plan or fit(mapping or Mapping(pp=chips), cfg, hw, context, weights))
     except ModelTooLarge as e:
         if layers is not None:
             raise
@@ -254,11 +251,14 @@ def estimate(
     context = checks.context(cfg, context)
     layers = checks.optional_count("layers", layers, 1, cfg.n_layers)
     engine, weights = checks.engine(engine), checks.weights(weights)
-    if fewest and layers is None:
-        chips, mapping = _fewest_chips(cfg, hw, context, weights, system)
+    fewest = fewest and layers is None
+    plan = _fewest_chips(cfg, hw, context, weights, system) if fewest else None
+    if plan is not None:
+        chips, mapping = plan.mapping.chips, plan.mapping
     why = _check_fits_or_map(
-        cfg, hw, context=context, weights=weights, layers=layers, chips=chips, mapping=mapping
-    )
+        cfg, hw, context=context, weights=weights, layers=layers, chips=chips, mapping=mapping,
+        plan=plan,
+    )  # fmt: skip
     t0 = time.perf_counter()
     if programs is not None:
         if system is not None:

@@ -466,7 +466,7 @@ def auto_mapping(
     best, held = None, False
     for node in (True, False):
         found = []
-        for tp, ep in [g for g in groups if (g[0] * g[1] <= MAX_AUTO_TP) == node and not best]:
+        for tp, ep in [g for g in groups if (g[0] * g[1] <= MAX_AUTO_TP) == node]:
             sizes = [sum(block) for block in _block_bytes(b, tp, ep)]
             if max(sizes) > stage_capacity(hw):
                 continue

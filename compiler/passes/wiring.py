@@ -235,3 +235,17 @@ def stage_groups(mapping, system: System, given: bool) -> tuple[System, list[lis
                 f"pairwise and linked to each other, but {system.describe()} has room for {fit}",
             )
         system = default_system(system.chips + 1, system.hw)
+
+
+def wire_stages(mapping, system: System, given: bool):
+    """(system, each stage's chips, each stage's Wiring or None for groups of one chip): the
+    stages placed (stage_groups) and their groups wired, every stage's exchange between blocks
+    in as many roles (one program serves every stage of a shape). Raises what either raises."""
+    system, groups = stage_groups(mapping, system, given)
+    if mapping.tp * mapping.ep == 1:
+        return system, groups, None
+    wirings = [group_wiring(system, g, str(mapping)) for g in groups]
+    most = max(w.exchanges for w in wirings)
+    if any(w.exchanges < most for w in wirings):
+        wirings = [group_wiring(system, g, str(mapping), most) for g in groups]
+    return system, groups, wirings

@@ -432,15 +432,16 @@ def run_placed(program: Program, inputs: dict | None) -> RawResult | None:
     links = program.links.astype(np.int64)
     # every SEND: each chip's own, each placement's body's on the program's links
     mine = own["op"] == SEND
-    placed = np.concatenate([bodies[k].sends for k in pl["body"].tolist()] + [own[:0]])
-    lens = np.array([len(bodies[k].sends) for k in pl["body"].tolist()], np.int64)
-    p = np.repeat(np.arange(len(pl)), lens)
+    placed_bodies = [bodies[k] for k in pl["body"].tolist()]
+    placed = np.concatenate([b.sends for b in placed_bodies] + [own[:0]])
+    p = np.repeat(np.arange(len(pl)), [len(b.sends) for b in placed_bodies])
     placed["chip"] = pl["chip"][p]
     placed["table"] = program.place_links[p, placed["table"].astype(np.int64)]
-    at = [bodies[k].send_cycles for k in pl["body"].tolist()]
     sends = np.concatenate([own[mine], placed])
-    send_cycles = np.concatenate([own_cycles[mine], *at, np.zeros(0, np.int64)])
-    send_cycles[mine.sum() :] += np.repeat(pl["shift"].astype(np.int64), lens)
+    send_cycles = np.concatenate(
+        [own_cycles[mine], *(b.send_cycles for b in placed_bodies), np.zeros(0, np.int64)]
+    )
+    send_cycles[mine.sum() :] += pl["shift"].astype(np.int64)[p]
     if not _links_free(hw, sends, send_cycles, links):
         return _give_up(4)
     arrived = sent(hw, sends, send_cycles, links)
@@ -592,11 +593,7 @@ class _Runner:
         )
         distinct, first = np.unique(used, return_index=True)
         order = distinct[np.argsort(first, kind="stable")]
-        lookup = np.full(int(order.max(initial=-1)) + 1, -1)
-        lookup[order] = np.arange(len(order))
-
-        def numbers(link):
-            return lookup[np.asarray(link, np.int64)]
+        numbers = _numbering(order, np.arange(len(order)), int(order.max(initial=-1)) + 1)
 
         ext, sel = self._arrivals(ch, lo, hi, numbers)
         mine = ins.copy()
@@ -607,14 +604,9 @@ class _Runner:
     def body(self, ch, body: _Body, shift, row, symbols, carry) -> bytes:
         """The body run of chip ch, its local link i being the program's row[i]."""
         program = self.program
-        # the program's link g is local link lookup[g] (-1: none of the body's; two local links
-        # one of ch's: the first, _merged)
-        lookup = np.full(max(int(row.max(initial=-1)), self.via_top) + 1, -1)
+        # (-1: a link none of the body's; two local links one of ch's: the first, _merged)
         distinct, first = np.unique(row, return_index=True)
-        lookup[distinct] = first
-
-        def numbers(link):
-            return lookup[np.asarray(link, np.int64)]
+        numbers = _numbering(distinct, first, max(int(row.max(initial=-1)), self.via_top) + 1)
 
         ext, sel = self._arrivals(ch, shift + body.first_op, shift + body.end, numbers)
         if (ext[:, c.A_SLOT] < 0).any():  # a vector on a link the body does not use
@@ -670,6 +662,14 @@ class _Runner:
             for key, (_, members) in self.runs.items()
             if key in self.done
         )
+
+
+def _numbering(links: np.ndarray, local: np.ndarray, size: int):
+    """The local number of each of a run's links (the program's link links[i] is local[i]):
+    a function of an array of the program's links (below `size`), -1 for one not named."""
+    lookup = np.full(size, -1, np.int64)
+    lookup[links] = local
+    return lambda link: lookup[np.asarray(link, np.int64)]
 
 
 def _takes(recvs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
